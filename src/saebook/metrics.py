@@ -1,0 +1,127 @@
+"""Reconstruction quality of an SAE or transcoder spliced into a model.
+
+The numbers a reader checks first: how much of the activation the SAE explains, how many
+latents fire per token, and what splicing it in costs the model's next-token loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from jaxtyping import Float, Int
+from sae_lens import SAE, HookedSAETransformer
+from torch import Tensor
+
+__all__ = [
+    "ReconstructionMetrics",
+    "sae_input_and_target",
+    "explained_variance",
+    "reconstruction_metrics",
+]
+
+
+def _check_hooks(model: HookedSAETransformer, sae: SAE) -> tuple[str, str]:
+    hook_in = sae.cfg.metadata.hook_name
+    hook_out = sae.cfg.metadata.hook_name_out or hook_in
+    for arg, hook in (
+        ("sae.cfg.metadata.hook_name", hook_in),
+        ("sae.cfg.metadata.hook_name_out", hook_out),
+    ):
+        if hook not in model.hook_dict:
+            raise ValueError(f"{arg} must be a hook of the model, got {hook!r}")
+    return hook_in, hook_out
+
+
+@torch.no_grad()
+def sae_input_and_target(
+    model: HookedSAETransformer, sae: SAE, tokens: Int[Tensor, "batch seq"]
+) -> tuple[Tensor, Tensor]:
+    """The activations an SAE reads and the ones it must reproduce, on ``tokens``.
+
+    For an SAE both are the same hook; for a transcoder the target is ``hook_name_out``.
+    Shapes are the model's (e.g. ``hook_z`` keeps its head axis).
+    """
+    hook_in, hook_out = _check_hooks(model, sae)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in (hook_in, hook_out))
+    return cache[hook_in], cache[hook_out]
+
+
+def explained_variance(target: Float[Tensor, "n d"], reconstruction: Float[Tensor, "n d"]) -> float:
+    """``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` over all rows."""
+    if target.shape != reconstruction.shape:
+        raise ValueError(
+            f"reconstruction must have the target's shape {tuple(target.shape)}, "
+            f"got {tuple(reconstruction.shape)}"
+        )
+    resid = (target - reconstruction).pow(2).sum()
+    total = (target - target.mean(0)).pow(2).sum()
+    return float(1 - resid / total)
+
+
+@dataclass
+class ReconstructionMetrics:
+    """Quality of one SAE on one batch of tokens (BOS positions excluded throughout)."""
+
+    explained_variance: float
+    mse: float
+    l0: float
+    dead_fraction: float  # latents that never fired on the batch
+    ce_clean: float
+    ce_with_sae: float
+    ce_zero_ablation: float
+
+    @property
+    def ce_loss_recovered(self) -> float:
+        """Share of the loss gap (zero-ablated hook vs clean model) that the SAE closes."""
+        gap = self.ce_zero_ablation - self.ce_clean
+        return float("nan") if gap == 0 else (self.ce_zero_ablation - self.ce_with_sae) / gap
+
+    def as_dict(self) -> dict[str, float]:
+        """All fields plus ``ce_loss_recovered``."""
+        return {**asdict(self), "ce_loss_recovered": self.ce_loss_recovered}
+
+
+@torch.no_grad()
+def reconstruction_metrics(
+    model: HookedSAETransformer, sae: SAE, tokens: Int[Tensor, "batch seq"]
+) -> ReconstructionMetrics:
+    """Explained variance, MSE, L0, dead latents and CE losses of ``sae`` on ``tokens``.
+
+    The SAE is spliced in without its error term and bypassed at BOS positions (as it was
+    trained); "zero ablation" sets the SAE's output hook to zero at the same positions.
+    """
+    if tokens.ndim != 2 or tokens.numel() == 0:
+        raise ValueError(
+            f"tokens must be a non-empty (batch, seq) tensor, got {tuple(tokens.shape)}"
+        )
+    _, hook_out = _check_hooks(model, sae)
+    bos = model.tokenizer.bos_token_id
+    keep = tokens != bos
+    x_in, target = sae_input_and_target(model, sae, tokens)
+    acts = sae.encode(x_in)
+    recon = sae.decode(acts)
+    flat = (lambda t: t.flatten(2)) if target.ndim == 4 else (lambda t: t)
+    tgt, rec = flat(target)[keep], flat(recon)[keep]
+    fired = (acts[keep] > 0).float()
+
+    def loss_with(hook_fn=None) -> float:
+        hooks = [] if hook_fn is None else [(hook_out, hook_fn)]
+        return float(model.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks))
+
+    def zero(act, hook):
+        mask = keep.view(*keep.shape, *([1] * (act.ndim - 2)))
+        return torch.where(mask, torch.zeros_like(act), act)
+
+    ce_sae = float(
+        model.run_with_saes(tokens, saes=[sae], return_type="loss", exclude_special_tokens=[bos])
+    )
+    return ReconstructionMetrics(
+        explained_variance=explained_variance(tgt, rec),
+        mse=float((tgt - rec).pow(2).sum(-1).mean()),
+        l0=float(fired.sum(-1).mean()),
+        dead_fraction=float((fired.sum(0) == 0).float().mean()),
+        ce_clean=loss_with(),
+        ce_with_sae=ce_sae,
+        ce_zero_ablation=loss_with(zero),
+    )

@@ -1,0 +1,45 @@
+"""The first call of every chapter: seeds, threads, warnings, plotting, profile and banner."""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+
+import numpy as np
+import torch
+
+from saebook import display, profiles
+
+__all__ = ["setup", "seed_everything"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup(profile: str | None = None, seed: int = 0, show: bool = True) -> profiles.Profile:
+    """Prepare a chapter and return its loaded :class:`~saebook.profiles.Profile`.
+
+    Seeds every generator, uses one torch thread per core, silences the TransformerLens
+    deprecation notice (the book pins TransformerLens < 4 on purpose), selects a plotly
+    renderer that works in this environment, loads the profile (``SAEBOOK_PROFILE`` by
+    default) and, with ``show``, displays a banner naming profile, model, SAEs and device.
+    """
+    seed_everything(seed)
+    torch.set_num_threads(os.cpu_count() or 1)
+    warnings.filterwarnings("ignore", message=r".*HookedTransformer is deprecated.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"transformer_lens.*")
+    display.configure_plotly()
+    loaded = profiles.load(profile)
+    if show:
+        display.banner(
+            profile=loaded.name,
+            model=loaded.model.cfg.model_name,
+            saes=loaded.describe_saes(),
+            device=loaded.device,
+        )
+    return loaded

@@ -1,0 +1,276 @@
+"""Profiles: which model, SAEs and data sizes a chapter runs on.
+
+``load()`` reads ``SAEBOOK_PROFILE`` (default ``tiny``) and returns a :class:`Profile`: a
+``HookedSAETransformer``, its SAELens SAEs by role, a width family of residual SAEs and a
+token source. This module is the only place that knows model names, SAE releases and hooks.
+
+- ``tiny``: the project's own 2-layer model and SAEs, shipped in the package (CPU, offline).
+- ``gpt2``: gpt2-small with SAELens' pretrained releases (GPU or Colab, internet).
+- ``gemma``: gemma-2-2b with Gemma Scope (a large GPU, internet).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Int
+from sae_lens import SAE, HookedSAETransformer
+from torch import Tensor
+
+from saebook.errors import HubUnavailableError, MissingArtifactError, UnknownProfileError
+
+__all__ = ["PROFILES", "Profile", "ProfileSpec", "load", "default_name", "available"]
+
+ENV_VAR = "SAEBOOK_PROFILE"
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """What a profile is made of, before anything is loaded."""
+
+    name: str
+    description: str
+    model: str  # a TransformerLens model name, or "saebook-tiny"
+    saes: dict[str, tuple[str, str]]  # role -> (SAELens release, sae_id or id prefix)
+    width_family: tuple[str, tuple[str, ...]]  # (release, sae_ids narrow to wide)
+    dataset: str | None  # Hugging Face dataset of text for .tokens(); None: the tiny world
+    sizes: dict[str, int]  # heavy sizes chapters use instead of literals
+    needs: str  # hardware in words, for the landing page and errors
+    raw_weights: bool = False  # load with from_pretrained_no_processing
+
+
+PROFILES: dict[str, ProfileSpec] = {
+    spec.name: spec
+    for spec in (
+        ProfileSpec(
+            name="tiny",
+            description="the saebook tiny world: a 2-layer model and SAEs on synthetic stories",
+            model="saebook-tiny",
+            saes={},  # read from the shipped files; see saebook.tinyworld.build.SAE_SPECS
+            width_family=("saebook-tiny", ()),
+            dataset=None,
+            sizes=dict(seq_len=128, n_seqs=256, batch_size=64, gen_tokens=24),
+            needs="a CPU (2 cores), no network",
+        ),
+        ProfileSpec(
+            name="gpt2",
+            description="gpt2-small with SAELens' pretrained SAEs",
+            model="gpt2-small",
+            saes={
+                "resid": ("gpt2-small-res-jb", "blocks.8.hook_resid_pre"),
+                "attn": ("gpt2-small-hook-z-kk", "blocks.5.hook_z"),
+                "mlp": ("gpt2-small-mlp-tm", "blocks.8.hook_mlp_out"),
+            },
+            width_family=(
+                "gpt2-small-res-jb-feature-splitting",
+                tuple(f"blocks.8.hook_resid_pre_{w}" for w in (768, 1536, 3072, 6144, 12288)),
+            ),
+            dataset="Skylion007/openwebtext",
+            sizes=dict(seq_len=128, n_seqs=1024, batch_size=32, gen_tokens=32),
+            needs="a GPU or Colab, internet",
+        ),
+        ProfileSpec(
+            name="gemma",
+            description="gemma-2-2b with Gemma Scope SAEs and transcoders",
+            model="gemma-2-2b",
+            saes={
+                "resid": ("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical"),
+                "attn": ("gemma-scope-2b-pt-att-canonical", "layer_12/width_16k/canonical"),
+                "mlp": ("gemma-scope-2b-pt-mlp-canonical", "layer_12/width_16k/canonical"),
+                "transcoder": ("gemma-scope-2b-pt-transcoders", "layer_12/width_16k/"),
+            },
+            width_family=(
+                "gemma-scope-2b-pt-res-canonical",
+                tuple(f"layer_12/width_{w}/canonical" for w in ("16k", "65k", "262k")),
+            ),
+            dataset="monology/pile-uncopyrighted",
+            sizes=dict(seq_len=128, n_seqs=512, batch_size=8, gen_tokens=32),
+            needs="a GPU with >= 24 GB, internet",
+            raw_weights=True,  # Gemma Scope was trained on the unprocessed model
+        ),
+    )
+}
+
+
+@dataclass
+class Profile:
+    """A loaded profile: model, SAEs by role, width family, sizes and a token source."""
+
+    name: str
+    description: str
+    model: HookedSAETransformer
+    saes: dict[str, SAE]
+    width_family: list[SAE]
+    sizes: dict[str, int]
+    device: str
+    _token_source: Callable[[int, int, int], Tensor] = field(repr=False)
+
+    def tokens(
+        self, n_seqs: int, seq_len: int | None = None, seed: int = 0
+    ) -> Int[Tensor, "n_seqs seq"]:
+        """``n_seqs`` rows of ``seq_len`` corpus tokens (default: the profile's), BOS first."""
+        seq_len = self.sizes["seq_len"] if seq_len is None else seq_len
+        if not isinstance(n_seqs, int) or n_seqs < 1:
+            raise ValueError(f"n_seqs must be a positive int, got {n_seqs!r}")
+        if not isinstance(seq_len, int) or not 2 <= seq_len <= self.model.cfg.n_ctx:
+            raise ValueError(
+                f"seq_len must be an int in [2, {self.model.cfg.n_ctx}], got {seq_len!r}"
+            )
+        return self._token_source(n_seqs, seq_len, seed).to(self.device)
+
+    def sae(self, role: str) -> SAE:
+        """The SAE for ``role``, with a clear error naming the roles this profile has."""
+        if role not in self.saes:
+            raise KeyError(
+                f"role must be one of {sorted(self.saes)} on profile {self.name!r}, got {role!r}"
+            )
+        return self.saes[role]
+
+    def describe_saes(self) -> dict[str, str]:
+        """role -> a short description (architecture, width, hook) of each SAE."""
+        out = {}
+        for role, sae in self.saes.items():
+            hook = sae.cfg.metadata.hook_name
+            out_hook = sae.cfg.metadata.hook_name_out
+            where = f"{hook} -> {out_hook}" if out_hook else hook
+            out[role] = f"{sae.cfg.architecture()} x{sae.cfg.d_sae} @ {where}"
+        widths = ", ".join(str(s.cfg.d_sae) for s in self.width_family)
+        out["width_family"] = f"{len(self.width_family)} widths ({widths})"
+        return out
+
+
+def available() -> list[str]:
+    """Names of the defined profiles."""
+    return list(PROFILES)
+
+
+def default_name() -> str:
+    """The profile named by ``SAEBOOK_PROFILE``, or ``tiny``."""
+    return os.environ.get(ENV_VAR, "").strip() or "tiny"
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+_CACHE: dict[tuple[str, str], Profile] = {}
+
+
+def load(name: str | None = None, device: str | None = None) -> Profile:
+    """Load profile ``name`` (default: ``SAEBOOK_PROFILE`` or ``tiny``) on ``device``.
+
+    Loaded profiles are cached per process, so every chapter cell can call this cheaply.
+    Raises :class:`UnknownProfileError` for an unknown name and :class:`HubUnavailableError`,
+    in one sentence, when a hub profile cannot reach the Hugging Face hub.
+    """
+    name = default_name() if name is None else name
+    if name not in PROFILES:
+        raise UnknownProfileError(
+            f"profile must be one of {available()} (argument or ${ENV_VAR}), got {name!r}"
+        )
+    device = device or _device()
+    key = (name, device)
+    if key not in _CACHE:
+        _CACHE[key] = _load_tiny(device) if name == "tiny" else _load_hub(PROFILES[name], device)
+    return _CACHE[key]
+
+
+def _load_tiny(device: str) -> Profile:
+    from saebook.tinyworld import corpus_rows
+    from saebook.tinyworld.shipped import load_shipped
+
+    spec = PROFILES["tiny"]
+    model, saes, family = load_shipped(device=device)
+    return Profile(
+        name=spec.name,
+        description=spec.description,
+        model=model,
+        saes=saes,
+        width_family=family,
+        sizes=dict(spec.sizes),
+        device=device,
+        _token_source=lambda n, s, seed: corpus_rows(n, s, seed=seed, tokenizer=model.tokenizer),
+    )
+
+
+HUB_HOST = ("huggingface.co", 443)
+
+
+def _require_hub(profile: str, timeout: float = 3.0) -> None:
+    """Fail fast, in one sentence, when the Hugging Face hub is unreachable."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return  # the reader asked for the local cache only; loading will say what is missing
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+    except OSError:
+        raise HubUnavailableError(
+            f"Profile {profile!r} downloads its model and SAEs from the Hugging Face hub, which "
+            f"this machine cannot reach; set {ENV_VAR}=tiny (the default) to run offline."
+        ) from None
+
+
+def _resolve_sae_id(release: str, sae_id: str) -> str:
+    """An exact id, or the first id of ``release`` that starts with a prefix ending in '/'."""
+    if not sae_id.endswith("/"):
+        return sae_id
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    ids = [i for i in get_pretrained_saes_directory()[release].saes_map if i.startswith(sae_id)]
+    if not ids:
+        raise MissingArtifactError(f"release {release!r} has no SAE id starting with {sae_id!r}")
+    return sorted(ids)[0]
+
+
+def _hub_token_source(
+    model: HookedSAETransformer, dataset: str
+) -> Callable[[int, int, int], Tensor]:
+    """Rows of ``seq_len`` tokens from a streamed text dataset, BOS first, shuffled by seed."""
+
+    def source(n_seqs: int, seq_len: int, seed: int) -> Tensor:
+        from datasets import load_dataset
+
+        stream = load_dataset(dataset, split="train", streaming=True).shuffle(
+            seed=seed, buffer_size=10_000
+        )
+        rows, buffer = [], []
+        bos = model.tokenizer.bos_token_id
+        for example in stream:
+            buffer += model.tokenizer(example["text"])["input_ids"] + [model.tokenizer.eos_token_id]
+            while len(buffer) >= seq_len - 1 and len(rows) < n_seqs:
+                rows.append([bos] + buffer[: seq_len - 1])
+                buffer = buffer[seq_len - 1 :]
+            if len(rows) == n_seqs:
+                break
+        return torch.tensor(rows, dtype=torch.long)
+
+    return source
+
+
+def _load_hub(spec: ProfileSpec, device: str) -> Profile:
+    _require_hub(spec.name)
+    loader = (
+        HookedSAETransformer.from_pretrained_no_processing
+        if spec.raw_weights
+        else HookedSAETransformer.from_pretrained
+    )
+    model = loader(spec.model, device=device)
+    saes = {
+        role: SAE.from_pretrained(release, _resolve_sae_id(release, sae_id), device=device)
+        for role, (release, sae_id) in spec.saes.items()
+    }
+    release, ids = spec.width_family
+    family = [SAE.from_pretrained(release, i, device=device) for i in ids]
+    return Profile(
+        name=spec.name,
+        description=spec.description,
+        model=model,
+        saes=saes,
+        width_family=family,
+        sizes=dict(spec.sizes),
+        device=device,
+        _token_source=_hub_token_source(model, spec.dataset),
+    )

@@ -1,0 +1,262 @@
+"""Rebuild the tiny world from its seed: tokenizer, language model, SAEs, transcoder, model card.
+
+``python -m saebook.tinyworld build`` writes everything into the package's ``data/`` folder
+(about 25 minutes on 2 CPU cores); ``--micro`` runs the same pipeline at toy sizes in seconds
+(the tests do that, so the build code cannot rot). Each artefact is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from saebook.files import atomic_write_dir, atomic_write_text
+from saebook.groundtruth import label_recovery
+from saebook.induction import induction_report, repeated_tokens
+from saebook.metrics import reconstruction_metrics
+from saebook.tinyworld.corpus import corpus_rows, labeled_batch
+from saebook.tinyworld.grammar import generate_stories
+from saebook.tinyworld.model import (
+    TrainConfig,
+    mean_loss,
+    new_model,
+    ngram_baselines,
+    save_model,
+    train_language_model,
+)
+from saebook.tinyworld.tokenizer import load_tokenizer, train_tokenizer
+from saebook.training import collect_activations, train_topk_sae, train_transcoder
+
+__all__ = ["DATA_DIR", "BuildScale", "FULL", "MICRO", "SAE_SPECS", "build"]
+
+DATA_DIR = Path(__file__).parent / "data"
+
+RESID_HOOK = "blocks.1.hook_resid_pre"
+ATTN_HOOK = "blocks.1.attn.hook_z"
+MLP_IN_HOOK = "blocks.0.ln2.hook_normalized"
+MLP_OUT_HOOK = "blocks.0.hook_mlp_out"
+
+#: role -> what to train. ``resid_<width>`` entries plus ``resid`` form the width family.
+SAE_SPECS: dict[str, dict] = {
+    "resid_256": dict(hook=RESID_HOOK, width=256, k=16),
+    "resid_512": dict(hook=RESID_HOOK, width=512, k=16),
+    "resid": dict(hook=RESID_HOOK, width=1024, k=16),
+    "resid_2048": dict(hook=RESID_HOOK, width=2048, k=16),
+    "attn": dict(hook=ATTN_HOOK, width=512, k=12),
+    "mlp": dict(hook=MLP_OUT_HOOK, width=1024, k=16),
+    "transcoder": dict(hook=MLP_IN_HOOK, hook_out=MLP_OUT_HOOK, width=1024, k=16),
+}
+
+# Disjoint seeds for every random stream of the build.
+SEEDS = dict(tokenizer=0, train=1, validation=2, sae_data=3, evaluation=4, labels=5, model=0)
+
+
+@dataclass
+class BuildScale:
+    """Sizes of one build. ``FULL`` is what ships; ``MICRO`` exercises the code in seconds."""
+
+    tokenizer_stories: int
+    vocab_size: int
+    lm: TrainConfig
+    seq_len: int = 128
+    architecture: dict = field(default_factory=dict)  # overrides of model.ARCHITECTURE
+    val_rows: int = 256
+    sae_rows: int = 20_000
+    sae_samples: int = 2_500_000
+    sae_batch: int = 512
+    transcoder_batch: int = 1024
+    width_divisor: int = 1  # divides every SAE width (micro builds)
+    eval_rows: int = 64
+
+
+FULL = BuildScale(
+    tokenizer_stories=20_000, vocab_size=2048, lm=TrainConfig(steps=8000, batch_size=16)
+)
+MICRO = BuildScale(
+    tokenizer_stories=300,
+    vocab_size=400,
+    lm=TrainConfig(steps=12, batch_size=8, warmup_steps=4),
+    seq_len=32,
+    architecture=dict(d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=32),
+    val_rows=16,
+    sae_rows=64,
+    sae_samples=4096,
+    sae_batch=256,
+    transcoder_batch=256,
+    width_divisor=16,
+    eval_rows=8,
+)
+
+
+def _log(msg: str) -> None:
+    print(f"[tinyworld build {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def build(out_dir: Path = DATA_DIR, scale: BuildScale = FULL, threads: int | None = None) -> dict:
+    """Run the whole pipeline into ``out_dir`` and return the model-card metrics it wrote."""
+    if threads:
+        torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    timings: dict[str, float] = {}
+    t0 = time.time()
+
+    # 1. tokenizer
+    with atomic_write_dir(out_dir / "tokenizer") as tmp:
+        train_tokenizer(
+            generate_stories(scale.tokenizer_stories, SEEDS["tokenizer"]), scale.vocab_size, tmp
+        )
+    tokenizer = load_tokenizer(out_dir / "tokenizer")
+    timings["tokenizer"] = time.time() - t0
+
+    # 2. corpus
+    t = time.time()
+    n_story_rows = scale.lm.story_rows_needed
+    _log(f"generating {n_story_rows} training rows of {scale.seq_len} tokens")
+    train = corpus_rows(n_story_rows, scale.seq_len, seed=SEEDS["train"], tokenizer=tokenizer)
+    val = corpus_rows(scale.val_rows, scale.seq_len, seed=SEEDS["validation"], tokenizer=tokenizer)
+    counts = torch.bincount(train.flatten(), minlength=len(tokenizer))
+    counts[tokenizer.bos_token_id] = 0
+    token_pool = torch.nonzero(counts >= 20).flatten()  # tokens the corpus really uses
+    timings["corpus"] = time.time() - t
+
+    # 3. language model
+    t = time.time()
+    model = new_model(out_dir / "tokenizer", seed=SEEDS["model"], **scale.architecture)
+    curve = train_language_model(model, train, token_pool, scale.lm)
+    save_model(model, out_dir / "model")
+    timings["language_model"] = time.time() - t
+
+    # 4. language-model quality
+    t = time.time()
+    baselines = ngram_baselines(train, val, len(tokenizer))
+    rep = repeated_tokens(
+        64,
+        (scale.seq_len - 1) // 2,
+        token_pool,
+        tokenizer.bos_token_id,
+        torch.Generator().manual_seed(SEEDS["evaluation"]),
+    )
+    induction = induction_report(model, rep)
+    layer, head, score = induction.best_head()
+    lm_metrics = {
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "train_tokens": scale.lm.steps * scale.lm.batch_size * scale.seq_len,
+        "train_story_rows": n_story_rows,
+        "train_config": asdict(scale.lm),
+        "val_loss": mean_loss(model, val),
+        "baselines": baselines,
+        "token_pool_size": int(token_pool.numel()),
+        "induction": {
+            "loss_first_half": induction.loss_first_half,
+            "loss_second_half": induction.loss_second_half,
+            "loss_ratio": induction.loss_ratio,
+            "head_scores": induction.head_scores.tolist(),
+            "best_head": {"layer": layer, "head": head, "score": score},
+        },
+    }
+    _log(
+        f"val loss {lm_metrics['val_loss']:.3f} (bigram {baselines['bigram']:.3f}); "
+        f"induction ratio {induction.loss_ratio:.3f}, best head L{layer}H{head} {score:.2f}"
+    )
+    timings["lm_eval"] = time.time() - t
+
+    # 5. SAEs on cached activations
+    t = time.time()
+    sae_tokens = corpus_rows(
+        scale.sae_rows, scale.seq_len, seed=SEEDS["sae_data"], tokenizer=tokenizer
+    )
+    hooks = sorted({s["hook"] for s in SAE_SPECS.values()} | {MLP_OUT_HOOK})
+    acts = collect_activations(model, sae_tokens, hooks)
+    timings["activations"] = time.time() - t
+    meta = dict(
+        model_name="saebook-tiny",
+        context_size=scale.seq_len,
+        prepend_bos=True,
+        dataset_path=f"saebook.tinyworld corpus_rows(seed={SEEDS['sae_data']})",
+    )
+    saes = {}
+    for role, spec in SAE_SPECS.items():
+        t = time.time()
+        width = spec["width"] // scale.width_divisor
+        k = min(spec["k"], width // 4)
+        _log(f"training {role}: width {width} on {spec['hook']}")
+        if "hook_out" in spec:
+            sae = train_transcoder(
+                acts[spec["hook"]],
+                acts[spec["hook_out"]],
+                width,
+                metadata={**meta, "hook_name": spec["hook"], "hook_name_out": spec["hook_out"]},
+                total_samples=scale.sae_samples,
+                target_l0=k,
+                batch_size=scale.transcoder_batch,
+            )
+        else:
+            sae = train_topk_sae(
+                acts[spec["hook"]],
+                width,
+                k,
+                metadata={**meta, "hook_name": spec["hook"]},
+                total_samples=scale.sae_samples,
+                batch_size=scale.sae_batch,
+                reshape_hook_z=spec["hook"].endswith("hook_z"),
+            )
+        with atomic_write_dir(out_dir / "saes" / role) as tmp:
+            sae.save_model(tmp)
+        saes[role] = sae
+        timings[f"sae_{role}"] = time.time() - t
+    del acts
+
+    # 6. SAE quality and ground-truth recovery
+    t = time.time()
+    eval_tokens = corpus_rows(
+        scale.eval_rows, scale.seq_len, seed=SEEDS["evaluation"], tokenizer=tokenizer
+    )
+    label_tokens, labels = labeled_batch(
+        scale.eval_rows, scale.seq_len, seed=SEEDS["labels"], tokenizer=tokenizer
+    )
+    flat_labels = {name: lab.flatten() for name, lab in labels.items()}
+    _, label_cache = model.run_with_cache(label_tokens, names_filter=lambda n: n in hooks)
+    sae_metrics, recovery = {}, {}
+    for role, sae in saes.items():
+        rec = reconstruction_metrics(model, sae, eval_tokens).as_dict()
+        spec = SAE_SPECS[role]
+        sae_metrics[role] = {
+            "hook": spec["hook"],
+            "hook_out": spec.get("hook_out"),
+            "d_sae": sae.cfg.d_sae,
+            "architecture": sae.cfg.architecture(),
+            **rec,
+        }
+        latents = sae.encode(label_cache[spec["hook"]]).flatten(0, 1)
+        recovery[role] = label_recovery(latents, flat_labels).to_dict(orient="records")
+        _log(
+            f"{role}: EV {rec['explained_variance']:.3f}, L0 {rec['l0']:.1f}, "
+            f"CE recovered {rec['ce_loss_recovered']:.3f}, dead {rec['dead_fraction']:.2%}"
+        )
+    timings["sae_eval"] = time.time() - t
+    timings["total"] = time.time() - t0
+
+    card = {
+        "scale": "micro" if scale is MICRO else "full" if scale is FULL else "custom",
+        "seeds": SEEDS,
+        "sae_specs": SAE_SPECS,
+        "language_model": lm_metrics,
+        "saes": sae_metrics,
+        "label_recovery": recovery,
+        "timings_s": timings,
+        "environment": {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
+    }
+    atomic_write_text(out_dir / "model_card.json", json.dumps(card, indent=1))
+    atomic_write_text(out_dir / "training_curve.json", json.dumps(curve))
+    _log(f"done in {timings['total'] / 60:.1f} min")
+    return card

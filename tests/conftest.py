@@ -1,0 +1,94 @@
+"""Session-wide reporting for the chapter runner (tests/test_chapters.py).
+
+Each chapter test records `chapter` and `chapter_seconds` with `record_property`; the hooks
+below collect them with the test's outcome, print a timing table at the end of the session
+and write `_build/chapter_times.json` (uploaded as an artifact by CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMES_JSON = ROOT / "_build" / "chapter_times.json"
+
+_times: list[dict] = []
+_chapter_tests_ran = False  # a chapter test ran or was skipped (no chapters yet)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "chapter: executes one chapter of the book")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    global _chapter_tests_ran
+    if "chapter" in report.keywords and (report.when == "call" or report.skipped):
+        _chapter_tests_ran = True
+    if report.when != "call":
+        return
+    props = dict(report.user_properties)
+    if "chapter_seconds" in props:
+        _times.append(
+            {
+                "chapter": props.get("chapter", report.nodeid),
+                "seconds": props["chapter_seconds"],
+                "outcome": report.outcome,
+                "profile": props.get("chapter_profile", ""),
+            }
+        )
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if not _chapter_tests_ran:
+        return  # e.g. `pytest tests/test_repo_lint.py`: keep the last chapter timings
+    profile = ",".join(sorted({t["profile"] for t in _times})) or "tiny"
+    tr = terminalreporter
+    tr.write_sep("=", f"chapter execution times (SAEBOOK_PROFILE={profile})")
+    if _times:
+        width = max(len(t["chapter"]) for t in _times)
+        for t in _times:
+            tr.write_line(f"{t['chapter']:<{width}}  {t['seconds']:>8.1f} s  {t['outcome']}")
+        total = sum(t["seconds"] for t in _times)
+        tr.write_line(f"{'total':<{width}}  {total:>8.1f} s")
+    else:
+        tr.write_line("no chapter was executed")
+    TIMES_JSON.parent.mkdir(parents=True, exist_ok=True)
+    TIMES_JSON.write_text(
+        json.dumps(
+            {
+                "profile": profile,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "chapters": _times,
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    tr.write_line(f"written to {TIMES_JSON.relative_to(ROOT)}")
+
+
+@pytest.fixture(scope="session")
+def micro_world(tmp_path_factory):
+    """(output folder, model card) of a micro tiny-world build: the real pipeline in seconds."""
+    from saebook.tinyworld.build import MICRO, build
+
+    out = tmp_path_factory.mktemp("micro_world")
+    card = build(out, MICRO)
+    return out, card
+
+
+@pytest.fixture(scope="session")
+def micro_model(micro_world):
+    """(model, SAEs by role, width family) loaded from the micro build."""
+    from saebook.tinyworld.shipped import load_shipped
+
+    return load_shipped(micro_world[0])

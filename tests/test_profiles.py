@@ -1,0 +1,119 @@
+"""Profiles: the tiny profile from shipped files, hub profiles with the hub boundary faked."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+import torch
+from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+from saebook import profiles
+from saebook.errors import HubUnavailableError, UnknownProfileError
+
+
+def test_unknown_profile_lists_valid_names(monkeypatch):
+    with pytest.raises(UnknownProfileError, match=r"\['tiny', 'gpt2', 'gemma'\].*'gpt3'"):
+        profiles.load("gpt3")
+    monkeypatch.setenv("SAEBOOK_PROFILE", "nope")
+    with pytest.raises(UnknownProfileError, match="SAEBOOK_PROFILE"):
+        profiles.load()
+
+
+def test_default_name_reads_environment(monkeypatch):
+    monkeypatch.delenv("SAEBOOK_PROFILE", raising=False)
+    assert profiles.default_name() == "tiny"
+    monkeypatch.setenv("SAEBOOK_PROFILE", "gpt2")
+    assert profiles.default_name() == "gpt2"
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gemma"])
+def test_hub_profile_ids_exist_in_the_saelens_registry(name):
+    """Every release and SAE id a hub profile asks for is in SAELens' own registry."""
+    directory = get_pretrained_saes_directory()
+    spec = profiles.PROFILES[name]
+    for role, (release, sae_id) in spec.saes.items():
+        assert release in directory, (role, release)
+        resolved = profiles._resolve_sae_id(release, sae_id)
+        assert resolved in directory[release].saes_map, (role, resolved)
+    release, ids = spec.width_family
+    assert all(i in directory[release].saes_map for i in ids)
+    assert len(ids) >= 3
+
+
+def test_hub_profile_without_network_fails_fast_in_one_sentence(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network is blocked in this test")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.time()
+    with pytest.raises(HubUnavailableError) as info:
+        profiles.load("gpt2", device="cpu")
+    assert time.time() - start < 5
+    message = str(info.value)
+    assert "SAEBOOK_PROFILE=tiny" in message and message.count(". ") == 0
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_hub_profile_loads_what_its_spec_names(monkeypatch, micro_model):
+    """gpt2's loading code runs end to end with only the hub calls replaced by local objects."""
+    model, saes, _ = micro_model
+    calls = []
+    monkeypatch.setattr(profiles, "_require_hub", lambda name: None)
+    monkeypatch.setattr(
+        profiles.HookedSAETransformer,
+        "from_pretrained",
+        classmethod(lambda cls, name, device: calls.append(("model", name)) or model),
+    )
+    monkeypatch.setattr(
+        profiles.SAE,
+        "from_pretrained",
+        classmethod(
+            lambda cls, release, sae_id, device: calls.append((release, sae_id)) or saes["resid"]
+        ),
+    )
+    monkeypatch.setattr(profiles, "_CACHE", {})
+    loaded = profiles.load("gpt2", device="cpu")
+    spec = profiles.PROFILES["gpt2"]
+    assert ("model", "gpt2-small") in calls
+    assert all(v in calls for v in spec.saes.values())
+    assert set(loaded.saes) == set(spec.saes)
+    assert len(loaded.width_family) == len(spec.width_family[1])
+    with pytest.raises(KeyError, match="transcoder"):
+        loaded.sae("transcoder")
+
+
+def test_hub_token_source_packs_rows(monkeypatch, micro_model):
+    model, _, _ = micro_model
+    texts = [{"text": "Lily saw a cat. " * 5} for _ in range(20)]
+
+    class FakeStream(list):
+        def shuffle(self, seed, buffer_size):
+            return self
+
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: FakeStream(texts))
+    rows = profiles._hub_token_source(model, "any/dataset")(3, 8, 0)
+    assert rows.shape == (3, 8) and (rows[:, 0] == model.tokenizer.bos_token_id).all()
+
+
+def test_tiny_profile_loads_quickly_with_every_role():
+    profiles._CACHE.clear()
+    start = time.time()
+    tiny = profiles.load("tiny", device="cpu")
+    elapsed = time.time() - start
+    print(f"tiny profile loaded in {elapsed:.2f} s")
+    assert elapsed < 10
+    assert set(tiny.saes) >= {"resid", "attn", "mlp", "transcoder"}
+    assert len(tiny.width_family) >= 3
+    assert profiles.load("tiny", device="cpu") is tiny  # cached
+    toks = tiny.tokens(4, 32, seed=3)
+    assert toks.shape == (4, 32) and toks.dtype == torch.long
+    assert torch.equal(toks, tiny.tokens(4, 32, seed=3))
+    with pytest.raises(ValueError, match="seq_len"):
+        tiny.tokens(2, 10_000)
+    with pytest.raises(ValueError, match="n_seqs"):
+        tiny.tokens(0)
