@@ -22,6 +22,7 @@ from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
 from saebook.errors import HubUnavailableError, MissingArtifactError, UnknownProfileError
+from saebook.tasks import LogitDiffTask, ioi_task
 
 __all__ = ["PROFILES", "Profile", "ProfileSpec", "load", "default_name", "available"]
 
@@ -40,6 +41,7 @@ class ProfileSpec:
     dataset: str | None  # Hugging Face dataset of text for .tokens(); None: the tiny world
     sizes: dict[str, int]  # heavy sizes chapters use instead of literals
     needs: str  # hardware in words, for the landing page and errors
+    task: str  # the logit-difference task the model solves: "code_recall" or "ioi"
     raw_weights: bool = False  # load with from_pretrained_no_processing
 
 
@@ -55,6 +57,7 @@ PROFILES: dict[str, ProfileSpec] = {
             dataset=None,
             sizes=dict(seq_len=128, n_seqs=256, batch_size=64, gen_tokens=24),
             needs="a CPU (2 cores), no network",
+            task="code_recall",  # the tiny model does not learn IOI
         ),
         ProfileSpec(
             name="gpt2",
@@ -72,6 +75,7 @@ PROFILES: dict[str, ProfileSpec] = {
             dataset="Skylion007/openwebtext",
             sizes=dict(seq_len=128, n_seqs=1024, batch_size=32, gen_tokens=32),
             needs="a GPU or Colab, internet",
+            task="ioi",
         ),
         ProfileSpec(
             name="gemma",
@@ -90,6 +94,7 @@ PROFILES: dict[str, ProfileSpec] = {
             dataset="monology/pile-uncopyrighted",
             sizes=dict(seq_len=128, n_seqs=512, batch_size=8, gen_tokens=32),
             needs="a GPU with >= 24 GB, internet",
+            task="ioi",
             raw_weights=True,  # Gemma Scope was trained on the unprocessed model
         ),
     )
@@ -107,6 +112,7 @@ class Profile:
     width_family: list[SAE]
     sizes: dict[str, int]
     device: str
+    task_name: str
     _token_source: Callable[[int, int, int], Tensor] = field(repr=False)
 
     def tokens(
@@ -121,6 +127,16 @@ class Profile:
                 f"seq_len must be an int in [2, {self.model.cfg.n_ctx}], got {seq_len!r}"
             )
         return self._token_source(n_seqs, seq_len, seed).to(self.device)
+
+    def task(self, n: int = 16, seed: int = 0) -> LogitDiffTask:
+        """A logit-difference task this profile's model solves (clean/corrupted prompt pairs)."""
+        if self.task_name == "code_recall":
+            from saebook.tinyworld.tasks import code_recall_task
+
+            task = code_recall_task(self.model, n=n, seed=seed)
+        else:
+            task = ioi_task(self.model, n=n, seed=seed)
+        return task.to(self.device)
 
     def sae(self, role: str) -> SAE:
         """The SAE for ``role``, with a clear error naming the roles this profile has."""
@@ -193,6 +209,7 @@ def _load_tiny(device: str) -> Profile:
         width_family=family,
         sizes=dict(spec.sizes),
         device=device,
+        task_name=spec.task,
         _token_source=lambda n, s, seed: corpus_rows(n, s, seed=seed, tokenizer=model.tokenizer),
     )
 
@@ -272,5 +289,6 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
         width_family=family,
         sizes=dict(spec.sizes),
         device=device,
+        task_name=spec.task,
         _token_source=_hub_token_source(model, spec.dataset),
     )

@@ -16,8 +16,15 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--out", type=Path, default=DATA_DIR, help=f"output folder (default {DATA_DIR})")
     b.add_argument("--micro", action="store_true", help="toy sizes: checks the pipeline in seconds")
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    b.add_argument(
+        "--reuse-model",
+        action="store_true",
+        help="keep the tokenizer and language model in --out; retrain SAEs and re-measure",
+    )
     args = parser.parse_args(argv)
-    build(args.out, MICRO if args.micro else FULL, threads=args.threads)
+    build(
+        args.out, MICRO if args.micro else FULL, threads=args.threads, reuse_model=args.reuse_model
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from saebook.tinyworld.corpus import corpus_rows, labeled_batch
 from saebook.tinyworld.grammar import generate_stories
 from saebook.tinyworld.model import (
     TrainConfig,
+    load_model,
     mean_loss,
     new_model,
     ngram_baselines,
@@ -93,23 +94,39 @@ MICRO = BuildScale(
 )
 
 
+def _previous_card(out_dir: Path) -> dict:
+    path = out_dir / "model_card.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _log(msg: str) -> None:
     print(f"[tinyworld build {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def build(out_dir: Path = DATA_DIR, scale: BuildScale = FULL, threads: int | None = None) -> dict:
-    """Run the whole pipeline into ``out_dir`` and return the model-card metrics it wrote."""
+def build(
+    out_dir: Path = DATA_DIR,
+    scale: BuildScale = FULL,
+    threads: int | None = None,
+    reuse_model: bool = False,
+) -> dict:
+    """Run the whole pipeline into ``out_dir`` and return the model-card metrics it wrote.
+
+    With ``reuse_model`` the tokenizer and language model already in ``out_dir`` are kept
+    (their training curve and time too, when recorded) and only the later stages run.
+    """
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
     t0 = time.time()
 
+    previous = _previous_card(out_dir) if reuse_model else {}
+
     # 1. tokenizer
-    with atomic_write_dir(out_dir / "tokenizer") as tmp:
-        train_tokenizer(
-            generate_stories(scale.tokenizer_stories, SEEDS["tokenizer"]), scale.vocab_size, tmp
-        )
+    if not reuse_model:
+        with atomic_write_dir(out_dir / "tokenizer") as tmp:
+            stories = generate_stories(scale.tokenizer_stories, SEEDS["tokenizer"])
+            train_tokenizer(stories, scale.vocab_size, tmp)
     tokenizer = load_tokenizer(out_dir / "tokenizer")
     timings["tokenizer"] = time.time() - t0
 
@@ -126,10 +143,17 @@ def build(out_dir: Path = DATA_DIR, scale: BuildScale = FULL, threads: int | Non
 
     # 3. language model
     t = time.time()
-    model = new_model(out_dir / "tokenizer", seed=SEEDS["model"], **scale.architecture)
-    curve = train_language_model(model, train, token_pool, scale.lm)
-    save_model(model, out_dir / "model")
-    timings["language_model"] = time.time() - t
+    if reuse_model:
+        model = load_model(out_dir / "model", out_dir / "tokenizer")
+        curve_path = out_dir / "training_curve.json"
+        curve = json.loads(curve_path.read_text()) if curve_path.is_file() else []
+        timings["language_model"] = previous.get("timings_s", {}).get("language_model")
+    else:
+        model = new_model(out_dir / "tokenizer", seed=SEEDS["model"], **scale.architecture)
+        curve = train_language_model(model, train, token_pool, scale.lm)
+        save_model(model, out_dir / "model")
+        atomic_write_text(out_dir / "training_curve.json", json.dumps(curve))
+        timings["language_model"] = time.time() - t
 
     # 4. language-model quality
     t = time.time()
@@ -240,6 +264,8 @@ def build(out_dir: Path = DATA_DIR, scale: BuildScale = FULL, threads: int | Non
         )
     timings["sae_eval"] = time.time() - t
     timings["total"] = time.time() - t0
+    if reuse_model:
+        timings["total"] += timings["language_model"] or 0.0
 
     card = {
         "scale": "micro" if scale is MICRO else "full" if scale is FULL else "custom",
@@ -257,6 +283,5 @@ def build(out_dir: Path = DATA_DIR, scale: BuildScale = FULL, threads: int | Non
         },
     }
     atomic_write_text(out_dir / "model_card.json", json.dumps(card, indent=1))
-    atomic_write_text(out_dir / "training_curve.json", json.dumps(curve))
     _log(f"done in {timings['total'] / 60:.1f} min")
     return card

@@ -1,0 +1,162 @@
+"""Finding the latents that matter for a behaviour: direct logit attribution, ablation, and
+attribution patching.
+
+All three score SAE latents by their effect on a task's logit difference (see
+:mod:`saebook.tasks`). Ablation is exact but costs one forward pass per latent; attribution
+patching estimates every latent's ablation effect from one forward and one backward pass
+(activation x gradient); direct logit attribution keeps only the path from the latent's
+decoder direction straight to the unembedding.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from sae_lens import SAE, HookedSAETransformer
+from torch import Tensor
+
+from saebook.tasks import LogitDiffTask
+
+__all__ = [
+    "residual_directions",
+    "latent_activations_at_last",
+    "direct_logit_attribution",
+    "ablation_effects",
+    "attribution_patching",
+]
+
+
+def _hooks(model: HookedSAETransformer, sae: SAE) -> tuple[str, str]:
+    hook_in = sae.cfg.metadata.hook_name
+    hook_out = sae.cfg.metadata.hook_name_out or hook_in
+    if hook_in not in model.hook_dict:
+        raise ValueError(f"sae.cfg.metadata.hook_name must be a hook of the model, got {hook_in!r}")
+    return hook_in, hook_out
+
+
+def residual_directions(model: HookedSAETransformer, sae: SAE) -> Float[Tensor, "d_sae d_model"]:
+    """Each latent's decoder direction as written into the residual stream.
+
+    Residual and MLP-output SAEs and transcoders already decode into ``d_model``; an
+    attention ``hook_z`` SAE decodes into the heads' outputs, mapped through ``W_O``.
+    """
+    _, hook_out = _hooks(model, sae)
+    w_dec = sae.W_dec
+    if hook_out.endswith("hook_z"):
+        layer = int(hook_out.split(".")[1])
+        w_o = model.W_O[layer]  # (heads, d_head, d_model)
+        return torch.einsum("shd,hdm->sm", w_dec.view(-1, *w_o.shape[:2]), w_o)
+    if w_dec.shape[1] != model.cfg.d_model:
+        raise ValueError(
+            f"the SAE must decode into d_model={model.cfg.d_model}, got {w_dec.shape[1]}"
+        )
+    return w_dec
+
+
+@torch.no_grad()
+def latent_activations_at_last(
+    model: HookedSAETransformer, sae: SAE, tokens: Int[Tensor, "batch seq"]
+) -> Float[Tensor, "batch d_sae"]:
+    """The SAE's latent activations at the last position of every row."""
+    hook_in, _ = _hooks(model, sae)
+    _, cache = model.run_with_cache(tokens, names_filter=hook_in)
+    return sae.encode(cache[hook_in][:, -1])
+
+
+@torch.no_grad()
+def direct_logit_attribution(
+    model: HookedSAETransformer, sae: SAE, task: LogitDiffTask
+) -> Float[Tensor, "batch d_sae"]:
+    """Each latent's direct contribution to the clean logit difference at the last position.
+
+    ``activation * (direction . (W_U[:, answer] - W_U[:, wrong])) / ln_final_scale``: the
+    effect of the latent's decoder direction if it went straight to the unembedding, with
+    the final LayerNorm frozen at its clean scale. Later layers' use of the latent is not
+    counted: compare with :func:`ablation_effects` for the total effect.
+    """
+    hook_in, _ = _hooks(model, sae)
+    names = (hook_in, "ln_final.hook_scale")
+    _, cache = model.run_with_cache(task.clean, names_filter=lambda n: n in names)
+    acts = sae.encode(cache[hook_in][:, -1])  # (batch, d_sae)
+    scale = cache["ln_final.hook_scale"][:, -1]  # (batch, 1)
+    diff_dirs = model.W_U[:, task.answer] - model.W_U[:, task.wrong]  # (d_model, batch)
+    per_latent = residual_directions(model, sae) @ diff_dirs  # (d_sae, batch)
+    return acts * per_latent.T / scale
+
+
+def _with_latent_edit(sae: SAE, edit):
+    """A forward hook on the SAE's latents applying ``edit(acts) -> acts``."""
+    name = f"{sae.cfg.metadata.hook_name_out or sae.cfg.metadata.hook_name}.hook_sae_acts_post"
+    return name, lambda acts, hook: edit(acts)
+
+
+@torch.no_grad()
+def ablation_effects(
+    model: HookedSAETransformer,
+    sae: SAE,
+    task: LogitDiffTask,
+    latents: Int[Tensor, " n"] | None = None,
+    chunk: int = 32,
+) -> tuple[Int[Tensor, " n"], Float[Tensor, " n"]]:
+    """Exact change of the mean clean logit difference when a latent is zeroed at the last token.
+
+    The SAE is spliced in with its error term, so the unedited run reproduces the clean model
+    and an edit changes the output only through the ablated latent. ``latents`` defaults to
+    every latent active at the last position of some prompt (the others have effect 0).
+    Returns ``(latents, effects)``; an effect is ``ablated - clean`` (negative: the latent
+    supported the answer). Cost: one batched forward pass per ``chunk`` latents.
+    """
+    if latents is None:
+        latents = torch.nonzero(
+            latent_activations_at_last(model, sae, task.clean).amax(0) > 0
+        ).flatten()
+    latents = torch.as_tensor(latents, dtype=torch.long)
+    if latents.numel() and (latents.min() < 0 or latents.max() >= sae.cfg.d_sae):
+        raise IndexError(
+            f"latents must lie in [0, {sae.cfg.d_sae}), got {latents.min()}..{latents.max()}"
+        )
+    batch = task.clean.shape[0]
+    with model.saes(saes=[sae], use_error_term=True):
+        base = task.logit_diff(model(task.clean)).mean()
+        effects = []
+        for group in latents.split(chunk):
+            reps = group.numel()
+            tokens = task.clean.repeat(reps, 1)
+            which = group.repeat_interleave(batch)
+
+            def zero_one(acts, which=which):
+                acts = acts.clone()
+                acts[torch.arange(acts.shape[0]), -1, which] = 0.0
+                return acts
+
+            name, fn = _with_latent_edit(sae, zero_one)
+            logits = model.run_with_hooks(tokens, fwd_hooks=[(name, fn)])
+            diffs = task.logit_diff(logits).view(reps, batch).mean(1)
+            effects.append(diffs - base)
+    return latents, torch.cat(effects) if effects else torch.zeros(0)
+
+
+def attribution_patching(
+    model: HookedSAETransformer, sae: SAE, task: LogitDiffTask
+) -> Float[Tensor, "batch seq d_sae"]:
+    """Linear estimate of zero-ablating each latent at each position, from one backward pass.
+
+    ``-activation * d(mean logit diff)/d(activation)`` on the clean prompts, with the SAE
+    spliced in with its error term. At the last position it approximates
+    :func:`ablation_effects` (summed over positions for a whole-sequence ablation).
+    """
+    name, _ = _with_latent_edit(sae, lambda a: a)
+    stash: dict[str, Tensor] = {}
+
+    def keep(acts, hook):
+        acts.retain_grad()
+        stash["acts"] = acts
+        return acts
+
+    with torch.enable_grad(), model.saes(saes=[sae], use_error_term=True):
+        logits = model.run_with_hooks(task.clean, fwd_hooks=[(name, keep)])
+        task.logit_diff(logits).mean().backward()
+    acts = stash["acts"]
+    model.zero_grad(set_to_none=True)
+    sae.zero_grad(set_to_none=True)
+    return (-acts * acts.grad).detach()

@@ -1,0 +1,101 @@
+"""Logit-difference tasks: clean and corrupted prompts whose answers differ.
+
+A task is what attribution, patching and circuit chapters measure: the logit difference
+between the right answer and a wrong one at the last position. Profiles choose a task their
+model solves (IOI on gpt2/gemma; code recall on the tiny model, which does not learn IOI).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+__all__ = ["LogitDiffTask", "make_task", "ioi_task"]
+
+
+@dataclass
+class LogitDiffTask:
+    """Aligned clean/corrupted prompts (same length) with answer and wrong-answer token ids.
+
+    On the clean prompt ``answer`` is right and ``wrong`` is the distractor; the corrupted
+    prompt changes the context so that ``wrong`` becomes the right answer.
+    """
+
+    name: str
+    description: str
+    clean: Int[Tensor, "batch seq"]
+    corrupted: Int[Tensor, "batch seq"]
+    answer: Int[Tensor, " batch"]
+    wrong: Int[Tensor, " batch"]
+    prompts: list[str]
+
+    def logit_diff(self, logits: Float[Tensor, "batch seq vocab"]) -> Float[Tensor, " batch"]:
+        """Logit of ``answer`` minus logit of ``wrong`` at the last position, per prompt."""
+        last = logits[:, -1]
+        rows = torch.arange(last.shape[0], device=last.device)
+        return last[rows, self.answer] - last[rows, self.wrong]
+
+    def to(self, device: str | torch.device) -> LogitDiffTask:
+        """The same task with its tensors on ``device``."""
+        return LogitDiffTask(
+            self.name,
+            self.description,
+            self.clean.to(device),
+            self.corrupted.to(device),
+            self.answer.to(device),
+            self.wrong.to(device),
+            self.prompts,
+        )
+
+
+def make_task(
+    model: HookedTransformer,
+    name: str,
+    description: str,
+    items: list[tuple[str, str, str, str]],
+) -> LogitDiffTask:
+    """Tokenise ``(clean, corrupted, answer, wrong)`` string tuples into a task.
+
+    Answers are single tokens (e.g. ``" Mary"``); every clean prompt must tokenise to the same
+    length as its corrupted twin, and all prompts to one length, so positions align.
+    """
+    if not items:
+        raise ValueError("items must hold at least one (clean, corrupted, answer, wrong) tuple")
+    clean = model.to_tokens([c for c, _, _, _ in items])
+    corrupted = model.to_tokens([x for _, x, _, _ in items])
+    lengths = {len(model.to_str_tokens(c)) for c, _, _, _ in items}
+    lengths |= {len(model.to_str_tokens(x)) for _, x, _, _ in items}
+    if len(lengths) != 1:
+        raise ValueError(
+            f"all prompts must have the same token length, got lengths {sorted(lengths)}"
+        )
+    answer = torch.tensor([model.to_single_token(a) for _, _, a, _ in items])
+    wrong = torch.tensor([model.to_single_token(w) for _, _, _, w in items])
+    return LogitDiffTask(name, description, clean, corrupted, answer, wrong, [c for c, *_ in items])
+
+
+_IOI_NAMES = ["Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Laura", "Mark"]
+_IOI_TEMPLATE = "When {a} and {b} went to the store, {b} gave a drink to"
+
+
+def ioi_task(model: HookedTransformer, n: int = 16, seed: int = 0) -> LogitDiffTask:
+    """Indirect-object identification: "When Mary and John ..., John gave a drink to" -> Mary.
+
+    The corrupted prompt swaps which name repeats, so the other name becomes the answer.
+    Names are kept only if they are single tokens with a leading space for ``model``.
+    """
+    rng = random.Random(seed)
+    names = [n_ for n_ in _IOI_NAMES if len(model.to_str_tokens(" " + n_, prepend_bos=False)) == 1]
+    if len(names) < 2:
+        raise ValueError("the model's tokenizer has fewer than two single-token IOI names")
+    items = []
+    for _ in range(n):
+        a, b = rng.sample(names, 2)
+        clean, corrupted = _IOI_TEMPLATE.format(a=a, b=b), _IOI_TEMPLATE.format(a=b, b=a)
+        items.append((clean, corrupted, " " + a, " " + b))
+    return make_task(model, "ioi", "indirect-object identification (name mover)", items)
