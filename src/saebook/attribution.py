@@ -131,7 +131,7 @@ def ablation_effects(
 
             name, fn = _with_latent_edit(sae, zero_one)
             logits = model.run_with_hooks(tokens, fwd_hooks=[(name, fn)])
-            diffs = task.logit_diff(logits).view(reps, batch).mean(1)
+            diffs = task.logit_diff(logits, repeat=reps).view(reps, batch).mean(1)
             effects.append(diffs - base)
     return latents, torch.cat(effects) if effects else torch.zeros(0)
 

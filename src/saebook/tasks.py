@@ -34,11 +34,20 @@ class LogitDiffTask:
     wrong: Int[Tensor, " batch"]
     prompts: list[str]
 
-    def logit_diff(self, logits: Float[Tensor, "batch seq vocab"]) -> Float[Tensor, " batch"]:
-        """Logit of ``answer`` minus logit of ``wrong`` at the last position, per prompt."""
+    def logit_diff(
+        self, logits: Float[Tensor, "rows seq vocab"], repeat: int = 1
+    ) -> Float[Tensor, " rows"]:
+        """Logit of ``answer`` minus logit of ``wrong`` at the last position, per row.
+
+        ``repeat``: the rows are the task's prompts stacked ``repeat`` times (batched edits).
+        """
+        if logits.shape[0] != repeat * self.answer.shape[0]:
+            raise ValueError(
+                f"logits must have {repeat} x {self.answer.shape[0]} rows, got {logits.shape[0]}"
+            )
         last = logits[:, -1]
         rows = torch.arange(last.shape[0], device=last.device)
-        return last[rows, self.answer] - last[rows, self.wrong]
+        return last[rows, self.answer.repeat(repeat)] - last[rows, self.wrong.repeat(repeat)]
 
     def to(self, device: str | torch.device) -> LogitDiffTask:
         """The same task with its tensors on ``device``."""

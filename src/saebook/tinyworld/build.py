@@ -46,8 +46,8 @@ MLP_OUT_HOOK = "blocks.0.hook_mlp_out"
 SAE_SPECS: dict[str, dict] = {
     "resid_256": dict(hook=RESID_HOOK, width=256, k=16),
     "resid_512": dict(hook=RESID_HOOK, width=512, k=16),
-    "resid": dict(hook=RESID_HOOK, width=1024, k=16),
-    "resid_2048": dict(hook=RESID_HOOK, width=2048, k=16),
+    "resid_1024": dict(hook=RESID_HOOK, width=1024, k=16),
+    "resid": dict(hook=RESID_HOOK, width=2048, k=16),
     "attn": dict(hook=ATTN_HOOK, width=512, k=12),
     "mlp": dict(hook=MLP_OUT_HOOK, width=1024, k=16),
     "transcoder": dict(hook=MLP_IN_HOOK, hook_out=MLP_OUT_HOOK, width=1024, k=16),
@@ -80,7 +80,7 @@ FULL = BuildScale(
 )
 MICRO = BuildScale(
     tokenizer_stories=300,
-    vocab_size=400,
+    vocab_size=600,  # large enough for " 0" .. " 9" to be single tokens (code-recall task)
     lm=TrainConfig(steps=12, batch_size=8, warmup_steps=4),
     seq_len=32,
     architecture=dict(d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=32),

@@ -23,12 +23,19 @@ def code_recall_task(model: HookedTransformer, n: int = 16, seed: int = 0) -> Lo
     """``n`` code-recall prompts: "... The code was 4 7 2. Lily typed 4 7" -> " 2"."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    names = [
+        name
+        for name in FEMALE_NAMES + MALE_NAMES
+        if len(model.to_str_tokens(" " + name, prepend_bos=False)) == 1
+    ]
+    if not names:
+        raise ValueError("the model's tokenizer has no single-token character name")
     rng = random.Random(seed)
     items = []
     for _ in range(n):
         digits = [str(rng.randint(0, 9)) for _ in range(3)]
         other = rng.choice([d for d in "0123456789" if d != digits[-1]])
-        name = rng.choice(FEMALE_NAMES + MALE_NAMES)
+        name = rng.choice(names)
         prefix = " ".join(digits[:-1])
         clean = _TEMPLATE.format(code=" ".join(digits), name=name, prefix=prefix)
         corrupted = _TEMPLATE.format(code=" ".join(digits[:-1] + [other]), name=name, prefix=prefix)
