@@ -24,17 +24,18 @@ def seed_everything(seed: int) -> None:
 def setup(profile: str | None = None, seed: int = 0, show: bool = True) -> profiles.Profile:
     """Prepare a chapter and return its loaded :class:`~saebook.profiles.Profile`.
 
-    Seeds every generator, uses one torch thread per core, silences the TransformerLens
-    deprecation notice (the book pins TransformerLens < 4 on purpose), selects a plotly
-    renderer that works in this environment, loads the profile (``SAEBOOK_PROFILE`` by
-    default) and, with ``show``, displays a banner naming profile, model, SAEs and device.
+    Uses one torch thread per core, silences the TransformerLens deprecation notice (the book
+    pins TransformerLens < 4 on purpose), selects a plotly renderer that works in this
+    environment, loads the profile (``SAEBOOK_PROFILE`` by default), then seeds every
+    generator (so a chapter's random draws do not depend on whether the profile was already
+    cached) and, with ``show``, displays a banner naming profile, model, SAEs and device.
     """
-    seed_everything(seed)
     torch.set_num_threads(os.cpu_count() or 1)
     warnings.filterwarnings("ignore", message=r".*HookedTransformer is deprecated.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"transformer_lens.*")
     display.configure_plotly()
     loaded = profiles.load(profile)
+    seed_everything(seed)  # after loading: building a model draws from the generators
     if show:
         display.banner(
             profile=loaded.name,
