@@ -1,0 +1,386 @@
+"""Checkers for the book's exercises.
+
+An exercise asks the reader to write a function; its checker runs the reader's function and
+the reference implementation on the same named cases (ordinary inputs and edge cases) and
+compares the outputs. On the first case where they differ it raises ``AssertionError`` naming
+the case, the largest absolute difference and both shapes; when every case matches it prints
+one line, ``✓ all N cases match``.
+
+:func:`check_function` is the general tool. Each exercise of the book has a named checker
+(``check_<exercise>(fn)``) that builds its own cases and calls it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saebook import toy_models, toy_saes
+
+__all__ = [
+    "Case",
+    "check_function",
+    "check_toy_forward",
+    "check_feature_dimensionality",
+    "check_sae_loss",
+    "check_max_cosine_similarity",
+    "check_topk_activation",
+    "check_jumprelu_function",
+    "reference_toy_forward",
+    "reference_sae_loss",
+    "reference_max_cosine_similarity",
+]
+
+#: A named case: ``(name, args, kwargs)`` passed as ``fn(*args, **kwargs)``.
+Case = tuple[str, tuple, dict]
+
+
+def _clone(value: Any) -> Any:
+    """Deep-copy tensors inside ``value``, so neither function can change the other's inputs."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, tuple):
+        return tuple(_clone(v) for v in value)
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    return value
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return str(tuple(value.shape))
+    if isinstance(value, (int, float, bool)):
+        return "scalar"
+    return type(value).__name__
+
+
+def _mismatch(got: Any, expected: Any, where: str, atol: float, rtol: float) -> str | None:
+    """A description of the first difference between ``got`` and ``expected``, or None."""
+    label = f"output{where}"
+    if isinstance(expected, Mapping):
+        if not isinstance(got, Mapping) or set(got) != set(expected):
+            keys = sorted(map(str, got)) if isinstance(got, Mapping) else type(got).__name__
+            return f"{label}: expected a dict with keys {sorted(map(str, expected))}, got {keys}"
+        for key in expected:
+            found = _mismatch(got[key], expected[key], f"{where}[{key!r}]", atol, rtol)
+            if found:
+                return found
+        return None
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            length = len(got) if isinstance(got, (tuple, list)) else type(got).__name__
+            return f"{label}: expected a sequence of {len(expected)} values, got {length}"
+        for index, (g, e) in enumerate(zip(got, expected, strict=True)):
+            found = _mismatch(g, e, f"{where}[{index}]", atol, rtol)
+            if found:
+                return found
+        return None
+    if expected is None:
+        return None if got is None else f"{label}: expected None, got {type(got).__name__}"
+    if not isinstance(expected, (Tensor, int, float, bool)):
+        return None if got == expected else f"{label}: expected {expected!r}, got {got!r}"
+    if not isinstance(got, (Tensor, int, float, bool)):
+        return f"{label}: expected a tensor or number, got {type(got).__name__}"
+    exp_t = torch.as_tensor(expected).detach().cpu()
+    got_t = torch.as_tensor(got).detach().cpu()
+    shapes = f"shapes: yours {_shape(got)}, expected {_shape(expected)}"
+    if exp_t.shape != got_t.shape:
+        if exp_t.numel() == 1 and got_t.numel() == 1:  # 0-d tensor vs float, (1,) vs ()
+            exp_t, got_t = exp_t.reshape(()), got_t.reshape(())
+        else:
+            return f"{label} has the wrong shape; {shapes}"
+    if exp_t.dtype == torch.bool or got_t.dtype == torch.bool:
+        if exp_t.dtype != got_t.dtype:
+            return f"{label}: expected dtype {exp_t.dtype}, got {got_t.dtype}; {shapes}"
+        wrong = int((exp_t != got_t).sum())
+        return None if wrong == 0 else f"{label}: {wrong} entries differ; {shapes}"
+    exp_f, got_f = exp_t.double(), got_t.double()
+    both_nan = exp_f.isnan() & got_f.isnan()
+    diff = (got_f - exp_f).abs().masked_fill(both_nan, 0.0)
+    diff = diff.masked_fill(exp_f.isinf() & (got_f == exp_f), 0.0)
+    bad = diff.isnan() | (diff > atol + rtol * exp_f.abs().nan_to_num(0.0, 0.0, 0.0))
+    if not bad.any():
+        return None
+    worst = math.nan if diff.isnan().any() else float(diff.max())
+    if bad.ndim:
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        values = f"first at index {first}: yours {got_f[first].item():.6g}, "
+    else:
+        first = ()
+        values = f"yours {got_f.item():.6g}, "
+    values += f"expected {exp_f[first].item():.6g}"
+    return (
+        f"{label} differs: max abs difference {worst:.3g} ({values}; atol {atol:g}, "
+        f"rtol {rtol:g}); {shapes}"
+    )
+
+
+def check_function(
+    reader_fn: Callable[..., Any],
+    reference_fn: Callable[..., Any],
+    cases: Sequence[Case],
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> None:
+    """Run ``reader_fn`` and ``reference_fn`` on every case and compare their outputs.
+
+    Each case is ``(name, args, kwargs)``; both functions get their own copy of the inputs.
+    Outputs may be tensors, numbers, ``None``, or tuples, lists and dicts of them; tensors
+    must have the same shape (a number and a one-element tensor compare equal) and agree
+    within ``atol + rtol * |expected|`` elementwise (NaN matches NaN; bool tensors must be
+    equal).
+
+    Raises:
+        AssertionError: naming the first case on which the outputs differ (or on which
+            ``reader_fn`` raised), with the largest absolute difference and both shapes.
+        ValueError: if ``cases`` is empty or a case is not ``(str, tuple, dict)``.
+
+    On success prints ``✓ all N cases match``.
+    """
+    if not cases:
+        raise ValueError("cases must hold at least one (name, args, kwargs) case, got none")
+    for case in cases:
+        if (
+            not isinstance(case, tuple)
+            or len(case) != 3
+            or not isinstance(case[0], str)
+            or not isinstance(case[1], tuple)
+            or not isinstance(case[2], dict)
+        ):
+            raise ValueError(
+                f"each case must be (name: str, args: tuple, kwargs: dict), got {case!r}"
+            )
+    for name, args, kwargs in cases:
+        expected = reference_fn(*_clone(args), **_clone(kwargs))
+        try:
+            got = reader_fn(*_clone(args), **_clone(kwargs))
+        except Exception as exc:
+            raise AssertionError(
+                f"case {name!r}: your function raised {type(exc).__name__}: {exc}"
+            ) from exc
+        problem = _mismatch(got, expected, "", atol, rtol)
+        if problem:
+            raise AssertionError(f"case {name!r}: {problem}")
+    print(f"✓ all {len(cases)} cases match")
+
+
+# --- Part 0, chapter 1: superposition -------------------------------------------------------
+
+
+def reference_toy_forward(W: Tensor, b: Tensor, x: Tensor) -> Tensor:
+    """``ReLU(x W^T W + b)`` for one toy model; W is (hidden, features), x (batch, features)."""
+    return torch.relu(x @ W.T @ W + b)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def check_toy_forward(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(W, b, x) -> ReLU(W^T W x + b)`` for a single toy model.
+
+    ``W`` is ``(hidden, features)``, ``b`` is ``(features,)``, ``x`` is ``(batch, features)``
+    and the result is ``(batch, features)``.
+    """
+    g = _generator(0)
+    W = torch.randn(2, 5, generator=g)
+    b = torch.randn(5, generator=g) * 0.3
+    x = torch.rand(8, 5, generator=g)
+    wide = torch.randn(3, 7, generator=g)
+    cases: list[Case] = [
+        ("random", (W, b, x), {}),
+        ("zero input", (W, b, torch.zeros(4, 5)), {}),
+        ("single feature", (W, b, torch.eye(5)[[2]] * 0.7), {}),
+        ("batch of one", (W, b, x[:1]), {}),
+        ("negative bias", (W, -torch.ones(5) * 5, x), {}),
+        ("3 hidden, 7 features", (wide, torch.zeros(7), torch.rand(6, 7, generator=g)), {}),
+    ]
+    check_function(fn, reference_toy_forward, cases)
+
+
+def check_feature_dimensionality(fn: Callable[[Tensor], Tensor]) -> None:
+    """Check ``fn(W) -> D`` with ``D_i = ||W_i||^2 / sum_j (Ŵ_i · W_j)^2``.
+
+    ``W`` is ``(hidden, features)`` and ``D`` is ``(features,)``; a zero column must give 0.
+    """
+    g = _generator(1)
+    angle = torch.linspace(0, 2 * math.pi, 6)[:5]
+    pentagon = torch.stack([angle.cos(), angle.sin()])
+    random = torch.randn(3, 6, generator=g)
+    with_zero = random.clone()
+    with_zero[:, 2] = 0
+    cases: list[Case] = [
+        ("random", (random,), {}),
+        ("orthogonal features", (torch.eye(4) * torch.tensor([1.0, 0.5, 2.0, 1.0]),), {}),
+        ("antipodal pair", (torch.tensor([[1.0, -1.0]]),), {}),
+        ("pentagon", (pentagon,), {}),
+        ("a dropped (zero) feature", (with_zero,), {}),
+        ("single feature", (torch.randn(4, 1, generator=g),), {}),
+    ]
+    check_function(fn, toy_models.feature_dimensionality, cases)
+
+
+# --- Part 0, chapter 2: SAEs from scratch ---------------------------------------------------
+
+
+def reference_sae_loss(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, l1_coeff: float
+) -> Tensor:
+    """Mean over the batch of ``||x - x_hat||^2 + l1_coeff * ||f||_1`` for a ReLU SAE.
+
+    ``f = ReLU((x - b_dec) W_enc + b_enc)`` and ``x_hat = f W_dec + b_dec``, with ``x``
+    ``(batch, d_in)``, ``W_enc`` ``(d_in, d_sae)``, ``W_dec`` ``(d_sae, d_in)``.
+    """
+    latents = torch.relu((x - b_dec) @ W_enc + b_enc)
+    recon = latents @ W_dec + b_dec
+    return ((x - recon).pow(2).sum(-1) + l1_coeff * latents.abs().sum(-1)).mean()
+
+
+def check_sae_loss(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(x, W_enc, b_enc, W_dec, b_dec, l1_coeff)`` against :func:`reference_sae_loss`."""
+    g = _generator(2)
+    d_in, d_sae = 3, 6
+    W_enc = torch.randn(d_in, d_sae, generator=g)
+    W_dec = torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=g), dim=-1)
+    b_enc = torch.randn(d_sae, generator=g) * 0.1
+    b_dec = torch.randn(d_in, generator=g) * 0.5
+    x = torch.randn(16, d_in, generator=g)
+    params = (W_enc, b_enc, W_dec, b_dec)
+    cases: list[Case] = [
+        ("random", (x, *params, 0.3), {}),
+        ("no sparsity penalty", (x, *params, 0.0), {}),
+        ("zero input", (torch.zeros(4, d_in), *params, 0.3), {}),
+        ("batch of one", (x[:1], *params, 0.3), {}),
+        ("single feature", (W_dec[[1]] * 2.0, *params, 1.0), {}),
+        ("all latents off", (x, W_enc, -torch.full((d_sae,), 100.0), W_dec, b_dec, 0.3), {}),
+    ]
+    check_function(fn, reference_sae_loss, cases)
+
+
+def reference_max_cosine_similarity(decoder: Tensor, features: Tensor) -> Tensor:
+    """For each feature row, the largest cosine similarity with any decoder row."""
+    return toy_saes.cosine_similarity_matrix(features, decoder).max(dim=-1).values
+
+
+def check_max_cosine_similarity(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(decoder, features) -> (features,)`` best cosine of each feature.
+
+    ``decoder`` is ``(d_sae, d_in)``, ``features`` is ``(features, d_in)``; a zero feature
+    has cosine 0 with everything (as ``torch.nn.functional.normalize`` gives).
+    """
+    g = _generator(3)
+    decoder = torch.randn(8, 4, generator=g)
+    features = torch.randn(5, 4, generator=g)
+    with_zero = features.clone()
+    with_zero[1] = 0
+    cases: list[Case] = [
+        ("random", (decoder, features), {}),
+        ("unnormalised decoder", (decoder * 7.0, features), {}),
+        ("perfect recovery", (features[[3, 0, 4, 1, 2]] * 2.5, features), {}),
+        ("opposite directions", (-features, features), {}),
+        ("a zero feature", (decoder, with_zero), {}),
+        ("one latent", (decoder[:1], features), {}),
+    ]
+    check_function(fn, reference_max_cosine_similarity, cases)
+
+
+# --- Part 0, chapter 3: SAE variants --------------------------------------------------------
+
+
+def check_topk_activation(fn: Callable[[Tensor, int], Tensor]) -> None:
+    """Check ``fn(z, k)``: keep the ``k`` largest entries of each row (ReLU'd), zero the rest."""
+    g = _generator(4)
+    z = torch.randn(6, 10, generator=g)
+    cases: list[Case] = [
+        ("random, k=3", (z, 3), {}),
+        ("k=1", (z, 1), {}),
+        ("k = d_sae", (z, 10), {}),
+        ("all negative", (-z.abs() - 0.1, 2), {}),
+        ("zeros", (torch.zeros(3, 10), 2), {}),
+        ("batch of one", (z[:1], 4), {}),
+        ("extra batch axis", (torch.randn(2, 3, 10, generator=g), 2), {}),
+    ]
+    check_function(fn, toy_saes.topk_activation, cases)
+
+
+def _jumprelu_probe(function: Any) -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
+    """Wrap an autograd Function: return its output and the gradients of a weighted sum."""
+
+    def run(z: Tensor, theta: Tensor, bandwidth: float, weight: Tensor):
+        z = z.clone().requires_grad_(True)
+        theta = theta.clone().requires_grad_(True)
+        out = function.apply(z, theta, bandwidth)
+        (out * weight).sum().backward()
+        grad_z = z.grad if z.grad is not None else torch.zeros_like(z)
+        grad_theta = theta.grad if theta.grad is not None else torch.zeros_like(theta)
+        return out.detach(), grad_z, grad_theta
+
+    return run
+
+
+def check_jumprelu_function(function: Any) -> None:
+    """Check an autograd Function ``function.apply(z, theta, bandwidth)`` implementing JumpReLU.
+
+    Forward ``z * 1[z > theta]``; backward ``d/dz = 1[z > theta]`` and
+    ``d/dtheta = -(theta / bandwidth) * rectangle((z - theta) / bandwidth)``, summed over
+    the axes along which ``theta`` was broadcast. ``z`` is ``(batch, d_sae)`` and ``theta``
+    ``(d_sae,)``. Compared: the output, ``z``'s gradient and ``theta``'s gradient of
+    ``(output * weight).sum()``.
+    """
+    if not hasattr(function, "apply"):
+        raise TypeError(
+            f"function must be a torch.autograd.Function subclass (with .apply), got {function!r}"
+        )
+    g = _generator(5)
+    theta = torch.rand(6, generator=g) * 0.5 + 0.25
+    near = theta + (torch.rand(32, 6, generator=g) - 0.5) * 0.16  # inside the 0.2 window
+    far = torch.randn(32, 6, generator=g) * 2
+    weight = torch.randn(32, 6, generator=g)
+    cases: list[Case] = [
+        ("near the threshold", (near, theta, 0.2, weight), {}),
+        ("far from the threshold", (far, theta, 0.2, weight), {}),
+        ("narrow bandwidth", (near, theta, 0.02, weight), {}),
+        (
+            "all below the threshold",
+            (theta - 0.05 - torch.rand(4, 6, generator=g), theta, 0.2, weight[:4]),
+            {},
+        ),
+        ("zeros", (torch.zeros(4, 6), theta, 0.2, weight[:4]), {}),
+        ("batch of one", (near[:1], theta, 0.2, weight[:1]), {}),
+    ]
+    check_function(_jumprelu_probe(function), _jumprelu_probe(toy_saes.JumpReLUFunction), cases)
+
+
+# --- Part 1, chapter 3: latent dashboards ---------------------------------------------------
+
+
+def check_top_logits(fn: Callable[..., tuple[Tensor, Tensor]], model: Any, sae: Any) -> None:
+    """Check ``fn(model, sae, latent, k) -> (values, token_ids)`` for a residual-stream SAE.
+
+    The reference is :func:`saebook.dashboards.top_logits`: the ``k`` largest entries of the
+    direct logit effect ``W_dec[latent] @ W_U``, largest first, and their token ids. Cases:
+    the first, a middle and the last latent, the latent with the largest decoder norm, and
+    ``k`` from 1 to 20.
+    """
+    from saebook import dashboards
+
+    def reference(model: Any, sae: Any, latent: int, k: int) -> tuple[Tensor, Tensor]:
+        return dashboards.top_logits(model, sae, latent, k)
+
+    d_sae = sae.cfg.d_sae
+    k_max = min(20, model.cfg.d_vocab)
+    strongest = int(sae.W_dec.norm(dim=-1).argmax())
+    cases: list[Case] = [
+        ("latent 0, k=5", (model, sae, 0, 5), {}),
+        ("a middle latent, k=1", (model, sae, d_sae // 2, 1), {}),
+        (f"a middle latent, k={k_max}", (model, sae, d_sae // 2, k_max), {}),
+        (f"the last latent ({d_sae - 1}), k=5", (model, sae, d_sae - 1, 5), {}),
+        (f"the largest-norm latent ({strongest}), k=10", (model, sae, strongest, 10), {}),
+    ]
+    check_function(fn, reference, cases, atol=1e-4, rtol=1e-4)
