@@ -131,3 +131,18 @@ def test_label_recovery_finds_a_planted_detector():
     assert "rare" not in set(table["label"])
     with pytest.raises(ValueError, match="labels"):
         label_recovery(acts, {"a": labels["a"][:5]})
+
+
+def test_repeat_rows_tile_a_span_of_varying_length():
+    from saebook.tinyworld.model import _repeat_rows
+
+    pool = torch.arange(10, 500)
+    rows = _repeat_rows(64, 128, pool, bos=0, generator=torch.Generator().manual_seed(0))
+    assert rows.shape == (64, 128) and (rows[:, 0] == 0).all()
+    periods = set()
+    for row in rows:
+        body = row[1:]
+        period = next(p for p in range(1, 64) if torch.equal(body[p:], body[:-p]))
+        assert period >= 8
+        periods.add(period)
+    assert len(periods) > 5  # no fixed offset for the model to latch onto

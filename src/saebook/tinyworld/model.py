@@ -75,7 +75,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup_steps: int = 200
-    repeat_fraction: float = 0.2  # share of rows that are BOS + random span + same span
+    repeat_fraction: float = 0.25  # share of rows that are a random span, tiled
     seed: int = 0
 
     @property
@@ -98,13 +98,26 @@ def _lr_factor(step: int, cfg: TrainConfig) -> float:
 
 
 def _repeat_rows(
-    n: int, seq_len: int, token_pool: Tensor, bos: int, generator: torch.Generator
+    n: int,
+    seq_len: int,
+    token_pool: Tensor,
+    bos: int,
+    generator: torch.Generator,
+    span: tuple[int, int] = (8, 63),
 ) -> Tensor:
-    """Rows ``BOS, x, x[: seq_len - 1 - len(x)]`` with ``x`` a random span of pool tokens."""
-    half = seq_len // 2
-    x = token_pool[torch.randint(0, token_pool.numel(), (n, half), generator=generator)]
-    rows = torch.cat([torch.full((n, 1), bos), x, x], dim=1)
-    return rows[:, :seq_len].long()
+    """Rows ``BOS, x, x, x, ...``: a random span ``x`` of pool tokens, tiled to ``seq_len``.
+
+    The span length is drawn per row from ``span`` (inclusive). With a fixed length the model
+    learns a positional shortcut (attend a fixed distance back) instead of an induction head,
+    which then fails on copies of any other length.
+    """
+    rows = torch.empty(n, seq_len, dtype=torch.long)
+    rows[:, 0] = bos
+    lengths = torch.randint(span[0], span[1] + 1, (n,), generator=generator)
+    for i, length in enumerate(lengths.tolist()):
+        x = token_pool[torch.randint(0, token_pool.numel(), (length,), generator=generator)]
+        rows[i, 1:] = x.repeat(seq_len // length + 1)[: seq_len - 1]
+    return rows
 
 
 def train_language_model(
