@@ -146,3 +146,19 @@ def test_repeat_rows_tile_a_span_of_varying_length():
         assert period >= 8
         periods.add(period)
     assert len(periods) > 5  # no fixed offset for the model to latch onto
+
+
+def test_check_sae_hooks_names_the_missing_hook(micro_model):
+    from saebook.metrics import check_sae_hooks
+
+    model, saes, _ = micro_model
+    assert check_sae_hooks(model, saes["transcoder"]) == (
+        "blocks.0.ln2.hook_normalized",
+        "blocks.0.hook_mlp_out",
+    )
+    saes["resid"].cfg.metadata.hook_name = "blocks.7.hook_resid_pre"
+    try:
+        with pytest.raises(ValueError, match="hook_name.*blocks.7.hook_resid_pre"):
+            check_sae_hooks(model, saes["resid"])
+    finally:
+        saes["resid"].cfg.metadata.hook_name = "blocks.1.hook_resid_pre"

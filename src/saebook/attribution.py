@@ -15,6 +15,7 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
+from saebook.metrics import check_sae_hooks
 from saebook.tasks import LogitDiffTask
 
 __all__ = [
@@ -26,21 +27,13 @@ __all__ = [
 ]
 
 
-def _hooks(model: HookedSAETransformer, sae: SAE) -> tuple[str, str]:
-    hook_in = sae.cfg.metadata.hook_name
-    hook_out = sae.cfg.metadata.hook_name_out or hook_in
-    if hook_in not in model.hook_dict:
-        raise ValueError(f"sae.cfg.metadata.hook_name must be a hook of the model, got {hook_in!r}")
-    return hook_in, hook_out
-
-
 def residual_directions(model: HookedSAETransformer, sae: SAE) -> Float[Tensor, "d_sae d_model"]:
     """Each latent's decoder direction as written into the residual stream.
 
     Residual and MLP-output SAEs and transcoders already decode into ``d_model``; an
     attention ``hook_z`` SAE decodes into the heads' outputs, mapped through ``W_O``.
     """
-    _, hook_out = _hooks(model, sae)
+    _, hook_out = check_sae_hooks(model, sae)
     w_dec = sae.W_dec
     if hook_out.endswith("hook_z"):
         layer = int(hook_out.split(".")[1])
@@ -58,7 +51,7 @@ def latent_activations_at_last(
     model: HookedSAETransformer, sae: SAE, tokens: Int[Tensor, "batch seq"]
 ) -> Float[Tensor, "batch d_sae"]:
     """The SAE's latent activations at the last position of every row."""
-    hook_in, _ = _hooks(model, sae)
+    hook_in, _ = check_sae_hooks(model, sae)
     _, cache = model.run_with_cache(tokens, names_filter=hook_in)
     return sae.encode(cache[hook_in][:, -1])
 
@@ -74,7 +67,7 @@ def direct_logit_attribution(
     the final LayerNorm frozen at its clean scale. Later layers' use of the latent is not
     counted: compare with :func:`ablation_effects` for the total effect.
     """
-    hook_in, _ = _hooks(model, sae)
+    hook_in, _ = check_sae_hooks(model, sae)
     names = (hook_in, "ln_final.hook_scale")
     _, cache = model.run_with_cache(task.clean, names_filter=lambda n: n in names)
     acts = sae.encode(cache[hook_in][:, -1])  # (batch, d_sae)

@@ -15,13 +15,15 @@ from torch import Tensor
 
 __all__ = [
     "ReconstructionMetrics",
+    "check_sae_hooks",
     "sae_input_and_target",
     "explained_variance",
     "reconstruction_metrics",
 ]
 
 
-def _check_hooks(model: HookedSAETransformer, sae: SAE) -> tuple[str, str]:
+def check_sae_hooks(model: HookedSAETransformer, sae: SAE) -> tuple[str, str]:
+    """The SAE's input and output hook names, after checking the model has both."""
     hook_in = sae.cfg.metadata.hook_name
     hook_out = sae.cfg.metadata.hook_name_out or hook_in
     for arg, hook in (
@@ -42,7 +44,7 @@ def sae_input_and_target(
     For an SAE both are the same hook; for a transcoder the target is ``hook_name_out``.
     Shapes are the model's (e.g. ``hook_z`` keeps its head axis).
     """
-    hook_in, hook_out = _check_hooks(model, sae)
+    hook_in, hook_out = check_sae_hooks(model, sae)
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in (hook_in, hook_out))
     return cache[hook_in], cache[hook_out]
 
@@ -95,7 +97,7 @@ def reconstruction_metrics(
         raise ValueError(
             f"tokens must be a non-empty (batch, seq) tensor, got {tuple(tokens.shape)}"
         )
-    _, hook_out = _check_hooks(model, sae)
+    _, hook_out = check_sae_hooks(model, sae)
     bos = model.tokenizer.bos_token_id
     keep = tokens != bos
     x_in, target = sae_input_and_target(model, sae, tokens)
