@@ -453,6 +453,7 @@ def latent_stats(
     device = torch.device(model.cfg.device) if model.cfg.device is not None else tokens.device
     tokens = tokens.to(device)
     keep = _bos_mask(model, tokens, exclude_bos)
+    keep_flat = keep.flatten()
     n_positions = int(keep.sum())
     if n_positions == 0:
         raise ValueError(
@@ -492,14 +493,16 @@ def latent_stats(
     for start in range(0, tokens.shape[0], batch_size):
         batch = tokens[start : start + batch_size]
         acts = encode_at_hook(model, sae, batch)
-        acts[~keep[start : start + batch_size]] = 0
         flat = acts.view(-1, d)
-        where, lat = torch.nonzero(flat > 0, as_tuple=True)
+        where, lat = torch.nonzero(flat, as_tuple=True)  # one pass over the dense batch
         vals = flat[where, lat].float()
-        working = max(working, acts.numel() * (acts.element_size() + 1) + lat.numel() * 48)
+        working = max(working, acts.numel() * acts.element_size() + lat.numel() * 48)
         del acts, flat
+        where += start * seq  # flat position in tokens
+        fired = (vals > 0) & keep_flat.index_select(0, where)  # firing, not at BOS
+        if not bool(fired.all()):
+            where, lat, vals = where[fired], lat[fired], vals[fired]
         if lat.numel():
-            where += start * seq
             count += torch.bincount(lat, minlength=d)
             total += torch.bincount(lat, weights=vals.double(), minlength=d)
             peak.scatter_reduce_(0, lat, vals, reduce="amax", include_self=True)
