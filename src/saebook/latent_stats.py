@@ -1,0 +1,580 @@
+"""Statistics of every latent of an SAE, gathered in one streaming pass over a token sample.
+
+A dashboard needs, for each latent, how often it fires, how strongly, the shape of its
+activation distribution, the contexts where it fires hardest and a fair sample of ordinary
+contexts. Computing these one latent at a time means one pass of the model per latent;
+:func:`latent_stats` gets all of them for all latents from a single pass:
+
+* the model runs only up to the SAE's input hook (a hook on it stops the forward pass),
+  one batch of rows at a time, and the batch's latent activations are encoded once;
+* only the non-zero activations of a batch are touched after that (an SAE is sparse), so
+  counts, sums, maxima and histograms are scatter-adds over a few entries per token;
+* per-latent top-k and per-latent uniform samples (each firing gets a random key; the
+  smallest keys win, which makes a reservoir sample) are kept in fixed ``(d_sae, k)``
+  buffers and merged with each batch's candidates; a candidate that cannot enter a buffer
+  (below the current k-th value, or a key above the current n-th key) is dropped before any
+  sorting, so late batches cost little beyond the forward pass.
+
+Memory is that of one batch plus the fixed-size outputs: it does not grow with the number of
+rows. The result, :class:`LatentStats`, knows how to turn its buffers into examples.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from sae_lens import SAE, HookedSAETransformer
+from torch import Tensor
+
+__all__ = [
+    "Example",
+    "Interval",
+    "LatentStats",
+    "latent_stats",
+    "latent_activations",
+    "encode_at_hook",
+]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One token position of the token sample and a latent's activation there."""
+
+    row: int
+    pos: int
+    value: float
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A slice of a latent's activation distribution and sampled examples from it.
+
+    ``q_lo``/``q_hi`` are the quantiles of the latent's non-zero activations that bound the
+    slice (estimated from the uniform sample), ``lo``/``hi`` the activation values there.
+    """
+
+    q_lo: float
+    q_hi: float
+    lo: float
+    hi: float
+    examples: list[Example]
+
+
+@dataclass
+class LatentStats:
+    """Per-latent statistics of one SAE on one token sample (see :func:`latent_stats`).
+
+    All tensors live on the CPU and have ``d_sae`` as their first axis. ``top_*`` rows are
+    sorted by activation, largest first; ``sample_*`` rows hold a uniform random sample of
+    the positions where the latent fired, in random order. Unused slots (a latent that fired
+    fewer times than the buffer holds) have row ``-1``.
+    """
+
+    hook_name: str
+    n_tokens: int  # positions counted (BOS excluded when asked)
+    n_rows: int
+    seq_len: int
+    count: Int[Tensor, " d_sae"]  # positions where the activation is > 0
+    sum: Float[Tensor, " d_sae"]  # float64 sum of activations
+    max: Float[Tensor, " d_sae"]
+    hist: Int[Tensor, "d_sae n_bins"]  # non-zero activations per log-spaced bin
+    hist_edges: Float[Tensor, " n_bins_plus_1"]
+    top_values: Float[Tensor, "d_sae k"]
+    top_rows: Int[Tensor, "d_sae k"]
+    top_pos: Int[Tensor, "d_sae k"]
+    sample_values: Float[Tensor, "d_sae n_samples"]
+    sample_rows: Int[Tensor, "d_sae n_samples"]
+    sample_pos: Int[Tensor, "d_sae n_samples"]
+    peak_buffer_bytes: int  # largest working set of the pass (batch buffers + state)
+
+    @property
+    def d_sae(self) -> int:
+        return int(self.count.shape[0])
+
+    @property
+    def density(self) -> Float[Tensor, " d_sae"]:
+        """Share of counted positions where each latent fires."""
+        return self.count.double() / self.n_tokens
+
+    @property
+    def mean_activation(self) -> Float[Tensor, " d_sae"]:
+        """Mean activation over the positions where the latent fires (NaN if it never does)."""
+        return torch.where(
+            self.count > 0, self.sum / self.count.clamp(min=1).double(), float("nan")
+        )
+
+    def dead(self) -> Int[Tensor, " n"]:
+        """Indices of latents that never fired on the sample."""
+        return torch.nonzero(self.count == 0).flatten()
+
+    def dense(self, threshold: float = 0.1) -> Int[Tensor, " n"]:
+        """Indices of latents that fire on more than ``threshold`` of the positions."""
+        if not 0 <= threshold <= 1:
+            raise ValueError(f"threshold must be a share in [0, 1], got {threshold!r}")
+        return torch.nonzero(self.density > threshold).flatten()
+
+    def _check_latent(self, latent: int) -> int:
+        if isinstance(latent, Tensor):
+            latent = int(latent)
+        if isinstance(latent, bool) or not isinstance(latent, int):
+            raise TypeError(f"latent must be an int, got {type(latent).__name__}")
+        if not 0 <= latent < self.d_sae:
+            raise IndexError(f"latent must be in [0, {self.d_sae}), got {latent}")
+        return latent
+
+    def top_examples(self, latent: int, n: int | None = None) -> list[Example]:
+        """The positions where ``latent`` fired hardest, largest first (at most ``n``)."""
+        latent = self._check_latent(latent)
+        rows = self.top_rows[latent]
+        used = int((rows >= 0).sum())
+        used = used if n is None else min(used, n)
+        return [
+            Example(int(self.top_rows[latent, i]), int(self.top_pos[latent, i]),
+                    float(self.top_values[latent, i]))
+            for i in range(used)
+        ]  # fmt: skip
+
+    def sample_examples(self, latent: int) -> list[Example]:
+        """The uniform sample of firing positions of ``latent``, by activation, largest first."""
+        latent = self._check_latent(latent)
+        used = self.sample_rows[latent] >= 0
+        vals = self.sample_values[latent][used]
+        order = vals.argsort(descending=True, stable=True)
+        rows, pos = self.sample_rows[latent][used][order], self.sample_pos[latent][used][order]
+        return [
+            Example(int(r), int(p), float(v))
+            for r, p, v in zip(rows, pos, vals[order], strict=True)
+        ]
+
+    def quantile_examples(self, latent: int, n_intervals: int = 4) -> list[Interval]:
+        """Split the sampled firings of ``latent`` into ``n_intervals`` equal-count slices.
+
+        Slices run from the weakest to the strongest activations; each holds the sampled
+        examples whose activation falls in it (largest first). Fewer slices come back when
+        the latent fired fewer times than ``n_intervals``.
+        """
+        if isinstance(n_intervals, bool) or not isinstance(n_intervals, int) or n_intervals < 1:
+            raise ValueError(f"n_intervals must be a positive int, got {n_intervals!r}")
+        ordered = self.sample_examples(latent)[::-1]  # ascending
+        if not ordered:
+            return []
+        chunks = [c for c in _split_even(ordered, n_intervals) if c]
+        out, done = [], 0
+        for chunk in chunks:
+            q_lo, done = done / len(ordered), done + len(chunk)
+            out.append(
+                Interval(
+                    q_lo=q_lo,
+                    q_hi=done / len(ordered),
+                    lo=chunk[0].value,
+                    hi=chunk[-1].value,
+                    examples=chunk[::-1],
+                )
+            )
+        return out
+
+    def latent_hist(self, latent: int) -> tuple[Int[Tensor, " n_bins"], Tensor]:
+        """Counts of ``latent``'s non-zero activations per bin, and the bin edges."""
+        latent = self._check_latent(latent)
+        return self.hist[latent], self.hist_edges
+
+    def table(self) -> pd.DataFrame:
+        """One row per latent: count, density, mean activation (when firing) and maximum."""
+        return pd.DataFrame(
+            {
+                "latent": range(self.d_sae),
+                "count": self.count.numpy(),
+                "density": self.density.numpy(),
+                "mean_activation": self.mean_activation.numpy(),
+                "max_activation": self.max.numpy(),
+            }
+        )
+
+
+def _split_even(items: list, n: int) -> list[list]:
+    size, extra = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        stop = start + size + (1 if i < extra else 0)
+        out.append(items[start:stop])
+        start = stop
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------
+
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def _check_tokens(tokens: object, model: HookedSAETransformer) -> Tensor:
+    if not isinstance(tokens, Tensor):
+        raise TypeError(
+            f"tokens must be an integer torch.Tensor of shape (rows, seq), "
+            f"got {type(tokens).__name__}"
+        )
+    if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"tokens must have an integer dtype (e.g. torch.long), got {tokens.dtype}")
+    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        raise ValueError(
+            f"tokens must be a non-empty (rows, seq) tensor, got shape {tuple(tokens.shape)}"
+        )
+    if tokens.shape[1] > model.cfg.n_ctx:
+        raise ValueError(
+            f"tokens must have at most the model's n_ctx={model.cfg.n_ctx} columns, "
+            f"got {tokens.shape[1]}"
+        )
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= model.cfg.d_vocab:
+        raise ValueError(
+            f"tokens must be ids in [0, {model.cfg.d_vocab}) (the model's d_vocab), "
+            f"got values in [{lo}, {hi}]"
+        )
+    return tokens.long()
+
+
+def _check_hook(model: HookedSAETransformer, sae: SAE) -> str:
+    if not isinstance(sae, SAE):
+        raise TypeError(f"sae must be a sae_lens SAE, got {type(sae).__name__}")
+    hook = sae.cfg.metadata.hook_name
+    if hook not in model.hook_dict:
+        near = [h for h in model.hook_dict if h.split(".")[-1] == str(hook).split(".")[-1]][:4]
+        hint = f" (hooks with that suffix: {near})" if near else ""
+        raise ValueError(
+            f"sae.cfg.metadata.hook_name must be a hook of the model, got {hook!r}{hint}"
+        )
+    return hook
+
+
+def _stop_layer(hook: str) -> int | None:
+    """The ``stop_at_layer`` that still runs ``hook`` (None: the full model)."""
+    match = _BLOCK_HOOK.match(hook)
+    if match:
+        return int(match.group(1)) + 1
+    if hook in ("hook_embed", "hook_pos_embed", "hook_tokens"):
+        return 0
+    return None
+
+
+def _sae_input(sae: SAE, x: Tensor, hook: str) -> Tensor:
+    """Shape a cached activation the way ``sae.encode`` expects, checking its width."""
+    if x.ndim == 4:  # (batch, seq, heads, d_head): hook_z and friends
+        width = x.shape[-2] * x.shape[-1]
+        if sae.cfg.reshape_activations != "hook_z":
+            x = x.flatten(-2)
+    else:
+        width = x.shape[-1]
+    if width != sae.cfg.d_in:
+        raise ValueError(
+            f"sae.cfg.d_in must equal the width of hook {hook!r} ({width}), got {sae.cfg.d_in}"
+        )
+    return x
+
+
+class _Captured(Exception):
+    """Raised by the capture hook: the SAE's input is known, the rest of the model can stop."""
+
+
+def _activation_at(model: HookedSAETransformer, batch: Tensor, hook: str) -> Tensor:
+    """The activation at ``hook`` on ``batch``, running the model no further than that hook."""
+    box: dict[str, Tensor] = {}
+
+    def grab(act: Tensor, hook: object) -> None:
+        box["x"] = act
+        raise _Captured
+
+    try:
+        model.run_with_hooks(batch, fwd_hooks=[(hook, grab)], stop_at_layer=_stop_layer(hook))
+    except _Captured:
+        pass
+    if "x" not in box:
+        raise ValueError(f"sae.cfg.metadata.hook_name {hook!r} never ran in the model's forward")
+    return box["x"]
+
+
+@torch.no_grad()
+def encode_at_hook(
+    model: HookedSAETransformer, sae: SAE, batch: Int[Tensor, "rows seq"]
+) -> Float[Tensor, "rows seq d_sae"]:
+    """The SAE's latents on ``batch``; the model stops as soon as the SAE's input hook ran.
+
+    This is the bare cost that every statistic needs; :func:`latent_stats` calls it once per
+    batch and the benchmarks use it as the baseline.
+    """
+    hook = _check_hook(model, sae)
+    x = _sae_input(sae, _activation_at(model, batch, hook), hook)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(
+            f"the activations at hook {hook!r} must be finite, got NaN or inf "
+            f"(rows {batch.shape[0]}, check the model's weights and the tokens)"
+        )
+    acts = sae.encode(x)
+    return acts.to_dense() if acts.is_sparse else acts
+
+
+def _bos_mask(model: HookedSAETransformer, tokens: Tensor, exclude_bos: bool) -> Tensor:
+    """True at the positions to count: all, or all but the BOS token (column 0 if unknown)."""
+    keep = torch.ones_like(tokens, dtype=torch.bool)
+    if not exclude_bos:
+        return keep
+    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
+    if bos is None:
+        keep[:, 0] = False
+    else:
+        keep &= tokens != bos
+    return keep
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------
+
+
+#: Key of an empty buffer slot: larger than every real key (real keys are below 2**31).
+_EMPTY = (1 << 32) - 1
+
+
+def _value_key(values: Tensor) -> Tensor:
+    """int64 keys in ``[0, 2**31)`` that sort non-negative float32 ``values`` largest first.
+
+    The bit pattern of a non-negative IEEE float, read as an integer, grows with the value.
+    """
+    bits = values.float().contiguous().view(torch.int32).long()
+    return 0x7FFFFFFF - bits
+
+
+def _merge_smallest(
+    state_keys: Tensor,
+    state_payload: list[Tensor],
+    group: Tensor,
+    keys: Tensor,
+    payload: list[Tensor],
+) -> int:
+    """Keep, per group, the ``m`` entries with the smallest keys among state and candidates.
+
+    ``state_keys`` is an int64 ``(n_groups, m)`` buffer, each row sorted ascending, with
+    :data:`_EMPTY` in unused slots; candidates come flat, with their ``group`` ids and int64
+    ``keys`` in ``[0, 2**31)``. Candidates that cannot enter (key not below their group's
+    current worst) are dropped first, so once the buffers are full a batch costs little.
+    The rest are merged with one stable sort on ``group * 2**32 + key`` over the touched
+    groups only; ties keep the older entry. Returns the number of candidates merged.
+    """
+    n_groups, m = state_keys.shape
+    enter = torch.nonzero(keys < state_keys[:, -1].index_select(0, group)).squeeze(1)
+    if enter.numel() == 0:
+        return 0
+    group, keys = group.index_select(0, enter), keys.index_select(0, enter)
+    payload = [p.index_select(0, enter) for p in payload]
+    mask = torch.zeros(n_groups, dtype=torch.bool, device=keys.device)
+    mask[group] = True
+    touched = torch.nonzero(mask).squeeze(1)  # ascending
+    t = touched.numel()
+    all_group = torch.cat([touched.repeat_interleave(m), group])
+    all_keys = torch.cat([state_keys.index_select(0, touched).reshape(-1), keys])
+    order = torch.argsort((all_group << 32) | all_keys, stable=True)
+    sizes = torch.bincount(all_group, minlength=n_groups).index_select(0, touched)
+    starts = sizes.cumsum(0) - sizes  # each touched group holds >= m entries
+    chosen = order[(starts[:, None] + torch.arange(m, device=keys.device)).reshape(-1)]
+    state_keys[touched] = all_keys[chosen].view(t, m)
+    for state, new in zip(state_payload, payload, strict=True):
+        merged = torch.cat([state.index_select(0, touched).reshape(-1), new])
+        state[touched] = merged[chosen].view(t, m)
+    return int(group.numel())
+
+
+def _log_edges(values: Tensor, n_bins: int) -> Tensor:
+    """Log-spaced edges from the 0.5% quantile of ``values`` to twice their maximum."""
+    v = values.float()
+    rank = max(1, math.ceil(0.005 * v.numel()))
+    lo = float(v.kthvalue(rank).values)
+    hi = 2 * float(v.max())
+    lo = min(max(lo, hi * 1e-6), hi / 4)
+    return torch.logspace(math.log10(lo), math.log10(hi), n_bins + 1, dtype=torch.float64)
+
+
+@torch.no_grad()
+def latent_stats(
+    model: HookedSAETransformer,
+    sae: SAE,
+    tokens: Int[Tensor, "rows seq"],
+    batch_size: int = 32,
+    k: int = 20,
+    n_samples: int = 40,
+    n_bins: int = 40,
+    exclude_bos: bool = True,
+    progress: bool = True,
+    seed: int = 0,
+    bin_range: tuple[float, float] | None = None,
+) -> LatentStats:
+    """Statistics of every latent of ``sae`` over ``tokens``, in one pass of the model.
+
+    Args:
+        model: the model the SAE reads from.
+        sae: a SAELens SAE (or transcoder); its ``cfg.metadata.hook_name`` is the input hook.
+        tokens: ``(rows, seq)`` token ids; positions are reported as ``(row, pos)`` into it.
+        batch_size: rows per forward pass; the working memory scales with it, not with rows.
+        k: top activating positions kept per latent.
+        n_samples: size of each latent's uniform random sample of firing positions, from
+            which :meth:`LatentStats.quantile_examples` draws.
+        n_bins: bins of the per-latent activation histograms.
+        exclude_bos: leave out BOS positions (the tokenizer's ``bos_token_id``, or column 0
+            when there is none), where SAEs are not meant to be read.
+        progress: show a progress bar.
+        seed: seed of the random keys behind the uniform samples.
+        bin_range: ``(lo, hi)`` of the log-spaced histogram edges. By default they are fixed
+            after the first batch with a firing: from the 0.5% quantile of its non-zero
+            activations to twice its maximum. Values outside fall into the end bins.
+
+    Returns:
+        A :class:`LatentStats` on the CPU.
+    """
+    from tqdm.auto import tqdm
+
+    hook = _check_hook(model, sae)
+    tokens = _check_tokens(tokens, model)
+    batch_size = _positive_int("batch_size", batch_size)
+    k = _positive_int("k", k)
+    n_samples = _positive_int("n_samples", n_samples)
+    n_bins = _positive_int("n_bins", n_bins)
+    if bin_range is not None and not (0 < bin_range[0] < bin_range[1]):
+        raise ValueError(f"bin_range must be (lo, hi) with 0 < lo < hi, got {bin_range!r}")
+    device = torch.device(model.cfg.device) if model.cfg.device is not None else tokens.device
+    tokens = tokens.to(device)
+    keep = _bos_mask(model, tokens, exclude_bos)
+    keep_flat = keep.flatten()
+    n_positions = int(keep.sum())
+    if n_positions == 0:
+        raise ValueError(
+            "tokens must contain at least one non-BOS position to count, got only BOS tokens "
+            f"(shape {tuple(tokens.shape)}); pass exclude_bos=False to count them"
+        )
+    if k > n_positions:
+        raise ValueError(
+            f"k must be at most the number of positions counted ({n_positions}), got {k}"
+        )
+
+    d = sae.cfg.d_sae
+    seq = int(tokens.shape[1])
+    count = torch.zeros(d, dtype=torch.int64, device=device)
+    total = torch.zeros(d, dtype=torch.float64, device=device)
+    peak = torch.zeros(d, dtype=torch.float32, device=device)
+    hist = torch.zeros(d * n_bins, dtype=torch.int64, device=device)
+    edges = (
+        torch.logspace(math.log10(bin_range[0]), math.log10(bin_range[1]), n_bins + 1,
+                       dtype=torch.float64).to(device)
+        if bin_range is not None else None
+    )  # fmt: skip
+    # Top-k and sample buffers hold flat positions (row * seq + pos), -1 when unused.
+    top_keys = torch.full((d, k), _EMPTY, dtype=torch.int64, device=device)
+    top_vals = torch.zeros((d, k), device=device)
+    top_at = torch.full((d, k), -1, dtype=torch.int64, device=device)
+    smp_keys = torch.full((d, n_samples), _EMPTY, dtype=torch.int64, device=device)
+    smp_vals = torch.zeros((d, n_samples), device=device)
+    smp_at = torch.full((d, n_samples), -1, dtype=torch.int64, device=device)
+    state = [count, total, peak, hist, top_keys, top_vals, top_at, smp_keys, smp_vals, smp_at]
+    state_bytes = sum(t.numel() * t.element_size() for t in state)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    working = 0
+
+    bar = tqdm(total=tokens.shape[0], unit="row", desc=f"latent stats @ {hook}",
+               disable=not progress, leave=False)  # fmt: skip
+    for start in range(0, tokens.shape[0], batch_size):
+        batch = tokens[start : start + batch_size]
+        acts = encode_at_hook(model, sae, batch)
+        flat = acts.view(-1, d)
+        where, lat = torch.nonzero(flat, as_tuple=True)  # one pass over the dense batch
+        vals = flat[where, lat].float()
+        working = max(working, acts.numel() * acts.element_size() + lat.numel() * 48)
+        del acts, flat
+        where += start * seq  # flat position in tokens
+        fired = (vals > 0) & keep_flat.index_select(0, where)  # firing, not at BOS
+        if not bool(fired.all()):
+            where, lat, vals = where[fired], lat[fired], vals[fired]
+        if lat.numel():
+            count += torch.bincount(lat, minlength=d)
+            total += torch.bincount(lat, weights=vals.double(), minlength=d)
+            peak.scatter_reduce_(0, lat, vals, reduce="amax", include_self=True)
+            if edges is None:
+                edges = _log_edges(vals, n_bins).to(device)
+            bins = torch.bucketize(vals.double(), edges[1:-1])
+            hist.scatter_add_(0, lat * n_bins + bins, torch.ones_like(bins))
+            _merge_smallest(top_keys, [top_vals, top_at], lat, _value_key(vals), [vals, where])
+            rand = torch.randint(0, 1 << 31, (lat.numel(),), generator=generator, device=device)
+            _merge_smallest(smp_keys, [smp_vals, smp_at], lat, rand, [vals, where])
+        del where, lat, vals
+        bar.update(batch.shape[0])
+    bar.close()
+
+    if edges is None:  # nothing fired at all: any edges will do
+        edges = torch.logspace(-3, 3, n_bins + 1, dtype=torch.float64)
+
+    def split(at: Tensor) -> tuple[Tensor, Tensor]:
+        at = at.cpu()
+        used = at >= 0
+        return torch.where(used, at // seq, -1), torch.where(used, at % seq, -1)
+
+    top_rows, top_pos = split(top_at)
+    smp_rows, smp_pos = split(smp_at)
+    return LatentStats(
+        hook_name=hook,
+        n_tokens=n_positions,
+        n_rows=int(tokens.shape[0]),
+        seq_len=seq,
+        count=count.cpu(),
+        sum=total.cpu(),
+        max=peak.cpu(),
+        hist=hist.view(d, n_bins).cpu(),
+        hist_edges=edges.cpu(),
+        top_values=top_vals.cpu(),
+        top_rows=top_rows,
+        top_pos=top_pos,
+        sample_values=smp_vals.cpu(),
+        sample_rows=smp_rows,
+        sample_pos=smp_pos,
+        peak_buffer_bytes=int(working + state_bytes),
+    )
+
+
+@torch.no_grad()
+def latent_activations(
+    model: HookedSAETransformer,
+    sae: SAE,
+    tokens: Int[Tensor, "rows seq"],
+    latents: list[int] | Tensor | None = None,
+    batch_size: int = 32,
+) -> Float[Tensor, "rows seq n_latents"]:
+    """Activations of ``latents`` (default: all) at every position of ``tokens``, on the CPU.
+
+    Used to shade the context of an example; for statistics over many tokens use
+    :func:`latent_stats`, which does not keep every activation.
+    """
+    _check_hook(model, sae)
+    tokens = _check_tokens(tokens, model)
+    batch_size = _positive_int("batch_size", batch_size)
+    index = None
+    if latents is not None:
+        index = torch.as_tensor(latents, dtype=torch.long).flatten()
+        if index.numel() == 0:
+            raise ValueError("latents must name at least one latent, got an empty list")
+        bad = index[(index < 0) | (index >= sae.cfg.d_sae)]
+        if bad.numel():
+            raise IndexError(f"latents must be in [0, {sae.cfg.d_sae}), got {bad.tolist()}")
+    device = torch.device(model.cfg.device) if model.cfg.device is not None else tokens.device
+    tokens = tokens.to(device)
+    out = []
+    for start in range(0, tokens.shape[0], batch_size):
+        acts = encode_at_hook(model, sae, tokens[start : start + batch_size])
+        out.append((acts if index is None else acts[..., index.to(acts.device)]).float().cpu())
+    return torch.cat(out)

@@ -1,0 +1,224 @@
+"""The one-pass latent statistics engine against brute force, on the micro build."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+from saebook.latent_stats import (
+    _EMPTY,
+    LatentStats,
+    _merge_smallest,
+    _value_key,
+    latent_activations,
+    latent_stats,
+)
+
+
+@pytest.fixture(scope="module")
+def tokens(micro_model):
+    model, _, _ = micro_model
+    gen = torch.Generator().manual_seed(0)
+    toks = torch.randint(1, model.cfg.d_vocab, (10, 16), generator=gen)
+    toks[:, 0] = model.tokenizer.bos_token_id
+    toks[3, 7] = model.tokenizer.bos_token_id  # a BOS in the middle of a row is skipped too
+    return toks
+
+
+def _brute(model, sae, tokens):
+    acts = latent_activations(model, sae, tokens)
+    keep = tokens != model.tokenizer.bos_token_id
+    return acts * keep[..., None], keep
+
+
+@pytest.mark.parametrize("role", ["resid", "attn", "transcoder", "mlp"])
+def test_engine_equals_brute_force(micro_model, tokens, role):
+    model, saes, _ = micro_model
+    sae = saes[role]
+    k, n_samples = 5, 6
+    stats = latent_stats(model, sae, tokens, batch_size=3, k=k, n_samples=n_samples,
+                         n_bins=12, progress=False)  # fmt: skip
+    acts, keep = _brute(model, sae, tokens)
+    flat = acts.flatten(0, 1)  # (positions, d_sae)
+    fired = flat > 0
+    assert stats.n_tokens == int(keep.sum())
+    assert torch.equal(stats.count, fired.sum(0))
+    assert torch.allclose(stats.sum, flat.double().sum(0), rtol=1e-5, atol=1e-4)
+    assert torch.allclose(stats.max, flat.max(0).values, atol=1e-5)
+    assert torch.equal(stats.hist.sum(1), stats.count)
+    # the histogram, recomputed with the engine's own edges
+    lat = fired.nonzero()[:, 1]
+    bins = torch.bucketize(flat[fired].double(), stats.hist_edges[1:-1])
+    expected = torch.zeros_like(stats.hist).view(-1)
+    expected.index_add_(0, lat * stats.hist.shape[1] + bins, torch.ones_like(bins))
+    assert torch.equal(stats.hist.view(-1), expected)
+    live = stats.count > 0
+    assert torch.allclose(stats.mean_activation[live],
+                          (flat.double().sum(0) / fired.sum(0))[live], rtol=1e-5)  # fmt: skip
+    assert stats.mean_activation[~live].isnan().all()
+    # top-k: the same values as a sort of all activations, at positions that really hold them
+    ref = flat.T.sort(dim=1, descending=True).values[:, :k]
+    for latent in range(sae.cfg.d_sae):
+        top = stats.top_examples(latent)
+        n = min(k, int(stats.count[latent]))
+        assert len(top) == n
+        got = torch.tensor([e.value for e in top])
+        assert torch.allclose(got, ref[latent, :n], atol=1e-5), latent
+        for e in top:
+            assert abs(float(acts[e.row, e.pos, latent]) - e.value) < 1e-5
+        assert len({(e.row, e.pos) for e in top}) == n
+        sample = stats.sample_examples(latent)
+        assert len(sample) == min(n_samples, int(stats.count[latent]))
+        assert len({(e.row, e.pos) for e in sample}) == len(sample)
+        for e in sample:
+            assert abs(float(acts[e.row, e.pos, latent]) - e.value) < 1e-5
+
+
+def test_memory_does_not_grow_with_rows(micro_model):
+    model, saes, _ = micro_model
+    gen = torch.Generator().manual_seed(1)
+    many = torch.randint(1, model.cfg.d_vocab, (32, 16), generator=gen)
+    peaks = [
+        latent_stats(model, saes["resid"], many[:n], batch_size=4, k=3, n_samples=4,
+                     progress=False).peak_buffer_bytes
+        for n in (8, 32)
+    ]  # fmt: skip
+    assert peaks[1] <= peaks[0] * 1.05, peaks
+
+
+def test_reservoir_is_uniform():
+    """Many independent groups receive the same 100 items in 10 batches; each item should be
+    kept with probability m / 100."""
+    groups, items, m = 3000, 100, 10
+    gen = torch.Generator().manual_seed(0)
+    keys = torch.full((groups, m), _EMPTY)
+    kept = torch.full((groups, m), -1)
+    for start in range(0, items, 10):
+        ids = torch.arange(start, start + 10).repeat(groups)
+        group = torch.arange(groups).repeat_interleave(10)
+        rand = torch.randint(0, 1 << 31, (ids.numel(),), generator=gen)
+        _merge_smallest(keys, [kept], group, rand, [ids])
+    assert (kept >= 0).all()
+    freq = torch.bincount(kept.flatten(), minlength=items).double()
+    expected = groups * m / items  # 300
+    sigma = (groups * (m / items) * (1 - m / items)) ** 0.5
+    assert (freq - expected).abs().max() < 5 * sigma, freq
+    # early and late items are equally likely (a biased reservoir favours one end)
+    assert abs(freq[:50].mean() - freq[50:].mean()) < 2 * sigma
+
+
+def test_top_merge_keeps_the_largest():
+    gen = torch.Generator().manual_seed(2)
+    values = torch.rand(7, 50, generator=gen)
+    keys = torch.full((7, 4), _EMPTY)
+    pos = torch.full((7, 4), -1)
+    for start in range(0, 50, 6):
+        chunk = values[:, start : start + 6]
+        group = torch.arange(7).repeat_interleave(chunk.shape[1])
+        idx = torch.arange(start, start + chunk.shape[1]).repeat(7)
+        _merge_smallest(keys, [pos], group, _value_key(chunk.flatten()), [idx])
+    ref = values.topk(4, dim=1)
+    assert torch.equal(keys, _value_key(ref.values.flatten()).view(7, 4))
+    assert torch.equal(pos, ref.indices)
+
+
+def test_samples_are_seeded(micro_model, tokens):
+    model, saes, _ = micro_model
+    run = lambda seed: latent_stats(model, saes["resid"], tokens, k=2, n_samples=3,  # noqa: E731
+                                    progress=False, seed=seed)  # fmt: skip
+    a, b, c = run(0), run(0), run(1)
+    assert torch.equal(a.sample_rows, b.sample_rows) and torch.equal(a.sample_pos, b.sample_pos)
+    same = torch.equal(a.sample_rows, c.sample_rows) and torch.equal(a.sample_pos, c.sample_pos)
+    assert not same
+
+
+def test_quantiles_dead_dense_and_table(micro_model, tokens):
+    model, saes, _ = micro_model
+    stats = latent_stats(model, saes["resid"], tokens, k=3, n_samples=9, progress=False)
+    latent = int(stats.count.argmax())
+    intervals = stats.quantile_examples(latent, 3)
+    assert len(intervals) == 3
+    assert intervals[0].q_lo == 0 and intervals[-1].q_hi == 1
+    assert all(a.hi <= b.lo for a, b in zip(intervals, intervals[1:], strict=False))
+    assert sum(len(i.examples) for i in intervals) == len(stats.sample_examples(latent))
+    assert torch.equal(stats.dead(), torch.nonzero(stats.count == 0).flatten())
+    assert set(stats.dense(0.0).tolist()) == set(torch.nonzero(stats.count > 0).flatten().tolist())
+    table = stats.table()
+    assert len(table) == stats.d_sae and table["count"].sum() == int(stats.count.sum())
+    with pytest.raises(ValueError, match="n_intervals"):
+        stats.quantile_examples(latent, 0)
+    with pytest.raises(ValueError, match="threshold"):
+        stats.dense(2.0)
+
+
+def test_exclude_bos_false_counts_every_position(micro_model, tokens):
+    model, saes, _ = micro_model
+    stats = latent_stats(model, saes["resid"], tokens, exclude_bos=False, progress=False)
+    assert stats.n_tokens == tokens.numel()
+
+
+def _foreign_sae(d_in: int, hook: str) -> StandardSAE:
+    cfg = StandardSAEConfig(d_in=d_in, d_sae=8, metadata=SAEMetadata(hook_name=hook))
+    return StandardSAE(cfg)
+
+
+def test_bad_inputs_raise_named_errors(micro_model, tokens):
+    model, saes, _ = micro_model
+    sae = saes["resid"]
+    hook = sae.cfg.metadata.hook_name
+    d_model = model.cfg.d_model
+    cases = [
+        (dict(sae=_foreign_sae(d_model, "blocks.7.hook_resid_pre")), ValueError, "hook_name"),
+        (
+            dict(sae=_foreign_sae(d_model + 3, hook)),
+            ValueError,
+            rf"d_in.*\({d_model}\).*{d_model + 3}",
+        ),
+        (dict(k=10_000), ValueError, "k must be at most"),
+        (dict(k=0), ValueError, "k must be a positive int"),
+        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(n_samples=-1), ValueError, "n_samples"),
+        (dict(tokens=torch.zeros((0, 5), dtype=torch.long)), ValueError, "non-empty"),
+        (dict(tokens=tokens[0]), ValueError, "non-empty"),
+        (dict(tokens=tokens.float()), TypeError, "integer dtype"),
+        (dict(tokens=tokens.tolist()), TypeError, "torch.Tensor"),
+        (dict(tokens=tokens + model.cfg.d_vocab), ValueError, "d_vocab"),
+        (dict(tokens=torch.full((2, 4), model.tokenizer.bos_token_id)), ValueError, "BOS"),
+        (dict(bin_range=(1.0, 0.5)), ValueError, "bin_range"),
+        (dict(sae="resid"), TypeError, "sae must be"),
+    ]
+    for overrides, error, pattern in cases:
+        kwargs = {"model": model, "sae": sae, "tokens": tokens, "progress": False, **overrides}
+        with pytest.raises(error, match=pattern):
+            latent_stats(**kwargs)
+    stats = latent_stats(model, sae, tokens, progress=False)
+    with pytest.raises(IndexError, match="latent must be in"):
+        stats.top_examples(sae.cfg.d_sae)
+    with pytest.raises(TypeError, match="latent must be an int"):
+        stats.top_examples(1.5)
+    with pytest.raises(IndexError, match="latents must be in"):
+        latent_activations(model, sae, tokens, latents=[0, -1])
+
+
+def test_nan_activations_are_refused(micro_model, tokens):
+    model, saes, _ = micro_model
+    with torch.no_grad():
+        saved = model.W_E.clone()
+        model.W_E[int(tokens[0, 1])] = float("nan")
+    try:
+        with pytest.raises(ValueError, match="finite"):
+            latent_stats(model, saes["resid"], tokens, progress=False)
+    finally:
+        with torch.no_grad():
+            model.W_E.copy_(saved)
+
+
+def test_result_is_a_cpu_dataclass(micro_model, tokens):
+    model, saes, _ = micro_model
+    stats = latent_stats(model, saes["attn"], tokens, k=4, n_samples=5, progress=False)
+    assert isinstance(stats, LatentStats)
+    assert stats.top_values.shape == (saes["attn"].cfg.d_sae, 4)
+    assert stats.sample_values.shape == (saes["attn"].cfg.d_sae, 5)
+    assert stats.count.device.type == "cpu"
