@@ -10,7 +10,6 @@ from saebook.attribution import (
     attribution_patching,
     direct_logit_attribution,
     latent_activations_at_last,
-    residual_directions,
 )
 from saebook.tasks import make_task
 from saebook.tinyworld.tasks import code_recall_task
@@ -41,17 +40,6 @@ def test_make_task_rejects_misaligned_prompts(micro_model):
         make_task(model, "t", "d", [("a b", "a b c d", " a", " b")])
     with pytest.raises(ValueError, match="at least one"):
         make_task(model, "t", "d", [])
-
-
-def test_residual_directions_shapes(micro_model):
-    model, saes, _ = micro_model
-    for role, sae in saes.items():
-        dirs = residual_directions(model, sae)
-        assert dirs.shape == (sae.cfg.d_sae, model.cfg.d_model), role
-    attn = saes["attn"]
-    manual = attn.W_dec[0].view(model.cfg.n_heads, model.cfg.d_head)
-    expected = torch.einsum("hd,hdm->m", manual, model.W_O[1])
-    assert torch.allclose(residual_directions(model, attn)[0], expected, atol=1e-5)
 
 
 def test_dla_matches_the_formula_for_one_latent(micro_model, task):

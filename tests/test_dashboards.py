@@ -12,7 +12,6 @@ import torch
 from saebook import dashboards
 from saebook.dashboards import (
     Dashboard,
-    decoder_directions,
     latent_dashboard,
     latent_logits,
     logit_table,
@@ -36,16 +35,6 @@ def setup(micro_model):
         for role in ("resid", "attn", "transcoder")
     }
     return model, saes, tokens, stats
-
-
-def test_decoder_directions_per_hook_kind(setup):
-    model, saes, _, _ = setup
-    resid, attn, tc = saes["resid"], saes["attn"], saes["transcoder"]
-    assert torch.allclose(decoder_directions(model, resid, [0, 2]), resid.W_dec[[0, 2]])
-    assert torch.allclose(decoder_directions(model, tc, [1]), tc.W_dec[[1]])
-    w_o = model.blocks[1].attn.W_O  # the attn SAE reads blocks.1.attn.hook_z
-    manual = torch.einsum("hd,hdm->m", attn.W_dec[3].view(w_o.shape[0], w_o.shape[1]), w_o)
-    assert torch.allclose(decoder_directions(model, attn, [3])[0], manual, atol=1e-6)
 
 
 def test_logits_and_table(setup):

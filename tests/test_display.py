@@ -85,3 +85,18 @@ def test_setup_seeds_and_returns_the_tiny_profile(monkeypatch, shown):
     assert torch.equal(first, torch.rand(3))
     assert any("tiny" in b.get("text/plain", "") for b in shown)  # the banner was shown once
     assert len(shown) == 1
+
+
+def test_setup_threads_follow_saebook_threads(monkeypatch, shown):
+    import saebook
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("SAEBOOK_THREADS", "1")
+        saebook.setup(show=False)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("SAEBOOK_THREADS", "two")
+        with pytest.raises(ValueError, match="SAEBOOK_THREADS must be a positive integer.*'two'"):
+            saebook.setup(show=False)
+    finally:
+        torch.set_num_threads(before)

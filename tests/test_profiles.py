@@ -35,7 +35,7 @@ def test_hub_profile_ids_exist_in_the_saelens_registry(name):
     spec = profiles.PROFILES[name]
     for role, (release, sae_id) in spec.saes.items():
         assert release in directory, (role, release)
-        resolved = profiles._resolve_sae_id(release, sae_id)
+        resolved = profiles.resolve_sae_id(release, sae_id)
         assert resolved in directory[release].saes_map, (role, resolved)
     release, ids = spec.width_family
     assert all(i in directory[release].saes_map for i in ids)

@@ -15,35 +15,16 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
+from saebook.directions import decoder_directions
 from saebook.metrics import check_sae_hooks
 from saebook.tasks import LogitDiffTask
 
 __all__ = [
-    "residual_directions",
     "latent_activations_at_last",
     "direct_logit_attribution",
     "ablation_effects",
     "attribution_patching",
 ]
-
-
-def residual_directions(model: HookedSAETransformer, sae: SAE) -> Float[Tensor, "d_sae d_model"]:
-    """Each latent's decoder direction as written into the residual stream.
-
-    Residual and MLP-output SAEs and transcoders already decode into ``d_model``; an
-    attention ``hook_z`` SAE decodes into the heads' outputs, mapped through ``W_O``.
-    """
-    _, hook_out = check_sae_hooks(model, sae)
-    w_dec = sae.W_dec
-    if hook_out.endswith("hook_z"):
-        layer = int(hook_out.split(".")[1])
-        w_o = model.W_O[layer]  # (heads, d_head, d_model)
-        return torch.einsum("shd,hdm->sm", w_dec.view(-1, *w_o.shape[:2]), w_o)
-    if w_dec.shape[1] != model.cfg.d_model:
-        raise ValueError(
-            f"the SAE must decode into d_model={model.cfg.d_model}, got {w_dec.shape[1]}"
-        )
-    return w_dec
 
 
 @torch.no_grad()
@@ -73,7 +54,7 @@ def direct_logit_attribution(
     acts = sae.encode(cache[hook_in][:, -1])  # (batch, d_sae)
     scale = cache["ln_final.hook_scale"][:, -1]  # (batch, 1)
     diff_dirs = model.W_U[:, task.answer] - model.W_U[:, task.wrong]  # (d_model, batch)
-    per_latent = residual_directions(model, sae) @ diff_dirs  # (d_sae, batch)
+    per_latent = decoder_directions(model, sae) @ diff_dirs  # (d_sae, batch)
     return acts * per_latent.T / scale
 
 

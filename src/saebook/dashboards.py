@@ -24,7 +24,6 @@ import html
 import itertools
 import json
 import math
-import re
 import socket
 from dataclasses import dataclass, field
 
@@ -35,11 +34,11 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
+from saebook.directions import check_latent, decoder_directions
 from saebook.latent_stats import Example, LatentStats, latent_activations
 
 __all__ = [
     "Dashboard",
-    "decoder_directions",
     "latent_logits",
     "top_logits",
     "logit_table",
@@ -52,65 +51,16 @@ __all__ = [
 
 NEURONPEDIA_HOST = ("www.neuronpedia.org", 443)
 
-_LAYER = re.compile(r"^blocks\.(\d+)\.")
-
 
 # ---------------------------------------------------------------------------------------------
 # Logit effects
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_latent(sae: SAE, latent: object) -> int:
-    if isinstance(latent, Tensor) and latent.numel() == 1:
-        latent = int(latent)
-    if isinstance(latent, bool) or not isinstance(latent, int):
-        raise TypeError(f"latent must be an int, got {type(latent).__name__}")
-    if not 0 <= latent < sae.cfg.d_sae:
-        raise IndexError(f"latent must be in [0, {sae.cfg.d_sae}), got {latent}")
-    return latent
-
-
-@torch.no_grad()
-def decoder_directions(
-    model: HookedSAETransformer, sae: SAE, latents: list[int] | Tensor
-) -> Float[Tensor, "n d_model"]:
-    """The residual-stream vectors that ``latents`` add when they fire with activation 1.
-
-    ``W_dec`` rows live where the SAE writes (``hook_name_out`` for a transcoder, else
-    ``hook_name``): the residual stream or an MLP/attention output (used as is), the
-    concatenated head outputs ``hook_z`` (mapped through that layer's ``W_O``) or the MLP
-    hidden layer ``mlp.hook_post`` (mapped through ``W_out``).
-    """
-    index = torch.as_tensor(latents, dtype=torch.long).flatten()
-    bad = index[(index < 0) | (index >= sae.cfg.d_sae)]
-    if bad.numel():
-        raise IndexError(f"latents must be in [0, {sae.cfg.d_sae}), got {bad.tolist()}")
-    w = sae.W_dec[index.to(sae.W_dec.device)].float()
-    hook = sae.cfg.metadata.hook_name_out or sae.cfg.metadata.hook_name
-    layer = _LAYER.match(str(hook))
-    d_model = model.cfg.d_model
-    if str(hook).endswith("hook_z") and layer:
-        w_o = model.blocks[int(layer.group(1))].attn.W_O.float()  # (heads, d_head, d_model)
-        if w.shape[-1] != w_o.shape[0] * w_o.shape[1]:
-            raise ValueError(
-                f"sae.W_dec must have n_heads * d_head = {w_o.shape[0] * w_o.shape[1]} columns "
-                f"for hook {hook!r}, got {w.shape[-1]}"
-            )
-        w = torch.einsum("nhd,hdm->nm", w.view(-1, w_o.shape[0], w_o.shape[1]), w_o.to(w.device))
-    elif str(hook).endswith("mlp.hook_post") and layer:
-        w = w @ model.blocks[int(layer.group(1))].mlp.W_out.float().to(w.device)
-    elif w.shape[-1] != d_model:
-        raise ValueError(
-            f"sae.W_dec rows must live in the residual stream (width d_model={d_model}) or at a "
-            f"hook_z / mlp.hook_post hook, got width {w.shape[-1]} at hook {hook!r}"
-        )
-    return w
-
-
 @torch.no_grad()
 def latent_logits(model: HookedSAETransformer, sae: SAE, latent: int) -> Float[Tensor, " d_vocab"]:
     """Direct effect of ``latent``'s decoder direction on every logit: ``dir @ W_U``."""
-    latent = _check_latent(sae, latent)
+    latent = check_latent(sae, latent)
     direction = decoder_directions(model, sae, [latent])[0]
     return (direction.to(model.W_U.device) @ model.W_U.float()).cpu()
 
@@ -420,7 +370,7 @@ def latent_dashboard(
         context: tokens shown before and after each example's token.
         n_logits: promoted and suppressed tokens listed.
     """
-    latent = _check_latent(sae, latent)
+    latent = check_latent(sae, latent)
     _check_stats(model, sae, tokens, stats)
     before, after = context
     if min(before, after) < 0:
@@ -568,7 +518,7 @@ def neuronpedia_embed(sae: SAE, latent: int, height: int = 360) -> str:
     The iframe comes back only when the SAE has ``cfg.metadata.neuronpedia_id`` and
     neuronpedia.org answers within 2 s; otherwise the notice (never an exception).
     """
-    latent = _check_latent(sae, latent)
+    latent = check_latent(sae, latent)
     np_id = sae.cfg.metadata.neuronpedia_id
     if not np_id:
         return (

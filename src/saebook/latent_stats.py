@@ -440,7 +440,7 @@ def latent_stats(
     Returns:
         A :class:`LatentStats` on the CPU.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     hook = _check_hook(model, sae)
     tokens = _check_tokens(tokens, model)

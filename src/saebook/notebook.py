@@ -21,16 +21,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _threads() -> int:
+    value = os.environ.get("SAEBOOK_THREADS", "")
+    if not value:
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"SAEBOOK_THREADS must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def setup(profile: str | None = None, seed: int = 0, show: bool = True) -> profiles.Profile:
     """Prepare a chapter and return its loaded :class:`~saebook.profiles.Profile`.
 
-    Uses one torch thread per core, silences the TransformerLens deprecation notice (the book
+    Uses one torch thread per core (``SAEBOOK_THREADS`` overrides it), silences the TransformerLens deprecation notice (the book
     pins TransformerLens < 4 on purpose), selects a plotly renderer that works in this
     environment, loads the profile (``SAEBOOK_PROFILE`` by default), then seeds every
     generator (so a chapter's random draws do not depend on whether the profile was already
     cached) and, with ``show``, displays a banner naming profile, model, SAEs and device.
     """
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(_threads())
     warnings.filterwarnings("ignore", message=r".*HookedTransformer is deprecated.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"transformer_lens.*")
     display.configure_plotly()

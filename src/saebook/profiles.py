@@ -24,7 +24,15 @@ from torch import Tensor
 from saebook.errors import HubUnavailableError, MissingArtifactError, UnknownProfileError
 from saebook.tasks import LogitDiffTask, ioi_task
 
-__all__ = ["PROFILES", "Profile", "ProfileSpec", "load", "default_name", "available"]
+__all__ = [
+    "PROFILES",
+    "Profile",
+    "ProfileSpec",
+    "load",
+    "default_name",
+    "available",
+    "resolve_sae_id",
+]
 
 ENV_VAR = "SAEBOOK_PROFILE"
 
@@ -230,7 +238,7 @@ def _require_hub(profile: str, timeout: float = 3.0) -> None:
         ) from None
 
 
-def _resolve_sae_id(release: str, sae_id: str) -> str:
+def resolve_sae_id(release: str, sae_id: str) -> str:
     """An exact id, or the first id of ``release`` that starts with a prefix ending in '/'."""
     if not sae_id.endswith("/"):
         return sae_id
@@ -276,7 +284,7 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
     )
     model = loader(spec.model, device=device)
     saes = {
-        role: SAE.from_pretrained(release, _resolve_sae_id(release, sae_id), device=device)
+        role: SAE.from_pretrained(release, resolve_sae_id(release, sae_id), device=device)
         for role, (release, sae_id) in spec.saes.items()
     }
     release, ids = spec.width_family

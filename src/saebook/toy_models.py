@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 __all__ = [
     "ToyModel",

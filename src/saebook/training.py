@@ -26,7 +26,7 @@ from sae_lens import (
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
 __all__ = ["collect_activations", "activation_batches", "train_topk_sae", "train_transcoder"]

@@ -18,7 +18,7 @@ from jaxtyping import Int
 from sae_lens import HookedSAETransformer
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from transformer_lens import HookedTransformerConfig
 from transformers import AutoTokenizer
 
