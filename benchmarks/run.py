@@ -8,15 +8,20 @@ Prints a table per measurement and ends with one ``name=value`` line per ratio:
   / ``latent_stats``. Target >= 30.
 - ``stats_peak_mem_growth``: rise of the resident-memory peak of a fresh process running
   ``latent_stats`` on 4x the tokens / on 1x (flat is 1; Linux, via ``/proc/self``).
-- ``stats_vs_sae_dashboard``, ``attribution_vs_ablation_speed``,
-  ``attribution_ablation_spearman``: reported as not measured, with the reason.
+- ``stats_vs_sae_dashboard``: sae-dashboard 0.8's runner on the same model weights, SAE,
+  tokens and 64 latents / ``latent_stats`` plus our 64 dashboards (target >= 2). sae-dashboard
+  runs in a separate virtualenv built on first use (``benchmarks/.venv-sae-dashboard``);
+  without it the line says why it was not measured.
+- ``attribution_vs_ablation_speed``: exact ablation of every latent active at the last position
+  of the task's prompts / attribution patching of all latents (one backward pass).
+- ``attribution_ablation_spearman``: rank correlation of the two estimates of those effects.
 
 Each ratio is measured on the tiny profile and on a gpt2-shaped model with random weights
 (12 layers, d_model 768, a TopK SAE of width 24576 at ``blocks.8.hook_resid_pre``); the
 unsuffixed line is the worse of the two. Timings are the best of a few repeats on this
 machine; another heavy process on the same cores slows everything (run nothing beside it).
 
-Options: ``--quick`` (fewer tokens and repeats), ``--only tiny|gpt2``.
+Options: ``--quick`` (fewer tokens and repeats), ``--only tiny|gpt2``, ``--skip-sae-dashboard``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from scipy.stats import spearmanr
 
+from saebook.attribution import ablation_effects, attribution_patching
+from saebook.dashboards import latent_dashboard
 from saebook.latent_stats import encode_at_hook, latent_stats
 
 N_LATENTS_NAIVE = 64
@@ -50,6 +58,23 @@ def tiny_workload(rows: int, seq_len: int | None = None):
     profile = profiles.load("tiny", device="cpu")
     tokens = profile.tokens(rows, seq_len, seed=7)
     return profile.model, profile.sae("resid"), tokens, 32
+
+
+def tiny_task(model, n: int):
+    """The tiny profile's own task: code recall, which its model solves."""
+    from saebook import profiles
+
+    return profiles.load("tiny", device="cpu").task(n=n, seed=3)
+
+
+def random_task(model, n: int, seq_len: int = 16):
+    """Random prompts with random answer/wrong tokens: a task shape for random weights."""
+    from saebook.tasks import LogitDiffTask
+
+    gen = torch.Generator().manual_seed(5)
+    clean = torch.randint(0, model.cfg.d_vocab, (n, seq_len), generator=gen)
+    answer, wrong = torch.randint(0, model.cfg.d_vocab, (2, n), generator=gen)
+    return LogitDiffTask("random", "random tokens", clean, clean.clone(), answer, wrong, [])
 
 
 def gpt2_workload(rows: int, seq_len: int = 32):
@@ -77,6 +102,8 @@ def gpt2_workload(rows: int, seq_len: int = 32):
 
 
 WORKLOADS: dict[str, Callable] = {"tiny": tiny_workload, "gpt2": gpt2_workload}
+TASKS: dict[str, Callable] = {"tiny": tiny_task, "gpt2": random_task}
+TASK_PROMPTS = {"tiny": 16, "gpt2": 4}
 ROWS = {"tiny": 256, "gpt2": 8}  # 1x (several batches each); the memory test also runs 4x
 QUICK_ROWS = {"tiny": 64, "gpt2": 8}
 
@@ -224,10 +251,101 @@ def measure(name: str, rows: int, repeats: int) -> dict:
     }
 
 
+SAE_DASHBOARD_VENV = ROOT / "benchmarks" / ".venv-sae-dashboard"  # git-ignored
+SAE_DASHBOARD = "sae-dashboard==0.8.0"
+
+
+def sae_dashboard_python() -> Path:
+    """The Python of a separate virtualenv with sae-dashboard, created on first use.
+
+    sae-dashboard 0.8 pins transformer-lens 2.x, transformers < 4.57, numpy 1.26 and
+    safetensors 0.4, so it cannot share the book's environment; torch is constrained to this
+    environment's version so pip never swaps in another build.
+    """
+    python = SAE_DASHBOARD_VENV / "bin" / "python"
+    if not (SAE_DASHBOARD_VENV / ".installed").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(SAE_DASHBOARD_VENV)],
+                       check=True)  # fmt: skip
+        pin = f"torch=={torch.__version__.split('+')[0]}"
+        constraints = SAE_DASHBOARD_VENV / "constraints.txt"
+        constraints.write_text(pin + "\n")
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "-c", str(constraints), pin, SAE_DASHBOARD],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        (SAE_DASHBOARD_VENV / ".installed").touch()
+    return python
+
+
+def measure_sae_dashboard(name: str, rows: int, repeats: int) -> dict:
+    """sae-dashboard's runner vs ours (``latent_stats`` for all latents + a dashboard for each
+    of the same 64 latents), same model weights, SAE, tokens and latents."""
+    import tempfile
+
+    model, sae, tokens, batch_size = WORKLOADS[name](rows)
+    stats = latent_stats(model, sae, tokens, batch_size=batch_size, progress=False)
+    live = torch.nonzero(stats.count > 0).flatten()
+    latents = live[torch.randperm(live.numel(), generator=torch.Generator().manual_seed(0))]
+    latents = latents[:N_LATENTS_NAIVE].tolist()
+
+    def ours():
+        s = latent_stats(model, sae, tokens, batch_size=batch_size, progress=False)
+        for latent in latents:
+            latent_dashboard(model, sae, tokens, s, latent)
+
+    ours()  # warm-up
+    t_ours = best_time(ours, repeats)
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        torch.save({"cfg": model.cfg.to_dict(), "state_dict": model.state_dict()},
+                   folder / "model.pt")  # fmt: skip
+        sae.save_model(str(folder / "sae"))
+        torch.save({"tokens": tokens, "latents": latents, "batch_size": batch_size},
+                   folder / "inputs.pt")  # fmt: skip
+        child = ROOT / "benchmarks" / "sae_dashboard_child.py"
+        args = [str(child), str(folder), str(repeats), str(torch.get_num_threads())]
+        out = subprocess.run([str(sae_dashboard_python()), *args], capture_output=True,
+                             text=True, check=True)  # fmt: skip
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    with torch.no_grad():
+        expected = model(tokens[:1])[0, -1, :8]
+    if not torch.allclose(torch.tensor(theirs["logits"]), expected, atol=1e-3):
+        raise RuntimeError("the model rebuilt in sae-dashboard's environment differs from ours")
+    return {
+        "model": name,
+        "latents": len(latents),
+        "tokens": tokens.numel(),
+        "ours_s": t_ours,
+        "sae_dashboard_s": theirs["seconds"],
+        "stats_vs_sae_dashboard": theirs["seconds"] / t_ours,
+    }
+
+
+def measure_attribution(name: str, repeats: int) -> dict:
+    """Attribution patching (all latents, one backward pass) vs exact ablation of each
+    latent active at the last position: time ratio and the rank correlation of the effects."""
+    model, sae, _, _ = WORKLOADS[name](1)
+    task = TASKS[name](model, TASK_PROMPTS[name])
+    latents, ablation = ablation_effects(model, sae, task)  # also warms up
+    t_ablation = best_time(lambda: ablation_effects(model, sae, task, latents), repeats)
+    t_attribution = best_time(lambda: attribution_patching(model, sae, task), repeats)
+    estimate = attribution_patching(model, sae, task)[:, -1].mean(0)[latents]
+    return {
+        "model": name,
+        "latents": latents.numel(),
+        "ablation_s": t_ablation,
+        "attribution_s": t_attribution,
+        "attribution_vs_ablation_speed": t_ablation / t_attribution,
+        "attribution_ablation_spearman": float(spearmanr(ablation, estimate).statistic),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats")
     parser.add_argument("--only", choices=sorted(WORKLOADS), help="one workload only")
+    parser.add_argument("--skip-sae-dashboard", action="store_true",
+                        help="do not build sae-dashboard's virtualenv or time it")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     rows = QUICK_ROWS if args.quick else ROWS
@@ -258,27 +376,55 @@ def main() -> None:
           + ", ".join(f"{r['model']} {r['buffers_1x_mb']:.1f}/{r['buffers_4x_mb']:.1f} MB"
                       for r in results) + ")")  # fmt: skip
     print()
+
+    attribution = [measure_attribution(name, repeats) for name in names]
+    print("attribution patching (one backward pass) vs exact ablation of each active latent")
+    print(f"{'model':<6} {'latents':>7} {'ablation s':>10} {'attrib s':>9} {'speedup':>8} "
+          f"{'spearman':>8}")  # fmt: skip
+    for r in attribution:
+        print(f"{r['model']:<6} {r['latents']:>7} {r['ablation_s']:>10.3f} "
+              f"{r['attribution_s']:>9.3f} {r['attribution_vs_ablation_speed']:>8.1f} "
+              f"{r['attribution_ablation_spearman']:>8.3f}")  # fmt: skip
+    print()
+
+    dashboard, dashboard_error = [], None
+    if args.skip_sae_dashboard:
+        dashboard_error = "skipped with --skip-sae-dashboard"
+    else:
+        try:
+            dashboard = [measure_sae_dashboard(name, rows[name], repeats) for name in names]
+        except subprocess.CalledProcessError as exc:
+            tail = (exc.stderr or "").strip().splitlines()[-1:] or [str(exc)]
+            dashboard_error = f"sae-dashboard could not be installed or run: {tail[0]}"
+    if dashboard:
+        print("sae-dashboard 0.8 runner (separate virtualenv) vs latent_stats + 64 dashboards")
+        print(f"{'model':<6} {'tokens':>7} {'latents':>7} {'ours s':>8} {'theirs s':>9} "
+              f"{'speedup':>8}")  # fmt: skip
+        for r in dashboard:
+            print(f"{r['model']:<6} {r['tokens']:>7} {r['latents']:>7} {r['ours_s']:>8.2f} "
+                  f"{r['sae_dashboard_s']:>9.2f} {r['stats_vs_sae_dashboard']:>8.1f}")  # fmt: skip
+        print()
+
     for r in results:
         for key in ("stats_vs_forward", "stats_vs_per_latent", "stats_peak_mem_growth"):
             print(f"{key}_{r['model']}={r[key]:.3f}")
-    worst = {
-        "stats_vs_forward": max(r["stats_vs_forward"] for r in results),
-        "stats_vs_per_latent": min(r["stats_vs_per_latent"] for r in results),
-        "stats_peak_mem_growth": max(r["stats_peak_mem_growth"] for r in results),
-    }
-    print(f"stats_vs_forward={worst['stats_vs_forward']:.3f}")
-    print(f"stats_vs_per_latent={worst['stats_vs_per_latent']:.3f}")
-    print(
-        "stats_vs_sae_dashboard=not measured (sae-dashboard 0.8 requires transformer-lens "
-        "2.17, transformers 4.56, numpy 1.26 and a CUDA torch, so it does not install beside "
-        "the book's pins, and no separate environment is built here)"
-    )
-    for name in ("attribution_vs_ablation_speed", "attribution_ablation_spearman"):
-        print(
-            f"{name}=not measured (saebook.attribution has the techniques, but this script "
-            "does not benchmark them yet)"
-        )
-    print(f"stats_peak_mem_growth={worst['stats_peak_mem_growth']:.3f}")
+    for r in dashboard:
+        print(f"stats_vs_sae_dashboard_{r['model']}={r['stats_vs_sae_dashboard']:.3f}")
+    for r in attribution:
+        for key in ("attribution_vs_ablation_speed", "attribution_ablation_spearman"):
+            print(f"{key}_{r['model']}={r[key]:.3f}")
+    # unsuffixed: the worse of the workloads
+    print(f"stats_vs_forward={max(r['stats_vs_forward'] for r in results):.3f}")
+    print(f"stats_vs_per_latent={min(r['stats_vs_per_latent'] for r in results):.3f}")
+    if dashboard:
+        print(f"stats_vs_sae_dashboard={min(r['stats_vs_sae_dashboard'] for r in dashboard):.3f}")
+    else:
+        print(f"stats_vs_sae_dashboard=not measured ({dashboard_error})")
+    speed = min(r["attribution_vs_ablation_speed"] for r in attribution)
+    print(f"attribution_vs_ablation_speed={speed:.3f}")
+    rho = min(r["attribution_ablation_spearman"] for r in attribution)
+    print(f"attribution_ablation_spearman={rho:.3f}")
+    print(f"stats_peak_mem_growth={max(r['stats_peak_mem_growth'] for r in results):.3f}")
 
 
 if __name__ == "__main__":

@@ -5,65 +5,30 @@ Each one becomes a test with the chapter's path as its id:
 
     pytest tests/test_chapters.py -k running_saes
 
-It is converted with jupytext into a notebook in a pytest temporary folder (never next to the
-source, never under `_build`), executed with nbclient on the `python3` kernel with the
-chapter's folder as working directory and `SAEBOOK_PROFILE=tiny`, and fails with the source
-and traceback of the failing cell. Per-chapter wall times are printed at the end of the
-session and written to `_build/chapter_times.json` (see conftest.py).
+It is executed by `book/_ext/chapters.py` exactly as the site's per-chapter build jobs do
+(jupytext, then nbclient on the `python3` kernel in the chapter's folder, `SAEBOOK_PROFILE=tiny`,
+the site's plotly renderer), written to `_build/executed/<chapter>.ipynb` (which
+tests/test_site.py assembles into the site), and fails with the source and traceback of the
+failing cell. Per-chapter wall times are printed at the end of the session and written to
+`_build/chapter_times.json` (see conftest.py).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import time
+import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-TOC = ROOT / "_toc.yml"
 BOOK = ROOT / "book"
+EXECUTED = ROOT / "_build" / "executed"  # executed notebooks, assembled by tests/test_site.py
 PROFILE = "tiny"
-DEFAULT_TIMEOUT = 600  # seconds per cell, as execute.timeout in _config.yml
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-
-def toc_entries(toc_path: Path = TOC) -> list[str]:
-    """Every `file` in a jb-book `_toc.yml`, root first, in reading order (no suffix)."""
-    toc = yaml.safe_load(toc_path.read_text(encoding="utf-8"))
-    found: list[str] = [toc["root"]]
-
-    def walk(items: list[dict]) -> None:
-        for item in items or []:
-            if "file" in item:
-                found.append(str(item["file"]))
-            walk(item.get("sections", []))
-            walk(item.get("chapters", []))
-
-    walk(toc.get("parts", []))
-    walk(toc.get("chapters", []))
-    return [entry.removesuffix(".md") for entry in found]
-
-
-def front_matter(path: Path) -> dict:
-    """The YAML front matter of a markdown file ({} when there is none)."""
-    text = path.read_text(encoding="utf-8")
-    match = re.match(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|\Z)", text, re.DOTALL)
-    if not match:
-        return {}
-    data = yaml.safe_load(match.group(1))
-    return data if isinstance(data, dict) else {}
-
-
-def chapters() -> list[str]:
-    """Toc entries that are executable chapters (their .md has a kernelspec)."""
-    return [
-        entry
-        for entry in toc_entries()
-        if (ROOT / f"{entry}.md").is_file() and "kernelspec" in front_matter(ROOT / f"{entry}.md")
-    ]
+sys.path.insert(0, str(BOOK / "_ext"))
+from chapters import chapters, execute_chapter, front_matter, toc_entries, write_executed  # noqa: E402
 
 
 def _chapter_params() -> list:
@@ -103,44 +68,17 @@ def _failure_report(entry: str, nb, md_text: str, exc: BaseException, saved: Pat
 
 @pytest.mark.chapter
 @pytest.mark.parametrize("entry", _chapter_params())
-def test_chapter_executes(entry: str, tmp_path: Path, record_property) -> None:
-    import jupytext
-    import nbformat
-    from nbclient import NotebookClient
-
-    md = ROOT / f"{entry}.md"
-    md_text = md.read_text(encoding="utf-8")
-    nb = jupytext.reads(md_text, fmt="md:myst")
-    timeout = (nb.metadata.get("execution") or {}).get("timeout", DEFAULT_TIMEOUT)
-    if timeout is not None and timeout < 0:
-        timeout = None  # -1 disables the limit, as in myst-nb
-    source_copy = tmp_path / f"{md.stem}.ipynb"
-    nbformat.write(nb, source_copy)
-
-    env = dict(os.environ, SAEBOOK_PROFILE=PROFILE)
-    client = NotebookClient(
-        nb,
-        kernel_name="python3",
-        timeout=timeout,
-        allow_errors=False,
-        resources={"metadata": {"path": str(md.parent)}},  # cwd = the chapter's folder
-    )
-    start = time.perf_counter()
-    error: BaseException | None = None
-    try:
-        client.execute(env=env)
-    except Exception as exc:  # CellExecutionError, CellTimeoutError, DeadKernelError, ...
-        error = exc
-    finally:
-        record_property("chapter_seconds", round(time.perf_counter() - start, 2))
-        record_property("chapter", entry)
-        record_property("chapter_profile", PROFILE)
-        saved = tmp_path / f"{md.stem}.executed.ipynb"
-        nbformat.write(nb, saved)
-    if error is not None:
+def test_chapter_executes(entry: str, record_property) -> None:
+    md_text = (ROOT / f"{entry}.md").read_text(encoding="utf-8")
+    execution = execute_chapter(entry, PROFILE)
+    record_property("chapter_seconds", round(execution.seconds, 2))
+    record_property("chapter", entry)
+    record_property("chapter_profile", PROFILE)
+    saved = write_executed(execution, EXECUTED)
+    if execution.error is not None:
         pytest.fail(
             f"chapter {entry} failed under SAEBOOK_PROFILE={PROFILE}:\n"
-            + _failure_report(entry, nb, md_text, error, saved),
+            + _failure_report(entry, execution.notebook, md_text, execution.error, saved),
             pytrace=False,
         )
 

@@ -11,15 +11,21 @@
    ``saebook_profile`` (a change re-reads every page instead of reusing the doctrees of
    another profile) and, unless ``execute.cache`` is set, picks a per-profile execution
    cache ``_build/.jupyter_cache/<profile>`` (jupyter-cache keys only on cell sources).
+4. Execution data of pre-executed chapters: a site assembled from notebooks executed in
+   separate jobs (``book/_ext/chapters.py``) builds with execution off, so myst-nb records no
+   run times; the ``saebook_execution`` metadata those jobs wrote is handed to myst-nb
+   instead, and the ``nb-exec-table`` of the appendix lists them as usual.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from chapters import EXECUTION_KEY  # book/_ext is on sys.path as the local extension dir
 from sphinx.application import Sphinx
 from sphinx.config import Config
 
@@ -64,6 +70,16 @@ def _on_html_page_context(
         app.add_js_file(app.config.saebook_plotly_js)
 
 
+def _on_source_read(app: Sphinx, docname: str, source: list[str]) -> None:
+    if not str(app.env.doc2path(docname)).endswith(".ipynb"):
+        return
+    from myst_nb.sphinx_ import NbMetadataCollector
+
+    data = json.loads(source[0]).get("metadata", {}).get(EXECUTION_KEY)
+    if data and NbMetadataCollector.get_exec_data(app.env, docname) is None:
+        NbMetadataCollector.set_exec_data(app.env, docname, data)
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("saebook_profile", "tiny", "env", types=[str])
     app.add_config_value("saebook_plotly_js", "", "", types=[str])
@@ -71,4 +87,5 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("config-inited", _on_config_inited, priority=400)
     app.connect("builder-inited", _on_builder_inited)
     app.connect("html-page-context", _on_html_page_context)
+    app.connect("source-read", _on_source_read)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

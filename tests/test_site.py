@@ -1,0 +1,80 @@
+"""The site assembled from separately executed chapters: the GPU build's fan-out, on CPU.
+
+tests/test_chapters.py executes every chapter under the tiny profile and leaves the executed
+notebooks in `_build/executed/`; here `book/_ext/chapters.py assemble` builds the site from
+them with execution off and warnings as errors, as the site workflow's last job does.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXECUTED = ROOT / "_build" / "executed"
+OUT = ROOT / "_build" / "assembled"
+
+sys.path.insert(0, str(ROOT / "book" / "_ext"))
+from chapters import EXECUTION_KEY, assemble, chapters, stage_book  # noqa: E402
+
+
+def _fresh_executions() -> dict[str, dict]:
+    """Execution metadata per chapter, skipping when a notebook is missing or older than its .md."""
+    found, problems = {}, []
+    for entry in chapters():
+        path = EXECUTED / f"{entry}.ipynb"
+        if not path.is_file():
+            problems.append(f"{entry} (not executed)")
+            continue
+        meta = json.loads(path.read_text(encoding="utf-8"))["metadata"].get(EXECUTION_KEY, {})
+        if meta.get("mtime", 0) < (ROOT / f"{entry}.md").stat().st_mtime:
+            problems.append(f"{entry} (executed before its last edit)")
+        found[entry] = meta
+    if problems:
+        pytest.skip(f"run tests/test_chapters.py in the same session first: {problems}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def site() -> tuple[Path, dict[str, dict]]:
+    executions = _fresh_executions()
+    failed = [e for e, meta in executions.items() if not meta.get("succeeded")]
+    assert not failed, f"chapters that failed to execute cannot be assembled: {failed}"
+    return assemble(EXECUTED, OUT), executions
+
+
+def test_stage_book_names_missing_chapters(tmp_path: Path) -> None:
+    (tmp_path / "executed").mkdir()
+    with pytest.raises(FileNotFoundError, match="executed must hold a notebook per chapter"):
+        stage_book(tmp_path / "executed", tmp_path / "stage")
+
+
+def test_every_chapter_page_is_built_from_its_executed_notebook(site) -> None:
+    html, executions = site
+    for entry in executions:
+        page = html / f"{entry}.html"
+        assert page.is_file(), f"no page for {entry}"
+        text = page.read_text(encoding="utf-8")
+        assert "profile" in text and "tiny" in text, f"{entry}: the setup banner is missing"
+    log = (OUT / "build.log").read_text(encoding="utf-8")
+    assert "Executing" not in log, "the assembly build executed a notebook"
+
+
+def test_figures_load_plotly_from_the_site(site) -> None:
+    html, executions = site
+    pages = [html / f"{e}.html" for e in executions]
+    with_figures = [p for p in pages if "plotly-graph-div" in p.read_text(encoding="utf-8")]
+    assert with_figures, "no chapter page has a plotly figure"
+    for page in with_figures:
+        assert "_static/plotly-" in page.read_text(encoding="utf-8"), f"{page}: no plotly.js"
+
+
+def test_execution_table_lists_every_chapter(site) -> None:
+    html, executions = site
+    table = (html / "book" / "appendix" / "execution_times.html").read_text(encoding="utf-8")
+    for entry in executions:
+        assert entry in table, f"{entry} missing from the execution-times table"
+    assert "separate job (tiny)" in table
