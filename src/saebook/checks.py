@@ -33,6 +33,9 @@ __all__ = [
     "reference_toy_forward",
     "reference_sae_loss",
     "reference_max_cosine_similarity",
+    "check_hypergeometric_p",
+    "check_detection_scores",
+    "check_name_probability_gain",
 ]
 
 #: A named case: ``(name, args, kwargs)`` passed as ``fn(*args, **kwargs)``.
@@ -384,3 +387,37 @@ def check_top_logits(fn: Callable[..., tuple[Tensor, Tensor]], model: Any, sae: 
         (f"the largest-norm latent ({strongest}), k=10", (model, sae, strongest, 10), {}),
     ]
     check_function(fn, reference, cases, atol=1e-4, rtol=1e-4)
+
+
+# --- Part 2, chapters 5-7: logit lens, autointerp, patch scoping ----------------------------
+
+
+def reference_hypergeometric_p(logits: Tensor, in_set: Tensor, k: int) -> Tensor:
+    """One-sided hypergeometric p-value of the set tokens among each row's ``k`` top logits."""
+    from saebook.logit_lens import hypergeometric_enrichment
+
+    return hypergeometric_enrichment(logits, in_set, k)[1]
+
+
+def check_hypergeometric_p(fn: Callable[[Tensor, Tensor, int], Tensor]) -> None:
+    """Check ``fn(logits, in_set, k) -> (n,)`` p-values ``P(X >= hits)`` (hypergeometric).
+
+    ``logits`` is ``(n, d_vocab)``, ``in_set`` a ``(d_vocab,)`` bool mask; ``hits`` counts the
+    set tokens among each row's ``k`` largest logits. Cases include an empty set (p = 1), a
+    set that is the whole vocabulary, ``k = 1`` and ``k = d_vocab``.
+    """
+    g = _generator(6)
+    logits = torch.randn(6, 50, generator=g)
+    in_set = torch.rand(50, generator=g) < 0.2
+    planted = logits.clone()
+    planted[:3, in_set] += 3.0  # three rows strongly enriched
+    cases: list[Case] = [
+        ("random, k=10", (logits, in_set, 10), {}),
+        ("three enriched rows, k=10", (planted, in_set, 10), {}),
+        ("k=1", (planted, in_set, 1), {}),
+        ("k = d_vocab", (logits, in_set, 50), {}),
+        ("empty set", (logits, torch.zeros(50, dtype=torch.bool), 5), {}),
+        ("whole vocabulary", (logits, torch.ones(50, dtype=torch.bool), 5), {}),
+        ("one row", (planted[:1], in_set, 7), {}),
+    ]
+    check_function(fn, reference_hypergeometric_p, cases, atol=1e-9, rtol=1e-6)
