@@ -284,16 +284,20 @@ class OfflineExplainer:
 
     The explanation lists the ``n_tokens`` token texts (stripped, lower-cased) that carry the
     most activation in the top contexts, and, when the contexts carry labels, the label held
-    by the largest share of the firing tokens (at least ``min_label_share`` of them).
+    by the largest share of the firing tokens (at least ``min_label_share`` of them), unless
+    ``use_labels`` is False.
     """
 
-    def __init__(self, n_tokens: int = 5, min_label_share: float = 0.5) -> None:
+    def __init__(
+        self, n_tokens: int = 5, min_label_share: float = 0.5, use_labels: bool = True
+    ) -> None:
         if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
             raise ValueError(f"n_tokens must be a positive int, got {n_tokens!r}")
         if not 0 <= min_label_share <= 1:
             raise ValueError(f"min_label_share must be in [0, 1], got {min_label_share!r}")
         self.n_tokens = n_tokens
         self.min_label_share = min_label_share
+        self.use_labels = use_labels
 
     def explain(self, contexts: LatentContexts) -> Explanation:
         weight: Counter[str] = Counter()
@@ -308,7 +312,7 @@ class OfflineExplainer:
                         label_hits.update(c.labels[i])
         tokens = [t for t, _ in weight.most_common(self.n_tokens)]
         label = None
-        if label_hits and n_firing:
+        if self.use_labels and label_hits and n_firing:
             name, hits = label_hits.most_common(1)[0]
             if hits / n_firing >= self.min_label_share:
                 label = name

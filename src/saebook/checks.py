@@ -421,3 +421,33 @@ def check_hypergeometric_p(fn: Callable[[Tensor, Tensor, int], Tensor]) -> None:
         ("one row", (planted[:1], in_set, 7), {}),
     ]
     check_function(fn, reference_hypergeometric_p, cases, atol=1e-9, rtol=1e-6)
+
+
+def reference_detection_scores(predicted: list[bool], truth: list[bool]) -> dict[str, float]:
+    """Balanced accuracy, precision and recall of boolean predictions (NaN where undefined)."""
+    from saebook.autointerp import binary_scores
+
+    out = binary_scores(predicted, truth)
+    return {k: out[k] for k in ("balanced_accuracy", "precision", "recall")}
+
+
+def check_detection_scores(fn: Callable[[list[bool], list[bool]], dict[str, float]]) -> None:
+    """Check ``fn(predicted, truth) -> {"balanced_accuracy", "precision", "recall"}``.
+
+    Balanced accuracy is the mean of recall and specificity (of the defined ones when a class
+    is missing); a ratio with a zero denominator is NaN. Cases include perfect, inverted and
+    all-negative predictions and truths of a single class.
+    """
+    g = _generator(7)
+    truth = (torch.rand(30, generator=g) < 0.5).tolist()
+    noisy = [t if torch.rand(1, generator=g).item() < 0.8 else not t for t in truth]
+    cases: list[Case] = [
+        ("noisy", (noisy, truth), {}),
+        ("perfect", (truth, truth), {}),
+        ("inverted", ([not t for t in truth], truth), {}),
+        ("predicts nothing", ([False] * 30, truth), {}),
+        ("predicts everything", ([True] * 30, truth), {}),
+        ("only positive contexts", ([True, False, True], [True, True, True]), {}),
+        ("only negative contexts", ([True, False, False], [False, False, False]), {}),
+    ]
+    check_function(fn, reference_detection_scores, cases)
