@@ -35,7 +35,7 @@ __all__ = [
     "reference_max_cosine_similarity",
     "check_hypergeometric_p",
     "check_detection_scores",
-    "check_name_probability_gain",
+    "check_set_probability",
 ]
 
 #: A named case: ``(name, args, kwargs)`` passed as ``fn(*args, **kwargs)``.
@@ -451,3 +451,28 @@ def check_detection_scores(fn: Callable[[list[bool], list[bool]], dict[str, floa
         ("only negative contexts", ([True, False, False], [False, False, False]), {}),
     ]
     check_function(fn, reference_detection_scores, cases)
+
+
+def check_set_probability(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(log_probs, in_set) -> (*batch,)``: the probability mass on the set's tokens.
+
+    ``log_probs`` is ``(*batch, d_vocab)`` log-probabilities, ``in_set`` a ``(d_vocab,)`` bool
+    mask. Cases include an empty set (0), the whole vocabulary (1), one token and extra batch
+    axes.
+    """
+    from saebook.patch_scoping import set_probability
+
+    g = _generator(8)
+    log_probs = torch.randn(4, 30, generator=g).log_softmax(-1)
+    in_set = torch.rand(30, generator=g) < 0.3
+    one = torch.zeros(30, dtype=torch.bool)
+    one[7] = True
+    cases: list[Case] = [
+        ("random set", (log_probs, in_set), {}),
+        ("empty set", (log_probs, torch.zeros(30, dtype=torch.bool)), {}),
+        ("whole vocabulary", (log_probs, torch.ones(30, dtype=torch.bool)), {}),
+        ("one token", (log_probs, one), {}),
+        ("one distribution", (log_probs[0], in_set), {}),
+        ("two batch axes", (torch.randn(2, 3, 30, generator=g).log_softmax(-1), in_set), {}),
+    ]
+    check_function(fn, set_probability, cases)
