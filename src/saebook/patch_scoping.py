@@ -80,9 +80,7 @@ def placeholder_position(model: HookedSAETransformer, prompt: str, placeholder: 
 
 
 @torch.no_grad()
-def residual_norm(
-    model: HookedSAETransformer, tokens: Int[Tensor, "rows seq"], hook: str
-) -> float:
+def residual_norm(model: HookedSAETransformer, tokens: Int[Tensor, "rows seq"], hook: str) -> float:
     """Median L2 norm of the activations at ``hook`` over non-BOS positions of ``tokens``."""
     if hook not in model.hook_dict:
         raise KeyError(f"hook must be a hook of model, got {hook!r}")
@@ -175,7 +173,11 @@ def patched_generate(
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 1
+    ):
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     unit = _check_directions(direction.float().reshape(1, -1), model.cfg.d_model)
     tokens = model.to_tokens(prompt).to(model.W_U.device)
