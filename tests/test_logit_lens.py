@@ -117,7 +117,9 @@ def test_enrichment_table_and_volcano():
     b = torch.zeros(80, dtype=torch.bool)
     b[40:60] = True
     logits[:5, a] += 4
-    table = enrichment_table(logits, {"a": a, "b": b}, k=10, latents=range(100, 130), chunk=7)
+    table = enrichment_table(
+        logits, {"a": a, "b": b}, k=10, latents=range(100, 130), chunk=7, progress=False
+    )
     assert len(table) == 60 and set(table["latent"]) == set(range(100, 130))
     sig = table[table["significant"]]
     assert set(sig["token_set"]) == {"a"} and set(sig["latent"]) == set(range(100, 105))

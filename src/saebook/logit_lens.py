@@ -300,6 +300,7 @@ def enrichment_table(
     latents: Sequence[int] | Tensor | None = None,
     alpha: float = 0.05,
     chunk: int = 256,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Enrichment of every latent's logits in every token set, both tests, FDR-controlled.
 
@@ -310,8 +311,10 @@ def enrichment_table(
     ``q_hypergeom`` / ``q_mannwhitney``: Benjamini-Hochberg adjusted p-values over all rows,
     with ``significant`` = ``q_hypergeom < alpha``. ``latents`` names the rows of ``logits``.
     Rows are ranked ``chunk`` at a time, which bounds the memory to ``chunk x d_vocab``.
-    Rows come grouped by chunk, then by set.
+    Rows come grouped by chunk, then by set. ``progress`` shows a bar over the chunks.
     """
+    from tqdm import tqdm
+
     if not token_sets:
         raise ValueError("token_sets must hold at least one named set, got none")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
@@ -325,7 +328,8 @@ def enrichment_table(
     for name, mask in token_sets.items():
         _check_set(logits, mask, f"token_sets[{name!r}]")
     frames = []
-    for start in range(0, logits.shape[0], chunk):
+    starts = range(0, logits.shape[0], chunk)
+    for start in tqdm(starts, desc="enrichment", disable=not progress, leave=False):
         block = logits[start : start + chunk].double().cpu()
         ranks, tie_term = _average_ranks(block)
         for name, mask in token_sets.items():
