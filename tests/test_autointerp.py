@@ -98,6 +98,15 @@ def test_offline_explainer_and_scores():
     wrong = Explanation(0, "fires on colours", frozenset({"red"}), "colour")
     assert detection_score(wrong, ctx)["recall"] < 0.7
     assert fuzzing_score(wrong, ctx)["balanced_accuracy"] <= 0.6
+    cat_only = latent_contexts(
+        rows,
+        (acts == 1.0).float(),
+        0,
+        labels | {"animal_cat": torch.tensor([[w == " cat" for w in r] for r in rows])},
+        window=6,
+    )
+    specific = OfflineExplainer().explain(cat_only)
+    assert specific.label == "animal_cat" and specific.tokens == {"cat"}
     only_cat = OfflineExplainer(n_tokens=1, use_labels=False).explain(ctx)
     assert only_cat.tokens == {"cat"} and only_cat.label is None
     table = score_explanations([e, wrong], {0: ctx}, progress=False)

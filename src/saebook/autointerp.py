@@ -283,9 +283,11 @@ class OfflineExplainer:
     """Explain a latent from token statistics of its top contexts, with no language model.
 
     The explanation lists the ``n_tokens`` token texts (stripped, lower-cased) that carry the
-    most activation in the top contexts, and, when the contexts carry labels, the label held
-    by the largest share of the firing tokens (at least ``min_label_share`` of them), unless
-    ``use_labels`` is False.
+    most activation in the top contexts, and, when the contexts carry labels (unless
+    ``use_labels`` is False), a label: among the labels held by at least ``min_label_share``
+    of the firing tokens, the one with the best F1 of "has the label" against "fires" over
+    all tokens of the top contexts (so ``name_lily`` beats ``name`` for a latent that fires
+    on Lily only, when other names appear in its contexts).
     """
 
     def __init__(
@@ -301,10 +303,13 @@ class OfflineExplainer:
 
     def explain(self, contexts: LatentContexts) -> Explanation:
         weight: Counter[str] = Counter()
-        label_hits: Counter[str] = Counter()
+        label_hits: Counter[str] = Counter()  # firing tokens with the label
+        label_total: Counter[str] = Counter()  # all tokens of the contexts with the label
         n_firing = 0
         for c in contexts.top:
             for i, (t, a) in enumerate(zip(c.tokens, c.acts, strict=True)):
+                if c.labels is not None:
+                    label_total.update(c.labels[i])
                 if a > 0:
                     weight[_norm(t)] += a
                     n_firing += 1
@@ -313,9 +318,13 @@ class OfflineExplainer:
         tokens = [t for t, _ in weight.most_common(self.n_tokens)]
         label = None
         if self.use_labels and label_hits and n_firing:
-            name, hits = label_hits.most_common(1)[0]
-            if hits / n_firing >= self.min_label_share:
-                label = name
+            f1 = {
+                name: 2 * hits / (n_firing + label_total[name])
+                for name, hits in label_hits.items()
+                if hits / n_firing >= self.min_label_share
+            }
+            if f1:
+                label = max(sorted(f1), key=f1.__getitem__)
         quoted = ", ".join(repr(t) for t in tokens) or "nothing"
         text = f"fires on tokens like {quoted}"
         if label:
