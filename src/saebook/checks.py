@@ -33,6 +33,9 @@ __all__ = [
     "reference_toy_forward",
     "reference_sae_loss",
     "reference_max_cosine_similarity",
+    "check_hypergeometric_p",
+    "check_detection_scores",
+    "check_set_probability",
 ]
 
 #: A named case: ``(name, args, kwargs)`` passed as ``fn(*args, **kwargs)``.
@@ -384,3 +387,92 @@ def check_top_logits(fn: Callable[..., tuple[Tensor, Tensor]], model: Any, sae: 
         (f"the largest-norm latent ({strongest}), k=10", (model, sae, strongest, 10), {}),
     ]
     check_function(fn, reference, cases, atol=1e-4, rtol=1e-4)
+
+
+# --- Part 2, chapters 5-7: logit lens, autointerp, patch scoping ----------------------------
+
+
+def reference_hypergeometric_p(logits: Tensor, in_set: Tensor, k: int) -> Tensor:
+    """One-sided hypergeometric p-value of the set tokens among each row's ``k`` top logits."""
+    from saebook.logit_lens import hypergeometric_enrichment
+
+    return hypergeometric_enrichment(logits, in_set, k)[1]
+
+
+def check_hypergeometric_p(fn: Callable[[Tensor, Tensor, int], Tensor]) -> None:
+    """Check ``fn(logits, in_set, k) -> (n,)`` p-values ``P(X >= hits)`` (hypergeometric).
+
+    ``logits`` is ``(n, d_vocab)``, ``in_set`` a ``(d_vocab,)`` bool mask; ``hits`` counts the
+    set tokens among each row's ``k`` largest logits. Cases include an empty set (p = 1), a
+    set that is the whole vocabulary, ``k = 1`` and ``k = d_vocab``.
+    """
+    g = _generator(6)
+    logits = torch.randn(6, 50, generator=g)
+    in_set = torch.rand(50, generator=g) < 0.2
+    planted = logits.clone()
+    planted[:3, in_set] += 3.0  # three rows strongly enriched
+    cases: list[Case] = [
+        ("random, k=10", (logits, in_set, 10), {}),
+        ("three enriched rows, k=10", (planted, in_set, 10), {}),
+        ("k=1", (planted, in_set, 1), {}),
+        ("k = d_vocab", (logits, in_set, 50), {}),
+        ("empty set", (logits, torch.zeros(50, dtype=torch.bool), 5), {}),
+        ("whole vocabulary", (logits, torch.ones(50, dtype=torch.bool), 5), {}),
+        ("one row", (planted[:1], in_set, 7), {}),
+    ]
+    check_function(fn, reference_hypergeometric_p, cases, atol=1e-9, rtol=1e-6)
+
+
+def reference_detection_scores(predicted: list[bool], truth: list[bool]) -> dict[str, float]:
+    """Balanced accuracy, precision and recall of boolean predictions (NaN where undefined)."""
+    from saebook.autointerp import binary_scores
+
+    out = binary_scores(predicted, truth)
+    return {k: out[k] for k in ("balanced_accuracy", "precision", "recall")}
+
+
+def check_detection_scores(fn: Callable[[list[bool], list[bool]], dict[str, float]]) -> None:
+    """Check ``fn(predicted, truth) -> {"balanced_accuracy", "precision", "recall"}``.
+
+    Balanced accuracy is the mean of recall and specificity (of the defined ones when a class
+    is missing); a ratio with a zero denominator is NaN. Cases include perfect, inverted and
+    all-negative predictions and truths of a single class.
+    """
+    g = _generator(7)
+    truth = (torch.rand(30, generator=g) < 0.5).tolist()
+    noisy = [t if torch.rand(1, generator=g).item() < 0.8 else not t for t in truth]
+    cases: list[Case] = [
+        ("noisy", (noisy, truth), {}),
+        ("perfect", (truth, truth), {}),
+        ("inverted", ([not t for t in truth], truth), {}),
+        ("predicts nothing", ([False] * 30, truth), {}),
+        ("predicts everything", ([True] * 30, truth), {}),
+        ("only positive contexts", ([True, False, True], [True, True, True]), {}),
+        ("only negative contexts", ([True, False, False], [False, False, False]), {}),
+    ]
+    check_function(fn, reference_detection_scores, cases)
+
+
+def check_set_probability(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(log_probs, in_set) -> (*batch,)``: the probability mass on the set's tokens.
+
+    ``log_probs`` is ``(*batch, d_vocab)`` log-probabilities, ``in_set`` a ``(d_vocab,)`` bool
+    mask. Cases include an empty set (0), the whole vocabulary (1), one token and extra batch
+    axes.
+    """
+    from saebook.patch_scoping import set_probability
+
+    g = _generator(8)
+    log_probs = torch.randn(4, 30, generator=g).log_softmax(-1)
+    in_set = torch.rand(30, generator=g) < 0.3
+    one = torch.zeros(30, dtype=torch.bool)
+    one[7] = True
+    cases: list[Case] = [
+        ("random set", (log_probs, in_set), {}),
+        ("empty set", (log_probs, torch.zeros(30, dtype=torch.bool)), {}),
+        ("whole vocabulary", (log_probs, torch.ones(30, dtype=torch.bool)), {}),
+        ("one token", (log_probs, one), {}),
+        ("one distribution", (log_probs[0], in_set), {}),
+        ("two batch axes", (torch.randn(2, 3, 30, generator=g).log_softmax(-1), in_set), {}),
+    ]
+    check_function(fn, set_probability, cases)
