@@ -166,8 +166,9 @@ def setup_header(spec: str, chapter: str, sha: str, choose_profile: bool) -> str
             "",
             "import torch",
             "",
-            '# The profile this notebook runs on: "gpt2" (GPT-2 small with SAELens SAEs) on a GPU',
-            '# runtime, "tiny" (the book\'s own small model; CPU, minutes) otherwise. Change it here.',
+            '# The profile this notebook runs on: "gpt2" (GPT-2 small, SAELens SAEs) on a GPU',
+            '# runtime, "tiny" (the book\'s own small model; CPU, minutes) otherwise.',
+            "# Change it here.",
             PROFILE_LINE,
             'os.environ["SAEBOOK_PROFILE"] = SAEBOOK_PROFILE',
         ]

@@ -81,7 +81,7 @@ COLAB_HOST = "colab.research.google.com"
 
 
 def colab_url(url: str, branch: str, colab_branch: str) -> str:
-    """A theme Colab URL ``.../blob/<branch>/<path>.<ext>`` moved to ``<colab_branch>``, ``.ipynb``."""
+    """Colab URL ``.../blob/<branch>/<path>.md`` to ``.../blob/<colab_branch>/<path>.ipynb``."""
     marker = f"/blob/{branch}/"
     if marker not in url:
         raise ValueError(f"Colab URL {url!r} does not contain {marker!r}")
