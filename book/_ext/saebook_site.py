@@ -20,6 +20,13 @@
 5. Chapter map: the directive ``{chapter-map}`` draws the table of contents (parts as columns,
    chapters as boxes linking to their pages; outline-only pages, those without a
    ``kernelspec``, dashed) as an inline SVG, built from ``_toc.yml`` at every build.
+6. Clean pages: every page carried sphinx-thebe's inline configuration script twice (its
+   ``env-before-read-docs`` handler runs twice under jupyter-book), a JavaScript error
+   ("Identifier 'THEBE_JS_URL' has already been declared"); duplicate script and stylesheet
+   entries are dropped. The page context's ``default_mode`` (pydata-sphinx-theme reads it
+   from ``html_context``) is set to ``auto`` when unset: an empty mode makes the theme log
+   "Got invalid theme mode" on every page.
+   ``tests/test_site_browser.py`` fails on either error.
 """
 
 from __future__ import annotations
@@ -103,6 +110,33 @@ def _on_launch_buttons(
                 button["url"] = colab_url(button["url"], branch, app.config.saebook_colab_branch)
 
 
+def _on_dedupe_assets(
+    app: Sphinx, pagename: str, templatename: str, context: dict[str, Any], doctree: Any
+) -> None:
+    """Drop repeated script and stylesheet entries (same file or inline body, same attributes).
+
+    In place: these lists are the builder's, which Sphinx restores before the next page. An
+    inline script may be registered with file name ``None`` or ``""``; both count as one.
+    Also gives the theme a colour mode (``auto``) when none is configured.
+    """
+    if not context.get("default_mode"):
+        context["default_mode"] = "auto"
+    for key in ("script_files", "css_files"):
+        assets = context.get(key)
+        if not isinstance(assets, list):
+            continue
+        seen: set[Any] = set()
+        unique = []
+        for asset in assets:
+            filename = getattr(asset, "filename", asset)
+            attributes = getattr(asset, "attributes", {}) or {}
+            identity = (os.fspath(filename) if filename else "", tuple(sorted(attributes.items())))
+            if identity not in seen:
+                seen.add(identity)
+                unique.append(asset)
+        assets[:] = unique
+
+
 class chapter_map(nodes.General, nodes.Element):
     """Placeholder for the chapter map; replaced once every page title is known."""
 
@@ -117,8 +151,9 @@ class ChapterMapDirective(SphinxDirective):
 
 
 _MAP_STYLE = """
-.sb-map text { font-family: var(--pst-font-family-base, sans-serif); font-size: 13px;
+.sb-map text { font-family: var(--pst-font-family-base, sans-serif); font-size: 14px;
   fill: var(--pst-color-text-base, #222); }
+.sb-map a { text-decoration: none; }
 .sb-map .sb-part rect { fill: var(--pst-color-primary, #0a7d91); }
 .sb-map .sb-part text { fill: #fff; font-weight: 600; }
 .sb-map .sb-ready rect { fill: var(--pst-color-surface, #f3f4f5);
@@ -137,73 +172,76 @@ def _site_map(app: Sphinx) -> Any:
 
 def chapter_map_svg(
     parts: list[tuple[str, str, list[tuple[str, str, bool]]]],
-    col_width: int = 180,
-    gap: int = 22,
-    chars: int = 23,
+    columns: int = 3,
+    col_width: int = 250,
+    gap: int = 28,
+    chars: int = 32,
 ) -> str:
-    """An SVG of the book's parts (columns) and chapters (boxes), each a link.
+    """An SVG of the book's parts and chapters, each box a link, parts in reading order.
 
-    ``parts`` is ``[(caption, href of the part's first page, [(title, href, executable)])]``;
-    executable chapters are drawn solid, outline-only ones dashed.
+    ``parts`` is ``[(caption, href of the part's page, [(title, href, executable)])]``. Parts
+    fill a grid of ``columns`` columns row by row (arrows join neighbours in a row); chapters
+    are numbered ``<part>.<chapter>`` and stacked under their part, executable chapters drawn
+    solid and outline-only ones dashed.
     """
     if not parts:
         raise ValueError("parts must hold at least one (caption, href, chapters) entry, got none")
-    line_h, pad = 16, 8
+    if columns < 1:
+        raise ValueError(f"columns must be >= 1, got {columns}")
+    line_h, pad, row_gap = 17, 8, 26
     body: list[str] = []
-    height = 0
-    for column, (caption, part_href, chapters) in enumerate(parts):
-        x = column * (col_width + gap)
-        y = 0
-        lines = textwrap.wrap(caption, chars) or [""]
+    row_top, row_bottom = 0, 0
+    for number, (caption, part_href, chapters) in enumerate(parts):
+        column = number % columns
+        if column == 0 and number:
+            row_top = row_bottom + row_gap
+        x, y = column * (col_width + gap), row_top
+        lines = textwrap.wrap(f"{number + 1}. {caption}", chars) or [""]
         box_h = 2 * pad + line_h * len(lines)
-        body.append(
-            f'<a class="sb-part" href="{html.escape(part_href)}">'
-            f'<rect x="{x}" y="{y}" width="{col_width}" height="{box_h}" rx="6"/>'
-            + "".join(
-                f'<text x="{x + pad}" y="{y + pad + line_h * (i + 1) - 4}">{html.escape(t)}</text>'
-                for i, t in enumerate(lines)
-            )
-            + "</a>"
-        )
+        body.append(_map_box("sb-part", part_href, caption, x, y, col_width, box_h, lines))
         if column:
-            mid = y + box_h / 2
+            mid = y + 17
             body.append(
-                f'<path class="sb-arrow" d="M{x - gap + 3},{mid} h{gap - 8} m-5,-4 l5,4 l-5,4"/>'
+                f'<path class="sb-arrow" d="M{x - gap + 4},{mid} h{gap - 9} m-5,-4 l5,4 l-5,4"/>'
             )
         y += box_h + 10
-        for number, (title, href, executable) in enumerate(chapters, start=1):
-            lines = textwrap.wrap(f"{column + 1}.{number} {title}", chars) or [""]
+        for index, (title, href, executable) in enumerate(chapters, start=1):
+            lines = textwrap.wrap(f"{number + 1}.{index} {title}", chars) or [""]
             box_h = 2 * pad + line_h * len(lines) - 4
             kind = "sb-ready" if executable else "sb-outline"
-            body.append(
-                f'<a class="{kind}" href="{html.escape(href)}"><title>{html.escape(title)}'
-                f"{'' if executable else ' (outline only)'}</title>"
-                f'<rect x="{x}" y="{y}" width="{col_width}" height="{box_h}" rx="4"/>'
-                + "".join(
-                    f'<text x="{x + pad}" y="{y + pad + line_h * (i + 1) - 6}">'
-                    f"{html.escape(t)}</text>"
-                    for i, t in enumerate(lines)
-                )
-                + "</a>"
-            )
-            y += box_h + 8
-        height = max(height, y)
-    legend_y = height + 14
+            tip = title if executable else f"{title} (outline only)"
+            body.append(_map_box(kind, href, tip, x, y, col_width, box_h, lines))
+            y += box_h + 7
+        row_bottom = max(row_bottom, y)
+    legend_y = row_bottom + 22
     x_legend = 0
     for kind, label in (("sb-ready", "executable chapter"), ("sb-outline", "outline only")):
         body.append(
-            f'<g class="{kind}"><rect x="{x_legend}" y="{legend_y - 11}" width="22" height="14" '
+            f'<g class="{kind}"><rect x="{x_legend}" y="{legend_y - 12}" width="22" height="14" '
             f'rx="3"/><text x="{x_legend + 30}" y="{legend_y}">{label}</text></g>'
         )
-        x_legend += 190
-    width = len(parts) * (col_width + gap) - gap
-    total_h = legend_y + 8
+        x_legend += 200
+    width = min(columns, len(parts)) * (col_width + gap) - gap
     return (
         f'<svg class="sb-map" role="img" aria-label="Chapter map" viewBox="-2 -2 {width + 4} '
-        f'{total_h + 4}" width="100%" xmlns="http://www.w3.org/2000/svg">'
+        f'{legend_y + 10}" width="100%" xmlns="http://www.w3.org/2000/svg">'
         f"<title>Chapter map of the book</title><style>{_MAP_STYLE}</style>"
         + "".join(body)
         + "</svg>"
+    )
+
+
+def _map_box(
+    kind: str, href: str, tip: str, x: int, y: int, width: int, height: int, lines: list[str]
+) -> str:
+    """One linked box of the chapter map: a rectangle and its wrapped lines of text."""
+    text = "".join(
+        f'<text x="{x + 8}" y="{y + 8 + 17 * (i + 1) - 5}">{html.escape(line)}</text>'
+        for i, line in enumerate(lines)
+    )
+    return (
+        f'<a class="{kind}" href="{html.escape(href)}"><title>{html.escape(tip)}</title>'
+        f'<rect x="{x}" y="{y}" width="{width}" height="{height}" rx="5"/>{text}</a>'
     )
 
 
@@ -252,6 +290,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("saebook_colab_branch", "colab", "html", types=[str])
     # after sphinx-book-theme's add_launch_buttons (priority 501)
     app.connect("html-page-context", _on_launch_buttons, priority=600)
+    app.connect("html-page-context", _on_dedupe_assets, priority=900)  # after every addition
     app.add_node(chapter_map)
     app.add_directive("chapter-map", ChapterMapDirective)
     app.connect("doctree-resolved", _on_doctree_resolved)
