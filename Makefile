@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.saebook-installed
 export SAEBOOK_PROFILE ?= tiny
 
-.PHONY: setup book test lint clean
+.PHONY: setup book test lint clean site-check
 
 # Re-runs only when the pins change. CPU torch from the pinned wheel unless CUDA is present.
 $(STAMP): requirements.txt pyproject.toml
@@ -29,6 +29,12 @@ book: setup
 
 test: setup
 	$(PY) -m pytest
+
+# A small executed site (landing page + two chapters, about two minutes) opened in headless
+# Chromium: console errors, figures, search, internal links, screenshots in _build/small/_build.
+site-check: setup
+	$(PY) .github/scripts/small_site.py --out _build/small
+	SAEBOOK_SITE_HTML=_build/small/_build/html $(PY) -m pytest -q tests/test_site_browser.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -19,6 +19,7 @@ from types import ModuleType
 
 import nbformat
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -192,7 +193,7 @@ def test_launch_buttons_point_at_generated_notebooks(small_html: Path, notebooks
         links = set(pattern.findall(page))
         assert len(links) == 1, f"{chapter}: expected one Colab link, got {links}"
         branch, path = links.pop()
-        assert branch == "colab", chapter
+        assert branch == site_ext.COLAB_BRANCH, chapter
         assert path == f"{chapter}.ipynb" and path in generated, (chapter, path)
     landing = (small_html / "book" / "index.html").read_text("utf-8")  # the toc root page
     assert "colab.research.google.com" not in landing
@@ -207,3 +208,12 @@ def test_chapter_map_links_to_built_pages(small_html: Path) -> None:
     for href in hrefs:
         assert (small_html / "book" / href.split("#")[0]).resolve().is_file(), href
     assert svg.group(0).count('class="sb-ready"') >= len(SMALL_CHAPTERS)
+
+
+def test_workflow_publishes_to_the_branch_the_buttons_use() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "colab.yml").read_text("utf-8"))
+    job = workflow["jobs"]["notebooks"]
+    assert job["env"]["COLAB_BRANCH"] == site_ext.COLAB_BRANCH
+    steps = "\n".join(str(step.get("run", "")) for step in job["steps"])
+    assert ".github/scripts/make_colab.py" in steps and '--sha "$GITHUB_SHA"' in steps
+    assert "refs/heads/${COLAB_BRANCH}" in steps

@@ -85,6 +85,8 @@ def _on_html_page_context(
 
 
 COLAB_HOST = "colab.research.google.com"
+#: Default of ``saebook_colab_branch``; .github/workflows/colab.yml publishes to this branch.
+COLAB_BRANCH = "colab"
 
 
 def colab_url(url: str, branch: str, colab_branch: str) -> str:
@@ -287,7 +289,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("config-inited", _on_config_inited, priority=400)
     app.connect("builder-inited", _on_builder_inited)
     app.connect("html-page-context", _on_html_page_context)
-    app.add_config_value("saebook_colab_branch", "colab", "html", types=[str])
+    app.add_config_value("saebook_colab_branch", COLAB_BRANCH, "html", types=[str])
     # after sphinx-book-theme's add_launch_buttons (priority 501)
     app.connect("html-page-context", _on_launch_buttons, priority=600)
     app.connect("html-page-context", _on_dedupe_assets, priority=900)  # after every addition
