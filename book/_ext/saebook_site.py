@@ -177,14 +177,15 @@ def chapter_map_svg(
     columns: int = 3,
     col_width: int = 250,
     gap: int = 28,
-    chars: int = 32,
+    chars: int = 29,
 ) -> str:
     """An SVG of the book's parts and chapters, each box a link, parts in reading order.
 
     ``parts`` is ``[(caption, href of the part's page, [(title, href, executable)])]``. Parts
     fill a grid of ``columns`` columns row by row (arrows join neighbours in a row); chapters
     are numbered ``<part>.<chapter>`` and stacked under their part, executable chapters drawn
-    solid and outline-only ones dashed.
+    solid and outline-only ones dashed. ``chars`` is the wrap width of a chapter title (part
+    captions, in bold, wrap 4 characters earlier).
     """
     if not parts:
         raise ValueError("parts must hold at least one (caption, href, chapters) entry, got none")
@@ -198,7 +199,7 @@ def chapter_map_svg(
         if column == 0 and number:
             row_top = row_bottom + row_gap
         x, y = column * (col_width + gap), row_top
-        lines = textwrap.wrap(f"{number + 1}. {caption}", chars) or [""]
+        lines = textwrap.wrap(f"{number + 1}. {caption}", chars - 4) or [""]  # bold: wider
         box_h = 2 * pad + line_h * len(lines)
         body.append(_map_box("sb-part", part_href, caption, x, y, col_width, box_h, lines))
         if column:
