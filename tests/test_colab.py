@@ -217,3 +217,26 @@ def test_workflow_publishes_to_the_branch_the_buttons_use() -> None:
     steps = "\n".join(str(step.get("run", "")) for step in job["steps"])
     assert ".github/scripts/make_colab.py" in steps and '--sha "$GITHUB_SHA"' in steps
     assert "refs/heads/${COLAB_BRANCH}" in steps
+
+
+def test_myst_to_markdown() -> None:
+    text = (
+        "```{admonition} Learning objectives\n:class: tip\n- one\n```\n\n"
+        ":::{admonition} Planned\n:class: warning\nsee {doc}`the card <appendix/tiny_world>`"
+        " and {doc}`appendix/index`\n:::\n\nIt is {glue:text}`resid_ev`, `code` stays."
+    )
+    assert make_colab.myst_to_markdown(text) == (
+        "> **Learning objectives**\n>\n> - one\n\n"
+        "> **Planned**\n>\n> see *the card* and *appendix/index*\n\n"
+        "It is `resid_ev`, `code` stays."
+    )
+
+
+def test_markdown_cells_have_no_myst_roles_left(notebooks) -> None:
+    for chapter, nb in notebooks.items():
+        for cell in nb.cells:
+            if cell.cell_type == "markdown":
+                assert not re.search(r"\{(glue:text|glue|doc|ref|admonition)\}", cell.source), (
+                    chapter,
+                    cell.source[:80],
+                )

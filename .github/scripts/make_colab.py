@@ -16,6 +16,10 @@ to ``<out>/<same path>.ipynb`` (``book/intro/01_running_saes.md`` ->
 * cells hidden on the site (tags ``hide-input``, ``hide-cell``, ``remove-cell``,
   ``remove-input``) are collapsed to a titled Colab form, so exercise solutions stay hidden
   until the reader double-clicks them;
+* MyST-only syntax in the text, which Colab would show raw, becomes plain Markdown
+  (:func:`myst_to_markdown`): admonitions become quotes, ``{glue:text}`name``` becomes
+  ```name``` (the value is printed as ``name = value`` by the cell that computes it), and
+  ``{doc}`` references become the page title or path in italics;
 * a first markdown cell says where the notebook came from.
 
 Usage (run from anywhere; the workflow ``.github/workflows/colab.yml`` runs it on main)::
@@ -130,6 +134,40 @@ def strip_colab_install(source: str) -> str:
     return text
 
 
+_ROLE = re.compile(r"\{(glue:text|glue|doc|ref)\}`([^`]*)`")
+_FENCE = re.compile(
+    r"^(?P<fence>`{3,}|:{3,})\{admonition\}[ \t]*(?P<title>[^\n]*)\n"
+    r"(?P<body>.*?)^(?P=fence)[ \t]*$",
+    re.M | re.S,
+)
+
+
+def _role(match: re.Match) -> str:
+    role, target = match.group(1), match.group(2)
+    if role.startswith("glue"):
+        return f"`{target}`"
+    label = re.match(r"(.*?)\s*<[^>]+>$", target)
+    return f"*{label.group(1) if label else target}*"
+
+
+def _admonition(match: re.Match) -> str:
+    body = [ln for ln in match.group("body").splitlines() if not re.match(r"^:\w+:", ln)]
+    title = match.group("title").strip()
+    lines = ([f"**{title}**", ""] if title else []) + body
+    return "\n".join(f"> {ln}".rstrip() for ln in lines)
+
+
+def myst_to_markdown(text: str) -> str:
+    """Markdown that Colab renders, from a MyST markdown cell.
+
+    Admonition fences (```` ```{admonition} Title ```` or ``:::{admonition}``, options such
+    as ``:class:`` dropped) become block quotes with a bold title; ``{glue:text}`/``{glue}``
+    roles become the glued name in code style; ``{doc}``/``{ref}`` roles become their
+    label (or target) in italics. Everything else is left as it is.
+    """
+    return _ROLE.sub(_role, _FENCE.sub(_admonition, text))
+
+
 def names_profile(source: str) -> bool:
     """Whether a ``saebook.setup(...)`` call in ``source`` names its profile explicitly."""
     for node in ast.walk(ast.parse(source)):
@@ -203,6 +241,7 @@ def colab_notebook(md_path: Path, chapter: str, repo_url: str, sha: str) -> nbfo
     after_exercise = False
     for cell in nb.cells:
         if cell.cell_type == "markdown":
+            cell.source = myst_to_markdown(cell.source)
             after_exercise = bool(re.search(r"^#+ Exercise\b", cell.source, re.M))
             continue
         if cell is setup_cell or not any(t in cell.metadata.get("tags", []) for t in HIDDEN_TAGS):
@@ -215,8 +254,9 @@ def colab_notebook(md_path: Path, chapter: str, repo_url: str, sha: str) -> nbfo
     note = (
         f"*Generated from [`{chapter}.md`]({source_url}) at commit `{sha[:12]}` of "
         f"[saebook]({repo_url}). Run it on a GPU runtime (Runtime → Change runtime type) to "
-        "use GPT-2 small; on a CPU runtime it uses the tiny profile. Text written as "
-        "`{glue:text}` shows a number only on the book's website.*"
+        "use GPT-2 small; on a CPU runtime it uses the tiny profile. A name in code style in the "
+        "text, such as `n_active`, is a number the notebook computes: the cell that computes it "
+        "prints `name = value`.*"
     )
     nb.cells.insert(0, nbformat.v4.new_markdown_cell(note))
     for cell in nb.cells:  # Colab tracks cells by id; make them stable and unique
