@@ -254,9 +254,9 @@ def colab_notebook(md_path: Path, chapter: str, repo_url: str, sha: str) -> nbfo
     note = (
         f"*Generated from [`{chapter}.md`]({source_url}) at commit `{sha[:12]}` of "
         f"[saebook]({repo_url}). Run it on a GPU runtime (Runtime → Change runtime type) to "
-        "use GPT-2 small; on a CPU runtime it uses the tiny profile. A name in code style in the "
-        "text, such as `n_active`, is a number the notebook computes: the cell that computes it "
-        "prints `name = value`.*"
+        "use GPT-2 small; on a CPU runtime it uses the tiny profile. Where the book's text "
+        "quotes a computed number, this notebook shows the number's name in code style; the "
+        "cell that computes it prints `name = value`.*"
     )
     nb.cells.insert(0, nbformat.v4.new_markdown_cell(note))
     for cell in nb.cells:  # Colab tracks cells by id; make them stable and unique
