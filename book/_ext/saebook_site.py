@@ -149,7 +149,28 @@ class ChapterMapDirective(SphinxDirective):
     has_content = False
 
     def run(self) -> list[nodes.Node]:
+        _map_docs(self.env).add(self.env.docname)
         return [chapter_map()]
+
+
+def _map_docs(env: Any) -> set[str]:
+    """The pages that draw the chapter map (kept on the environment between builds)."""
+    if not hasattr(env, "saebook_chapter_map_docs"):
+        env.saebook_chapter_map_docs = set()
+    return env.saebook_chapter_map_docs
+
+
+def _on_env_purge_doc(app: Sphinx, env: Any, docname: str) -> None:
+    _map_docs(env).discard(docname)
+
+
+def _on_env_merge_info(app: Sphinx, env: Any, docnames: Any, other: Any) -> None:
+    _map_docs(env).update(_map_docs(other))
+
+
+def _on_env_get_updated(app: Sphinx, env: Any) -> list[str]:
+    """Rewrite the map's pages on every build: a change to any other page may change it."""
+    return sorted(_map_docs(env))
 
 
 _MAP_STYLE = """
@@ -297,4 +318,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_node(chapter_map)
     app.add_directive("chapter-map", ChapterMapDirective)
     app.connect("doctree-resolved", _on_doctree_resolved)
+    app.connect("env-purge-doc", _on_env_purge_doc)
+    app.connect("env-merge-info", _on_env_merge_info)
+    app.connect("env-get-updated", _on_env_get_updated)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
