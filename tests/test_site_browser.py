@@ -33,6 +33,7 @@ import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 import pytest
@@ -179,8 +180,16 @@ def _visit(context, base: str, path: str) -> PageReport:
     return report
 
 
+@dataclass
+class Offline:
+    """A browser context that may load only the local site; other requests are aborted."""
+
+    context: Any
+    external: list[str]
+
+
 @pytest.fixture(scope="module")
-def reports(browser, server) -> dict[str, PageReport]:
+def offline(browser, server):
     external: list[str] = []
     context = browser.new_context(viewport={"width": 1280, "height": 900})
 
@@ -192,12 +201,17 @@ def reports(browser, server) -> dict[str, PageReport]:
             route_obj.abort()
 
     context.route("**/*", route)
+    yield Offline(context, external)
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def reports(offline, server) -> dict[str, PageReport]:
     found = {}
     for path in site_pages():
-        before = len(external)
-        found[path] = _visit(context, server, path)
-        found[path].external = external[before:]
-    context.close()
+        before = len(offline.external)
+        found[path] = _visit(offline.context, server, path)
+        found[path].external = offline.external[before:]
     return found
 
 
@@ -265,8 +279,8 @@ def test_internal_links_resolve(reports, server) -> None:
     assert sum(len(r.hrefs) for r in reports.values()) > len(reports), "too few links found"
 
 
-def test_search_finds_pages(browser, server) -> None:
-    page = browser.new_page()
+def test_search_finds_pages(offline, server) -> None:
+    page = offline.context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(f"{server}/search.html?q={SEARCH_QUERY}", wait_until="load", timeout=LOAD_TIMEOUT_MS)
@@ -289,13 +303,13 @@ def test_search_finds_pages(browser, server) -> None:
         assert target.is_file(), f"search result {href} points at no page"
 
 
-def test_screenshots(browser, server, reports) -> None:
+def test_screenshots(offline, server, reports) -> None:
     out = SITE.parent / "screenshots"
     out.mkdir(parents=True, exist_ok=True)
     landing = next((p for p in ("book/index.html", "index.html") if p in reports), "index.html")
     figure_page = next((p for p, r in reports.items() if r.plotly[0]), None)
     chapter = figure_page or next(p for p in reports if p.startswith("book/") and p != landing)
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = offline.context.new_page()
     saved = []
     for path in (landing, chapter):
         page.goto(f"{server}/{path}", wait_until="load", timeout=LOAD_TIMEOUT_MS)
