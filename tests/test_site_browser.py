@@ -121,7 +121,9 @@ class PageReport:
     errors: list[str] = field(default_factory=list)
     external: list[str] = field(default_factory=list)  # aborted requests to other hosts
     plotly: tuple[int, int] = (0, 0)  # (figure divs, figures with a .main-svg)
-    widgets: list[tuple[str, int]] = field(default_factory=list)  # circuitsvis id, children
+    # circuitsvis widget id, rendered child elements (its own <script> does not count: the
+    # widget's `<div ... />` is not self-closing in HTML, so the script lands inside it)
+    widgets: list[tuple[str, int]] = field(default_factory=list)
     hrefs: list[str] = field(default_factory=list)  # absolute same-origin hrefs
 
 
@@ -167,7 +169,8 @@ def _visit(context, base: str, path: str) -> PageReport:
             tuple(w)
             for w in page.evaluate(
                 """() => [...document.querySelectorAll('[id^="circuits-vis-"]')]
-                    .map(d => [d.id, d.childElementCount])"""
+                    .map(d => [d.id, [...d.children]
+                        .filter(c => !['SCRIPT', 'STYLE'].includes(c.tagName)).length])"""
             )
         ]
     report.hrefs = page.evaluate(  # getAttribute: an SVG <a>'s .href is not a string
