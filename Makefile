@@ -31,7 +31,7 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks book/_ext
+	$(VENV)/bin/ruff check src tests benchmarks book/_ext .github/scripts
 
 clean:
 	rm -rf _build

@@ -260,7 +260,8 @@ def sae_dashboard_python() -> Path:
 
     sae-dashboard 0.8 pins transformer-lens 2.x, transformers < 4.57, numpy 1.26 and
     safetensors 0.4, so it cannot share the book's environment; torch is constrained to this
-    environment's version so pip never swaps in another build.
+    environment's version so pip never swaps in another build (on CPU machines: no CUDA
+    download).
     """
     python = SAE_DASHBOARD_VENV / "bin" / "python"
     if not (SAE_DASHBOARD_VENV / ".installed").exists():
@@ -268,11 +269,15 @@ def sae_dashboard_python() -> Path:
                        check=True)  # fmt: skip
         pin = f"torch=={torch.__version__.split('+')[0]}"
         constraints = SAE_DASHBOARD_VENV / "constraints.txt"
-        constraints.write_text(pin + "\n")
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "-c", str(constraints), pin, SAE_DASHBOARD],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
+        # the newest pyarrow needs numpy >= 2, which sae-dashboard's numpy 1.26 is not
+        constraints.write_text(f"{pin}\npyarrow<20\n")
+        pip = [str(python), "-m", "pip"]
+        subprocess.run([*pip, "install", "-q", "-c", str(constraints), pin, SAE_DASHBOARD],
+                       check=True, capture_output=True, text=True)  # fmt: skip
+        # a dependency drags in torchvision/torchaudio built for another torch; transformers
+        # then fails on import. sae-dashboard needs neither.
+        subprocess.run([*pip, "uninstall", "-y", "-q", "torchvision", "torchaudio"],
+                       check=True, capture_output=True, text=True)  # fmt: skip
         (SAE_DASHBOARD_VENV / ".installed").touch()
     return python
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "book" / "_ext"))  # chapters.py: list, execute, assemble
 TIMES_JSON = ROOT / "_build" / "chapter_times.json"
 
 CHAPTER_BUDGET_S = 120  # per chapter, on the 2-core CI machine (issue: build budget)
@@ -57,9 +59,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         width = max(len(t["chapter"]) for t in _times)
         for t in _times:
             over = "  OVER BUDGET" if t["seconds"] > CHAPTER_BUDGET_S else ""
-            tr.write_line(
-                f"{t['chapter']:<{width}}  {t['seconds']:>8.1f} s  {t['outcome']}{over}"
-            )
+            tr.write_line(f"{t['chapter']:<{width}}  {t['seconds']:>8.1f} s  {t['outcome']}{over}")
         total = sum(t["seconds"] for t in _times)
         tr.write_line(
             f"{'total':<{width}}  {total:>8.1f} s  (budget {CHAPTER_BUDGET_S} s per chapter, "
@@ -101,3 +101,41 @@ def micro_model(micro_world):
     from saebook.tinyworld.shipped import load_shipped
 
     return load_shipped(micro_world[0])
+
+
+def _fresh_executions() -> dict[str, dict]:
+    """Execution metadata per chapter; skips when a notebook is missing or older than its .md."""
+    from chapters import EXECUTION_KEY, chapters
+
+    found, problems = {}, []
+    for entry in chapters():
+        path = ROOT / "_build" / "executed" / f"{entry}.ipynb"
+        if not path.is_file():
+            problems.append(f"{entry} (not executed)")
+            continue
+        meta = json.loads(path.read_text(encoding="utf-8"))["metadata"].get(EXECUTION_KEY, {})
+        if meta.get("mtime", 0) < (ROOT / f"{entry}.md").stat().st_mtime:
+            problems.append(f"{entry} (executed before its last edit)")
+        found[entry] = meta
+    if problems:
+        pytest.skip(f"run tests/test_chapters.py in the same session first: {problems}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def site_html() -> Path:
+    """The built site to test: ``$SAEBOOK_SITE_HTML`` (e.g. ``_build/html`` after ``make book``)
+    or, by default, the site assembled with ``book/_ext/chapters.py`` from the notebooks that
+    tests/test_chapters.py executed (into ``_build/assembled``), as the site workflow does."""
+    given = os.environ.get("SAEBOOK_SITE_HTML")
+    if given:
+        site = Path(given).resolve()
+        if not (site / "index.html").is_file():
+            pytest.skip(f"SAEBOOK_SITE_HTML={given} holds no built site (no index.html)")
+        return site
+    from chapters import assemble
+
+    executions = _fresh_executions()
+    failed = [e for e, meta in executions.items() if not meta.get("succeeded")]
+    assert not failed, f"chapters that failed to execute cannot be assembled: {failed}"
+    return assemble(ROOT / "_build" / "executed", ROOT / "_build" / "assembled")

@@ -16,7 +16,6 @@ failing cell. Per-chapter wall times are printed at the end of the session and w
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,6 @@ EXECUTED = ROOT / "_build" / "executed"  # executed notebooks, assembled by test
 PROFILE = "tiny"
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-sys.path.insert(0, str(BOOK / "_ext"))
 from chapters import chapters, execute_chapter, front_matter, toc_entries, write_executed  # noqa: E402
 
 

@@ -37,7 +37,11 @@ def test_actionlint() -> None:
 
 
 def test_ruff() -> None:
-    targets = [d for d in ("src", "tests", "benchmarks", "book/_ext") if (ROOT / d).is_dir()]
+    targets = [
+        d
+        for d in ("src", "tests", "benchmarks", "book/_ext", ".github/scripts")
+        if (ROOT / d).is_dir()
+    ]
     result = _run([_tool("ruff"), "check", "--no-cache", *targets])
     if result.returncode != 0:
         cmd = f"ruff check {' '.join(targets)}"

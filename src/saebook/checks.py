@@ -30,6 +30,7 @@ __all__ = [
     "check_max_cosine_similarity",
     "check_topk_activation",
     "check_jumprelu_function",
+    "check_top_logits",
     "reference_toy_forward",
     "reference_sae_loss",
     "reference_max_cosine_similarity",
