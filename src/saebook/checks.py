@@ -33,6 +33,8 @@ __all__ = [
     "reference_toy_forward",
     "reference_sae_loss",
     "reference_max_cosine_similarity",
+    "check_head_norms",
+    "reference_head_norms",
 ]
 
 #: A named case: ``(name, args, kwargs)`` passed as ``fn(*args, **kwargs)``.
@@ -384,3 +386,35 @@ def check_top_logits(fn: Callable[..., tuple[Tensor, Tensor]], model: Any, sae: 
         (f"the largest-norm latent ({strongest}), k=10", (model, sae, strongest, 10), {}),
     ]
     check_function(fn, reference, cases, atol=1e-4, rtol=1e-4)
+
+
+# --- Part 1, chapters 5-7: attention SAEs, steering, architectures ---------------------------
+
+
+def reference_head_norms(W_dec: Tensor, n_heads: int) -> Tensor:
+    """``(d_sae, n_heads * d_head) -> (d_sae, n_heads)``: the L2 norm of each head's block."""
+    return W_dec.reshape(W_dec.shape[0], n_heads, -1).norm(dim=-1)
+
+
+def check_head_norms(fn: Callable[[Tensor, int], Tensor]) -> None:
+    """Check ``fn(W_dec, n_heads)``: per-head decoder norms of a ``hook_z`` SAE.
+
+    ``W_dec`` is ``(d_sae, n_heads * d_head)`` flattened head by head; the result is
+    ``(d_sae, n_heads)``. Cases include one head, ``d_head = 1``, a zero latent and a latent
+    living in a single head (which a transposed reshape gets wrong).
+    """
+    g = _generator(6)
+    W = torch.randn(10, 4 * 3, generator=g)
+    one_head = torch.zeros(5, 4 * 3)
+    one_head[:, 3:6] = torch.randn(5, 3, generator=g)  # only head 1
+    with_zero = W.clone()
+    with_zero[2] = 0
+    cases: list[Case] = [
+        ("random, 4 heads of 3", (W, 4), {}),
+        ("latents in head 1 only", (one_head, 4), {}),
+        ("one head", (W, 1), {}),
+        ("d_head = 1", (W, 12), {}),
+        ("a zero latent", (with_zero, 4), {}),
+        ("one latent", (W[:1], 2), {}),
+    ]
+    check_function(fn, reference_head_norms, cases)
