@@ -35,6 +35,8 @@ __all__ = [
     "reference_max_cosine_similarity",
     "check_head_norms",
     "reference_head_norms",
+    "check_steering_hook",
+    "reference_steering_hook",
 ]
 
 #: A named case: ``(name, args, kwargs)`` passed as ``fn(*args, **kwargs)``.
@@ -418,3 +420,40 @@ def check_head_norms(fn: Callable[[Tensor, int], Tensor]) -> None:
         ("one latent", (W[:1], 2), {}),
     ]
     check_function(fn, reference_head_norms, cases)
+
+
+def reference_steering_hook(direction: Tensor, coefficient: float) -> Callable[..., Tensor]:
+    """The reference steering hook: ``activation + coefficient * direction``."""
+    from saebook.steering import steering_hook
+
+    return steering_hook(direction, coefficient)
+
+
+def _steering_probe(make_hook: Callable[..., Any]) -> Callable[..., Tensor]:
+    def run(direction: Tensor, coefficient: float, activation: Tensor) -> Tensor:
+        return make_hook(direction, coefficient)(activation, None)
+
+    return run
+
+
+def check_steering_hook(fn: Callable[[Tensor, float], Callable[..., Tensor]]) -> None:
+    """Check ``fn(direction, coefficient) -> hook`` with ``hook(activation, hook)`` steering.
+
+    The hook must return ``activation + coefficient * direction`` at every batch row and
+    position. Cases: coefficient 0 (no change), negative and large coefficients, one
+    position, a zero direction, and a non-unit direction.
+    """
+    g = _generator(7)
+    d = torch.nn.functional.normalize(torch.randn(8, generator=g), dim=0)
+    acts = torch.randn(3, 5, 8, generator=g)
+    cases: list[Case] = [
+        ("random, coefficient 2", (d, 2.0, acts), {}),
+        ("coefficient 0", (d, 0.0, acts), {}),
+        ("negative coefficient", (d, -3.5, acts), {}),
+        ("large coefficient", (d, 100.0, acts), {}),
+        ("one position", (d, 1.0, acts[:, :1]), {}),
+        ("batch of one", (d, 1.5, acts[:1]), {}),
+        ("zero direction", (torch.zeros(8), 5.0, acts), {}),
+        ("non-unit direction", (d * 3.0, 0.5, acts), {}),
+    ]
+    check_function(_steering_probe(fn), _steering_probe(reference_steering_hook), cases)
