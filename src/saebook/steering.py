@@ -111,14 +111,15 @@ def generate(
 
     Uses ``HookedTransformer.generate`` (with its key-value cache) inside ``model.hooks``;
     the global torch generator is seeded with ``seed`` first, so two calls with the same
-    seed and hooks return the same tokens. Returns prompts and continuations together.
+    seed and hooks return the same tokens. Returns prompts and continuations together,
+    ``(batch, pos + new_tokens)``.
     """
     prompts = _check_prompts(model, prompts, new_tokens)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     torch.manual_seed(seed)
     with model.hooks(fwd_hooks=list(hooks)):
-        return model.generate(
+        tokens = model.generate(
             prompts,
             max_new_tokens=new_tokens,
             do_sample=True,
@@ -127,6 +128,7 @@ def generate(
             prepend_bos=False,
             verbose=False,
         )
+    return tokens.clone()  # generate runs in inference mode; give back an ordinary tensor
 
 
 @torch.no_grad()
@@ -171,7 +173,9 @@ def text_label_concept(
         for row in tokens.tolist():
             flags = labeller([strings[i] for i in row])
             if label not in flags:
-                raise KeyError(f"label must be one of the labeller's {sorted(flags)}, got {label!r}")
+                raise KeyError(
+                    f"label must be one of the labeller's {sorted(flags)}, got {label!r}"
+                )
             rows.append(flags[label])
         return torch.tensor(rows, dtype=torch.bool, device=tokens.device)
 
