@@ -1,4 +1,4 @@
-"""SAE architectures side by side: what each computes in ``encode``, and how to build the missing ones.
+"""SAE architectures side by side: what each computes in ``encode``, and building missing ones.
 
 Every SAELens SAE computes a pre-activation ``pre = (x - b_dec) W_enc + b_enc`` (the
 ``b_dec`` subtraction only when ``cfg.apply_b_dec_to_input``) and then differs in one step:
