@@ -6,6 +6,7 @@ import pytest
 import torch
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig, StandardSAE, StandardSAEConfig
 
+from saebook import checks
 from saebook.architectures import (
     encode_from_formula,
     firing_agreement,
@@ -131,3 +132,23 @@ def test_train_standard_sae_learns_sparse_data():
         train_standard_sae(x, 24, -1.0, {"hook_name": "synthetic"}, 1000)
     with pytest.raises(ValueError, match="activations"):
         train_standard_sae(x[:10], 24, 1.0, {"hook_name": "synthetic"}, 1000)
+
+
+def test_check_jumprelu_encode_accepts_formula_and_rejects_non_strict_threshold():
+    def good(x, W_enc, b_enc, b_dec, threshold, apply_b_dec):
+        pre = (x - b_dec if apply_b_dec else x) @ W_enc + b_enc
+        return pre.relu() * (pre > threshold)
+
+    def non_strict(x, W_enc, b_enc, b_dec, threshold, apply_b_dec):
+        pre = (x - b_dec if apply_b_dec else x) @ W_enc + b_enc
+        return pre.relu() * (pre >= threshold)
+
+    def ignores_b_dec(x, W_enc, b_enc, b_dec, threshold, apply_b_dec):
+        pre = x @ W_enc + b_enc
+        return pre.relu() * (pre > threshold)
+
+    checks.check_jumprelu_encode(good)
+    with pytest.raises(AssertionError, match="equal to the threshold"):
+        checks.check_jumprelu_encode(non_strict)
+    with pytest.raises(AssertionError, match="b_dec subtracted"):
+        checks.check_jumprelu_encode(ignores_b_dec)

@@ -37,6 +37,8 @@ __all__ = [
     "reference_head_norms",
     "check_steering_hook",
     "reference_steering_hook",
+    "check_jumprelu_encode",
+    "reference_jumprelu_encode",
 ]
 
 #: A named case: ``(name, args, kwargs)`` passed as ``fn(*args, **kwargs)``.
@@ -457,3 +459,59 @@ def check_steering_hook(fn: Callable[[Tensor, float], Callable[..., Tensor]]) ->
         ("non-unit direction", (d * 3.0, 0.5, acts), {}),
     ]
     check_function(_steering_probe(fn), _steering_probe(reference_steering_hook), cases)
+
+
+def reference_jumprelu_encode(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, threshold: Tensor, apply_b_dec: bool
+) -> Tensor:
+    """SAELens' ``JumpReLUSAE.encode`` on ``x`` for the given weights (the reference)."""
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    sae = JumpReLUSAE(
+        JumpReLUSAEConfig(
+            d_in=W_enc.shape[0], d_sae=W_enc.shape[1], apply_b_dec_to_input=apply_b_dec
+        )
+    )
+    sae.load_state_dict(
+        {
+            "W_enc": W_enc,
+            "b_enc": b_enc,
+            "W_dec": W_enc.T.contiguous(),
+            "b_dec": b_dec,
+            "threshold": threshold,
+        }
+    )
+    with torch.no_grad():
+        return sae.encode(x)
+
+
+def check_jumprelu_encode(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(x, W_enc, b_enc, b_dec, threshold, apply_b_dec) -> (batch, d_sae)``.
+
+    The reference is SAELens' own ``JumpReLUSAE.encode``. Cases: both settings of
+    ``apply_b_dec`` (subtract ``b_dec`` from ``x`` first or not), thresholds of zero, negative
+    thresholds (ReLU still applies), thresholds so high nothing fires, and pre-activations
+    equal to the threshold (which must not fire: the comparison is strict).
+    """
+    g = _generator(8)
+    d_in, d_sae = 5, 12
+    W = torch.randn(d_in, d_sae, generator=g)
+    b_enc = torch.randn(d_sae, generator=g) * 0.2
+    b_dec = torch.randn(d_in, generator=g) * 0.5
+    theta = torch.rand(d_sae, generator=g)
+    x = torch.randn(16, d_in, generator=g)
+    at_threshold = torch.zeros(1, d_in)  # pre = b_enc exactly when apply_b_dec is False
+    cases: list[Case] = [
+        ("random, b_dec subtracted", (x, W, b_enc, b_dec, theta, True), {}),
+        ("random, b_dec not subtracted", (x, W, b_enc, b_dec, theta, False), {}),
+        ("zero thresholds (plain ReLU)", (x, W, b_enc, b_dec, torch.zeros(d_sae), True), {}),
+        ("negative thresholds", (x, W, b_enc, b_dec, -theta, False), {}),
+        ("thresholds too high to fire", (x, W, b_enc, b_dec, theta + 100.0, True), {}),
+        (
+            "pre-activation equal to the threshold",
+            (at_threshold, W, b_enc, b_dec, b_enc, False),
+            {},
+        ),
+        ("batch of one", (x[:1], W, b_enc, b_dec, theta, True), {}),
+    ]
+    check_function(fn, reference_jumprelu_encode, cases)
