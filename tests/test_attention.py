@@ -1,0 +1,129 @@
+"""Tests for saebook.attention on the micro tiny-world build."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saebook import checks
+from saebook.attention import head_decoder_norms, repeated_token_scores, source_attribution
+from saebook.induction import repeated_tokens
+
+
+@pytest.fixture(scope="module")
+def parts(micro_model):
+    model, saes, _ = micro_model
+    return model, saes["attn"], saes["resid"]
+
+
+@pytest.fixture(scope="module")
+def repeated(parts):
+    model, _, _ = parts
+    bos = model.tokenizer.bos_token_id
+    pool = torch.arange(model.cfg.d_vocab)
+    pool = pool[pool != bos]
+    half = (model.cfg.n_ctx - 1) // 2
+    return repeated_tokens(4, min(half, 7), pool, bos, torch.Generator().manual_seed(0))
+
+
+def test_head_decoder_norms_match_blocks(parts):
+    model, sae, _ = parts
+    norms = head_decoder_norms(sae, model.cfg.n_heads)
+    assert norms.shape == (sae.cfg.d_sae, model.cfg.n_heads)
+    d_head = model.cfg.d_head
+    for h in range(model.cfg.n_heads):
+        block = sae.W_dec[:, h * d_head : (h + 1) * d_head].norm(dim=-1)
+        torch.testing.assert_close(norms[:, h], block)
+    # the blocks together hold the whole decoder norm
+    torch.testing.assert_close(norms.pow(2).sum(-1), sae.W_dec.norm(dim=-1).pow(2))
+
+
+def test_head_decoder_norms_rejects_bad_heads(parts):
+    _, sae, _ = parts
+    with pytest.raises(ValueError, match="n_heads"):
+        head_decoder_norms(sae, 0)
+    with pytest.raises(ValueError, match="n_heads"):
+        head_decoder_norms(sae, sae.cfg.d_in + 1)
+
+
+def test_source_attribution_sums_to_sae_pre_activation(parts, repeated):
+    model, sae, _ = parts
+    _, cache = model.run_with_cache(repeated, names_filter="blocks.1.attn.hook_z")
+    acts = sae.encode(cache["blocks.1.attn.hook_z"])
+    latent = int(acts.sum(dim=(0, 1)).argmax())  # a latent that fires
+    attr = source_attribution(model, sae, repeated, latent)
+    b, s = repeated.shape
+    assert attr.contributions.shape == (b, model.cfg.n_heads, s, s)
+    torch.testing.assert_close(attr.reconstructed(), attr.pre_activation, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(attr.activation, acts[..., latent], atol=1e-5, rtol=1e-5)
+    # causal attention: no contribution from future sources
+    future = torch.triu(torch.ones(s, s, dtype=torch.bool), diagonal=1)
+    assert attr.by_source[:, future].abs().max() == 0
+    # the split is not trivial: several sources contribute at late positions
+    assert (attr.by_source[:, -1].abs() > 1e-6).sum(-1).min() > 1
+
+
+def test_source_attribution_constant_includes_b_dec(parts, repeated):
+    model, sae, _ = parts
+    attr = source_attribution(model, sae, repeated[:1], 0)
+    expected = float((sae.b_enc[0] - sae.b_dec @ sae.W_enc[:, 0]).detach())
+    assert sae.cfg.apply_b_dec_to_input
+    assert attr.constant == pytest.approx(expected, abs=1e-5)
+
+
+def test_source_attribution_rejects_bad_input(parts, repeated):
+    model, sae, resid = parts
+    with pytest.raises(ValueError, match="hook_z"):
+        source_attribution(model, resid, repeated, 0)
+    with pytest.raises(IndexError, match="latent"):
+        source_attribution(model, sae, repeated, sae.cfg.d_sae)
+    with pytest.raises(ValueError, match="tokens"):
+        source_attribution(model, sae, repeated[0], 0)
+
+
+def test_repeated_token_scores_table(parts, repeated):
+    model, sae, _ = parts
+    table = repeated_token_scores(model, sae, repeated, batch_size=3, progress=False)
+    assert len(table) == sae.cfg.d_sae
+    assert list(table["latent"]) == list(range(sae.cfg.d_sae))
+    half = (repeated.shape[1] - 1) // 2
+    _, cache = model.run_with_cache(repeated, names_filter="blocks.1.attn.hook_z")
+    acts = sae.encode(cache["blocks.1.attn.hook_z"])
+    torch.testing.assert_close(
+        torch.tensor(table["mean_second"].values, dtype=torch.float32),
+        acts[:, half + 1 :].mean(dim=(0, 1)),
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    gain = table["mean_second"] - table["mean_first"]
+    assert (gain - table["repeat_gain"]).abs().max() < 1e-6
+    norms = head_decoder_norms(sae, model.cfg.n_heads)
+    assert list(table["top_head"]) == norms.argmax(-1).tolist()
+    assert table["top_head_share"].between(1 / model.cfg.n_heads - 1e-6, 1 + 1e-6).all()
+
+
+def test_repeated_token_scores_shares_match_source_attribution(parts, repeated):
+    model, sae, _ = parts
+    table = repeated_token_scores(model, sae, repeated, progress=False)
+    half = (repeated.shape[1] - 1) // 2
+    latent = int(table["mean_second"].idxmax())
+    attr = source_attribution(model, sae, repeated, latent)
+    dst = torch.arange(half + 1, 2 * half + 1)
+    w = attr.activation[:, half + 1 :]
+    for name, offset in (("induction", half - 1), ("duplicate", half), ("previous", 1)):
+        contrib = attr.by_source[:, dst, dst - offset]
+        pre = attr.pre_activation[:, half + 1 :]
+        share = (w * contrib / torch.where(w > 0, pre, torch.ones_like(pre))).sum() / w.sum()
+        assert table.loc[latent, f"{name}_share"] == pytest.approx(float(share), abs=1e-4)
+
+
+def test_repeated_token_scores_rejects_unrepeated_shape(parts):
+    model, sae, _ = parts
+    with pytest.raises(ValueError, match="repeated_tokens"):
+        repeated_token_scores(model, sae, torch.zeros(2, 8, dtype=torch.long), progress=False)
+
+
+def test_check_head_norms_accepts_reference_and_rejects_transpose():
+    checks.check_head_norms(lambda w, n: w.reshape(w.shape[0], n, -1).norm(dim=-1))
+    with pytest.raises(AssertionError, match="case"):
+        checks.check_head_norms(lambda w, n: w.reshape(w.shape[0], -1, n).norm(dim=-2))
