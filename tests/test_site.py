@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 EXECUTED = ROOT / "_build" / "executed"
@@ -65,3 +66,20 @@ def test_execution_table_lists_every_chapter(site) -> None:
     for entry in executions:
         assert entry in table, f"{entry} missing from the execution-times table"
     assert "separate job (tiny)" in table
+
+
+def test_circuitsvis_widgets_use_the_served_bundle() -> None:
+    import circuitsvis
+    import saebook_site
+    from circuitsvis.utils.render import render_cdn, render_local
+
+    pattern = torch.rand(1, 3, 3).tril()
+    for html in (
+        render_local("AttentionPatterns", tokens=["a", "b", "c"], attention=pattern),
+        render_cdn("AttentionPatterns", tokens=["a", "b", "c"], attention=pattern),
+    ):
+        served = saebook_site.serve_circuitsvis(html)
+        assert len(served) < 5_000 < len(html) or "unpkg.com" in html, len(served)
+        assert "unpkg.com" not in served
+        assert "CircuitsVis.render(" in served and "CircuitsVis.AttentionPatterns" in served
+    assert circuitsvis.__version__ in saebook_site._circuitsvis_bundle()[1]

@@ -7,6 +7,9 @@
 2. Renderer: sets ``SAEBOOK_PLOTLY_RENDERER=saebook_site`` for HTML builds. Kernels that
    myst-nb starts inherit it, so ``saebook.display.configure_plotly()`` emits plain HTML
    figures there (no plotly JSON mime part for myst-nb to skip, no MathJax 2 from a CDN).
+   circuitsvis: its 1.3 MB browser bundle is served the same way, once, from ``_static``;
+   each widget's script (bundle inlined when offline, CDN import when online) is rewritten to
+   use it (:func:`serve_circuitsvis`), so a page with a widget weighs kilobytes.
 3. Profile: ``SAEBOOK_PROFILE`` (default ``tiny``) becomes the Sphinx config value
    ``saebook_profile`` (a change re-reads every page instead of reusing the doctrees of
    another profile) and, unless ``execute.cache`` is set, picks a per-profile execution
@@ -38,6 +41,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import shutil
 import textwrap
 from pathlib import Path, PurePosixPath
@@ -50,6 +54,8 @@ from sphinx.config import Config
 from sphinx.util.docutils import SphinxDirective
 
 from saebook.display import PLOTLY_DIV_CLASS, RENDERER_ENV, SITE_RENDERER
+
+CIRCUITSVIS_DIV = "circuits-vis-"  # the id prefix of every circuitsvis widget
 
 
 def _plotly_bundle() -> tuple[Path, str]:
@@ -80,14 +86,50 @@ def _on_builder_inited(app: Sphinx) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
     app.config.saebook_plotly_js = name
+    source, name = _circuitsvis_bundle()
+    target = Path(app.outdir) / "_static" / name
+    if not target.exists() or target.stat().st_size != source.stat().st_size:
+        shutil.copyfile(source, target)
+    app.config.saebook_circuitsvis_js = name
+
+
+def _circuitsvis_bundle() -> tuple[Path, str]:
+    """Path of circuitsvis' browser bundle (defines the global ``CircuitsVis``) and its name."""
+    import circuitsvis
+
+    source = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    return source, f"circuitsvis-{circuitsvis.__version__}.js"
+
+
+_CDN_WIDGET = re.compile(
+    r'import \{ render, (\w+) \} from "https://unpkg\.com/circuitsvis@[^"]+/dist/cdn/esm\.js";'
+    r'\s*render\(\s*("[^"]+"),\s*\1,'
+)
+
+
+def serve_circuitsvis(body: str) -> str:
+    """``body`` with every circuitsvis widget drawn by the site's copy of the bundle.
+
+    Offline, circuitsvis inlines its whole 1.3 MB bundle into every widget; online it imports
+    it from a CDN. Either way the widget's script is rewritten to call the global
+    ``CircuitsVis`` that the page loads once from ``_static``.
+    """
+    source, _ = _circuitsvis_bundle()
+    inline = source.read_text(encoding="utf-8").replace("</script>", "")
+    body = body.replace(inline, "")
+    return _CDN_WIDGET.sub(r"CircuitsVis.render(\2, CircuitsVis.\1,", body)
 
 
 def _on_html_page_context(
     app: Sphinx, pagename: str, templatename: str, context: dict[str, Any], doctree: Any
 ) -> None:
-    if PLOTLY_DIV_CLASS in context.get("body", ""):
+    body = context.get("body", "")
+    if PLOTLY_DIV_CLASS in body:
         # per-page asset: Sphinx resets the page's JS list after writing it
         app.add_js_file(app.config.saebook_plotly_js)
+    if CIRCUITSVIS_DIV in body:
+        context["body"] = serve_circuitsvis(body)
+        app.add_js_file(app.config.saebook_circuitsvis_js)
 
 
 def _on_source_read(app: Sphinx, docname: str, source: list[str]) -> None:
@@ -323,6 +365,7 @@ def _on_doctree_resolved(app: Sphinx, doctree: nodes.document, docname: str) -> 
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("saebook_profile", "tiny", "env", types=[str])
     app.add_config_value("saebook_plotly_js", "", "", types=[str])
+    app.add_config_value("saebook_circuitsvis_js", "", "", types=[str])
     # myst-nb reads its configuration on builder-inited, so this must run before it
     app.connect("config-inited", _on_config_inited, priority=400)
     app.connect("builder-inited", _on_builder_inited)
