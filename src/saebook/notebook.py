@@ -33,11 +33,12 @@ def _threads() -> int:
 def setup(profile: str | None = None, seed: int = 0, show: bool = True) -> profiles.Profile:
     """Prepare a chapter and return its loaded :class:`~saebook.profiles.Profile`.
 
-    Uses one torch thread per core (``SAEBOOK_THREADS`` overrides it), silences the TransformerLens deprecation notice (the book
-    pins TransformerLens < 4 on purpose), selects a plotly renderer that works in this
-    environment, loads the profile (``SAEBOOK_PROFILE`` by default), then seeds every
-    generator (so a chapter's random draws do not depend on whether the profile was already
-    cached) and, with ``show``, displays a banner naming profile, model, SAEs and device.
+    Uses one torch thread per core (``SAEBOOK_THREADS`` overrides it), silences the
+    TransformerLens deprecation notice (the book pins TransformerLens < 4 on purpose),
+    selects a plotly renderer that works in this environment, loads the profile
+    (``SAEBOOK_PROFILE`` by default), then seeds every generator (so a chapter's random
+    draws do not depend on whether the profile was already cached) and, with ``show``,
+    displays a banner naming profile, model, SAEs and device.
     """
     torch.set_num_threads(_threads())
     warnings.filterwarnings("ignore", message=r".*HookedTransformer is deprecated.*")

@@ -74,7 +74,10 @@ def make_task(
     length as its corrupted twin, and all prompts to one length, so positions align.
     """
     if not items:
-        raise ValueError("items must hold at least one (clean, corrupted, answer, wrong) tuple")
+        raise ValueError(
+            "items must hold at least one (clean, corrupted, answer, wrong) tuple, "
+            f"got {items!r}"
+        )
     clean = model.to_tokens([c for c, _, _, _ in items])
     corrupted = model.to_tokens([x for _, x, _, _ in items])
     lengths = {len(model.to_str_tokens(c)) for c, _, _, _ in items}
