@@ -38,6 +38,27 @@ def kernel_env(profile: str, extra: dict[str, str] | None = None) -> dict[str, s
     return env
 
 
+def execute_notebook(
+    nb, cwd: Path, env: dict[str, str], timeout: float | None = DEFAULT_TIMEOUT
+) -> BaseException | None:
+    """Run every cell of ``nb`` in place in a fresh ``python3`` kernel started with ``env`` and
+    working directory ``cwd``; the error that stopped it, or None."""
+    from nbclient import NotebookClient
+
+    client = NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=timeout,
+        allow_errors=False,
+        resources={"metadata": {"path": str(cwd)}},
+    )
+    try:
+        client.execute(env=env)
+    except Exception as exc:  # CellExecutionError, CellTimeoutError, DeadKernelError, ...
+        return exc
+    return None
+
+
 @dataclass
 class ChapterRun:
     """An executed chapter: the notebook with outputs, the error if any, wall time, file."""
@@ -65,7 +86,6 @@ def run_chapter(
     """
     import jupytext
     import nbformat
-    from nbclient import NotebookClient
 
     from saebook.files import atomic_write_text
 
@@ -77,19 +97,8 @@ def run_chapter(
         timeout = None  # -1 disables the limit, as in myst-nb
     workdir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, workdir / f"{md.stem}.ipynb")
-    client = NotebookClient(
-        nb,
-        kernel_name="python3",
-        timeout=timeout,
-        allow_errors=False,
-        resources={"metadata": {"path": str(md.parent)}},  # cwd = the chapter's folder
-    )
     start = time.perf_counter()
-    error: BaseException | None = None
-    try:
-        client.execute(env=kernel_env(profile, extra_env))
-    except Exception as exc:  # CellExecutionError, CellTimeoutError, DeadKernelError, ...
-        error = exc
+    error = execute_notebook(nb, md.parent, kernel_env(profile, extra_env), timeout)
     seconds = time.perf_counter() - start
     saved = workdir / f"{md.stem}.executed.ipynb"
     nbformat.write(nb, saved)
