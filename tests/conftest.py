@@ -43,6 +43,7 @@ netblock = _load_netblock()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "chapter: executes one chapter of the book")
+    config.addinivalue_line("markers", "determinism: executes one chapter twice")
     netblock.install()  # no-op with SAEBOOK_ALLOW_NETWORK=1
 
 
