@@ -104,8 +104,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         tr.write_line(f"{'total':<{width}}  {total:>8.1f} s")
     else:
         tr.write_line("no chapter was executed")
-    TIMES_JSON.parent.mkdir(parents=True, exist_ok=True)
-    TIMES_JSON.write_text(
+    from saebook.files import atomic_write_text
+
+    atomic_write_text(
+        TIMES_JSON,
         json.dumps(
             {
                 "profile": profile,
@@ -117,7 +119,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             indent=2,
         )
         + "\n",
-        encoding="utf-8",
     )
     tr.write_line(f"written to {TIMES_JSON.relative_to(ROOT)}")
 

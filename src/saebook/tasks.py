@@ -75,8 +75,7 @@ def make_task(
     """
     if not items:
         raise ValueError(
-            "items must hold at least one (clean, corrupted, answer, wrong) tuple, "
-            f"got {items!r}"
+            f"items must hold at least one (clean, corrupted, answer, wrong) tuple, got {items!r}"
         )
     clean = model.to_tokens([c for c, _, _, _ in items])
     corrupted = model.to_tokens([x for _, x, _, _ in items])
