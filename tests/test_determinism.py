@@ -62,8 +62,20 @@ def _mask(text: str) -> str:
     return DURATION.sub("<duration>", UUID.sub("<id>", text))
 
 
+def _typed_array(value: dict) -> list[float]:
+    """The numbers of a plotly typed array ``{"dtype": "f8", "bdata": base64, "shape": ...}``
+    (plotly >= 6 sends numpy arrays this way instead of JSON lists)."""
+    import base64
+
+    import numpy as np
+
+    return np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"]).tolist()
+
+
 def _numbers_of(value: object) -> list[float]:
     """Every number in a JSON-like value (plotly figure data), in order."""
+    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
+        return [float(x) for x in _typed_array(value)]
     if isinstance(value, bool):
         return [float(value)]
     if isinstance(value, (int, float)):
@@ -178,6 +190,20 @@ def test_comparison_finds_a_changed_number_and_ignores_noise():
     assert "number 0 is 0.123" in first_difference(records[:1], numeric_outputs(three))
     four = _nb(_plain("gain 0.123 at step 10"))
     assert "text differs" in first_difference(records[:1], numeric_outputs(four))
+
+
+def test_plotly_typed_arrays_are_decoded():
+    import plotly.express as px
+    import plotly.io as pio
+
+    fig = px.line(x=[0, 1, 2], y=[0.5, 0.25, 1.0])
+    bundle = pio.renderers["plotly_mimetype"].to_mimebundle(fig.to_dict())
+    data = bundle["application/vnd.plotly.v1+json"]["data"]
+    out = {"output_type": "display_data", "metadata": {}, "data": bundle}
+    numbers = numeric_outputs(_nb(out))[0][2]
+    assert isinstance(data[0]["y"], dict) and "bdata" in data[0]["y"]  # a typed array
+    xy = [0.0, 1.0, 2.0, 0.5, 0.25, 1.0]  # x then y (keys in sorted order)
+    assert any(numbers[i : i + 6] == xy for i in range(len(numbers))), numbers
 
 
 def test_glued_values_and_uuids():
