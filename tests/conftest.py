@@ -1,12 +1,19 @@
-"""Session-wide reporting for the chapter runner (tests/test_chapters.py).
+"""Session-wide set-up and reporting.
 
-Each chapter test records `chapter` and `chapter_seconds` with `record_property`; the hooks
-below collect them with the test's outcome, print a timing table at the end of the session
-and write `_build/chapter_times.json` (uploaded as an artifact by CI).
+- The network is blocked for the whole session (tests/netblock/sitecustomize.py, also put on
+  the PYTHONPATH of every chapter kernel by tests/chapter_runner.py); set
+  `SAEBOOK_ALLOW_NETWORK=1` to lift it.
+- Each chapter test records `chapter` and `chapter_seconds` with `record_property`; the hooks
+  below collect them with the test's outcome, print a timing table at the end of the session
+  and write `_build/chapter_times.json` (uploaded as an artifact by CI).
+- Tests may record one-line tallies the same way: `bad_input` ("tried"/"rejected", from
+  tests/test_bad_inputs.py) and `determinism` ("identical"/"different", from
+  tests/test_determinism.py); a line per tally is printed at the end (also with -q).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -19,16 +26,30 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "book" / "_ext"))  # chapters.py: list, execute, assemble
 TIMES_JSON = ROOT / "_build" / "chapter_times.json"
+NETBLOCK_FILE = Path(__file__).resolve().parent / "netblock" / "sitecustomize.py"
 
 CHAPTER_BUDGET_S = 120  # per chapter, on the 2-core CI machine (issue: build budget)
 BOOK_BUDGET_S = 15 * 60  # the whole book
 
 _times: list[dict] = []
 _chapter_tests_ran = False  # a chapter test ran or was skipped (no chapters yet)
+_tallies: dict[str, list[str]] = {"bad_input": [], "determinism": []}
+
+
+def _load_netblock():
+    spec = importlib.util.spec_from_file_location("saebook_netblock", NETBLOCK_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+netblock = _load_netblock()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "chapter: executes one chapter of the book")
+    config.addinivalue_line("markers", "determinism: executes one chapter twice")
+    netblock.install()  # no-op with SAEBOOK_ALLOW_NETWORK=1
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -38,6 +59,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when != "call":
         return
     props = dict(report.user_properties)
+    for key, seen in _tallies.items():
+        if key in props:
+            seen.append(str(props[key]))
     if "chapter_seconds" in props:
         _times.append(
             {
@@ -49,7 +73,29 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         )
 
 
+def tally_lines() -> list[str]:
+    """The one-line summaries of the tallies recorded in this session."""
+    lines = []
+    if _tallies["bad_input"]:
+        seen = _tallies["bad_input"]
+        lines.append(
+            f"bad inputs: tried {len(seen)}, rejected with a named error {seen.count('rejected')}"
+        )
+    if _tallies["determinism"]:
+        seen = _tallies["determinism"]
+        lines.append(
+            f"determinism: {seen.count('identical')} chapters identical on a second run "
+            f"(of {len(seen)} run twice)"
+        )
+    return lines
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    lines = tally_lines()
+    if lines:
+        terminalreporter.write_sep("=", "robustness")
+        for line in lines:
+            terminalreporter.write_line(line)
     if not _chapter_tests_ran:
         return  # e.g. `pytest tests/test_repo_lint.py`: keep the last chapter timings
     profile = ",".join(sorted({t["profile"] for t in _times})) or "tiny"
@@ -67,8 +113,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         )
     else:
         tr.write_line("no chapter was executed")
-    TIMES_JSON.parent.mkdir(parents=True, exist_ok=True)
-    TIMES_JSON.write_text(
+    from saebook.files import atomic_write_text
+
+    atomic_write_text(
+        TIMES_JSON,
         json.dumps(
             {
                 "profile": profile,
@@ -80,7 +128,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             indent=2,
         )
         + "\n",
-        encoding="utf-8",
     )
     tr.write_line(f"written to {TIMES_JSON.relative_to(ROOT)}")
 

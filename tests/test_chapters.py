@@ -6,27 +6,27 @@ Each one becomes a test with the chapter's path as its id:
     pytest tests/test_chapters.py -k running_saes
 
 It is executed by `book/_ext/chapters.py` exactly as the site's per-chapter build jobs do
-(jupytext, then nbclient on the `python3` kernel in the chapter's folder, `SAEBOOK_PROFILE=tiny`,
-the site's plotly renderer), written to `_build/executed/<chapter>.ipynb` (which
-tests/test_site.py assembles into the site), and fails with the source and traceback of the
-failing cell. Per-chapter wall times are printed at the end of the session and written to
+(jupytext, then nbclient on the `python3` kernel in the chapter's folder, the site's plotly
+renderer), with `SAEBOOK_PROFILE=tiny` and the network blocked (tests/netblock;
+`SAEBOOK_ALLOW_NETWORK=1` lifts it), and fails with the source and traceback of the failing
+cell. The executed notebook is kept in `_build/executed/`, which tests/test_site.py assembles
+into the site (see tests/chapter_runner.py, shared with the determinism and secrets tests).
+Per-chapter wall times are printed at the end of the session and written to
 `_build/chapter_times.json` (see conftest.py).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
+from chapter_runner import failure_report, run_chapter
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
-EXECUTED = ROOT / "_build" / "executed"  # executed notebooks, assembled by tests/test_site.py
 PROFILE = "tiny"
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
-from chapters import chapters, execute_chapter, front_matter, toc_entries, write_executed  # noqa: E402
+from chapters import chapters, front_matter, toc_entries  # noqa: E402  (book/_ext, conftest)
 
 
 def _chapter_params() -> list:
@@ -37,46 +37,16 @@ def _chapter_params() -> list:
     return [pytest.param(None, id="no-chapters", marks=pytest.mark.skip(reason=reason))]
 
 
-def _line_of(source: str, md_text: str) -> int | None:
-    """1-based line in the .md where a cell's source starts, when it can be found."""
-    snippet = source.strip().splitlines()[0] if source.strip() else ""
-    pos = md_text.find(snippet) if snippet else -1
-    return md_text.count("\n", 0, pos) + 1 if pos >= 0 else None
-
-
-def _failure_report(entry: str, nb, md_text: str, exc: BaseException, saved: Path) -> str:
-    """Describe the failing cell: index, tags, source and traceback, without ANSI colours."""
-    for index, cell in enumerate(nb.cells):
-        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-        if cell.cell_type != "code" or not errors:
-            continue
-        err = errors[0]
-        traceback = ANSI.sub("", "\n".join(err.get("traceback", [])))
-        line = _line_of(cell.source, md_text)
-        where = f"{entry}.md" + (f", line {line}" if line else "")
-        tags = cell.metadata.get("tags", [])
-        return (
-            f"cell {index} ({where}; tags {tags}) raised {err.get('ename')}: {err.get('evalue')}"
-            f"\n\n--- cell source ---\n{cell.source}\n\n--- traceback ---\n{traceback}"
-            f"\n\nexecuted notebook: {saved}"
-        )
-    # no error output recorded: a timeout, a dead kernel or a failure to start
-    return f"{type(exc).__name__}: {ANSI.sub('', str(exc))}\n\nexecuted notebook: {saved}"
-
-
 @pytest.mark.chapter
 @pytest.mark.parametrize("entry", _chapter_params())
-def test_chapter_executes(entry: str, record_property) -> None:
-    md_text = (ROOT / f"{entry}.md").read_text(encoding="utf-8")
-    execution = execute_chapter(entry, PROFILE)
-    record_property("chapter_seconds", round(execution.seconds, 2))
+def test_chapter_executes(entry: str, tmp_path: Path, record_property) -> None:
+    run = run_chapter(entry, tmp_path, profile=PROFILE)
+    record_property("chapter_seconds", round(run.seconds, 2))
     record_property("chapter", entry)
     record_property("chapter_profile", PROFILE)
-    saved = write_executed(execution, EXECUTED)
-    if execution.error is not None:
+    if run.error is not None:
         pytest.fail(
-            f"chapter {entry} failed under SAEBOOK_PROFILE={PROFILE}:\n"
-            + _failure_report(entry, execution.notebook, md_text, execution.error, saved),
+            f"chapter {entry} failed under SAEBOOK_PROFILE={PROFILE}:\n" + failure_report(run),
             pytrace=False,
         )
 

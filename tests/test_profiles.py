@@ -42,17 +42,24 @@ def test_hub_profile_ids_exist_in_the_saelens_registry(name):
     assert len(ids) >= 3
 
 
-def test_hub_profile_without_network_fails_fast_in_one_sentence(monkeypatch):
+@pytest.mark.parametrize("name", ["gpt2", "gemma"])
+def test_hub_profile_without_network_fails_fast_in_one_sentence(monkeypatch, name):
+    """With the session's network block (tests/netblock) or, where it is lifted, a refusing
+    ``socket.create_connection``: one sentence naming the profile and the way out, < 5 s."""
+
     def refuse(*args, **kwargs):
         raise OSError("network is blocked in this test")
 
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    if not getattr(socket.create_connection, "_saebook_blocked", False):
+        monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(profiles, "_CACHE", {})
     start = time.time()
     with pytest.raises(HubUnavailableError) as info:
-        profiles.load("gpt2", device="cpu")
+        profiles.load(name, device="cpu")
     assert time.time() - start < 5
     message = str(info.value)
+    assert f"{name!r}" in message
     assert "SAEBOOK_PROFILE=tiny" in message and message.count(". ") == 0
     assert info.value.__cause__ is None and info.value.__suppress_context__
 

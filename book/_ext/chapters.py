@@ -83,15 +83,41 @@ class Execution:
     error: BaseException | None
 
 
-def execute_chapter(entry: str, profile: str | None = None, root: Path = ROOT) -> Execution:
+def execute_notebook(
+    nb, cwd: Path, env: dict[str, str], timeout: float | None = DEFAULT_TIMEOUT
+) -> BaseException | None:
+    """Run every cell of ``nb`` in place in a fresh ``python3`` kernel started with ``env`` and
+    working directory ``cwd``; return the error that stopped it, or None."""
+    from nbclient import NotebookClient
+
+    client = NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=timeout,
+        allow_errors=False,
+        resources={"metadata": {"path": str(cwd)}},
+    )
+    try:
+        client.execute(env=env)
+    except Exception as exc:  # CellExecutionError, CellTimeoutError, DeadKernelError, ...
+        return exc
+    return None
+
+
+def execute_chapter(
+    entry: str,
+    profile: str | None = None,
+    root: Path = ROOT,
+    env: dict[str, str] | None = None,
+) -> Execution:
     """Execute chapter ``entry`` (e.g. ``book/intro/01_running_saes``) under ``profile``.
 
-    The profile defaults to ``SAEBOOK_PROFILE`` or ``tiny``. The kernel inherits this process's
-    environment plus the profile and the site's plotly renderer, so the outputs are the ones
-    the site build would embed. Errors are returned, not raised, with the partial notebook.
+    The profile defaults to ``SAEBOOK_PROFILE`` or ``tiny``. The kernel gets ``env`` (default:
+    this process's environment) plus the profile and the site's plotly renderer, so the
+    outputs are the ones the site build would embed. Errors are returned, not raised, with the
+    partial notebook.
     """
     import jupytext
-    from nbclient import NotebookClient
 
     from saebook.display import RENDERER_ENV, SITE_RENDERER
 
@@ -103,21 +129,10 @@ def execute_chapter(entry: str, profile: str | None = None, root: Path = ROOT) -
     timeout = (nb.metadata.get("execution") or {}).get("timeout", DEFAULT_TIMEOUT)
     if timeout is not None and timeout < 0:
         timeout = None  # -1 disables the limit, as in myst-nb
-    env = dict(os.environ, SAEBOOK_PROFILE=profile)
+    env = dict(os.environ if env is None else env, SAEBOOK_PROFILE=profile)
     env[RENDERER_ENV] = SITE_RENDERER
-    client = NotebookClient(
-        nb,
-        kernel_name="python3",
-        timeout=timeout,
-        allow_errors=False,
-        resources={"metadata": {"path": str(md.parent)}},  # cwd = the chapter's folder
-    )
     start = time.perf_counter()
-    error: BaseException | None = None
-    try:
-        client.execute(env=env)
-    except Exception as exc:  # CellExecutionError, CellTimeoutError, DeadKernelError, ...
-        error = exc
+    error = execute_notebook(nb, md.parent, env, timeout)  # cwd = the chapter's folder
     seconds = time.perf_counter() - start
     nb.metadata[EXECUTION_KEY] = {
         "mtime": time.time(),
@@ -134,11 +149,10 @@ def write_executed(execution: Execution, out: Path) -> Path:
     """Write the executed notebook to ``out/<entry>.ipynb`` (atomically) and return its path."""
     import nbformat
 
+    from saebook.files import atomic_write_text
+
     path = out / f"{execution.entry}.ipynb"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    nbformat.write(execution.notebook, tmp)
-    os.replace(tmp, path)
+    atomic_write_text(path, nbformat.writes(execution.notebook))
     return path
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 from saebook.directions import decoder_directions
 from saebook.metrics import check_sae_hooks
 from saebook.tasks import LogitDiffTask
+from saebook.validate import check_int
 
 __all__ = [
     "latent_activations_at_last",
@@ -84,6 +85,7 @@ def ablation_effects(
         latents = torch.nonzero(
             latent_activations_at_last(model, sae, task.clean).amax(0) > 0
         ).flatten()
+    check_int("chunk", chunk)
     latents = torch.as_tensor(latents, dtype=torch.long)
     if latents.numel() and (latents.min() < 0 or latents.max() >= sae.cfg.d_sae):
         raise IndexError(

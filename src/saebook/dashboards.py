@@ -36,6 +36,7 @@ from torch import Tensor
 
 from saebook.directions import check_latent, decoder_directions
 from saebook.latent_stats import Example, LatentStats, latent_activations
+from saebook.validate import check_int
 
 __all__ = [
     "Dashboard",
@@ -114,6 +115,10 @@ def _r(x: float) -> float:
 
 def density_histogram(stats: LatentStats, title: str | None = None) -> go.Figure:
     """Histogram of log10 firing density over all latents, dead latents counted apart."""
+    if not isinstance(stats, LatentStats):
+        raise TypeError(
+            f"stats must be a LatentStats from latent_stats(), got {type(stats).__name__}"
+        )
     density = stats.density
     alive = density[density > 0].log10().numpy()
     n_dead = int((density == 0).sum())
@@ -375,6 +380,10 @@ def latent_dashboard(
     before, after = context
     if min(before, after) < 0:
         raise ValueError(f"context must be two non-negative ints (before, after), got {context!r}")
+    check_int("n_top", n_top, minimum=0)
+    check_int("n_intervals", n_intervals)
+    check_int("per_interval", per_interval)
+    check_int("n_logits", n_logits)
 
     top = stats.top_examples(latent, n_top)
     intervals = []

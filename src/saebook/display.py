@@ -120,6 +120,13 @@ def configure_plotly(renderer: str | None = None) -> str:
     chosen = renderer or os.environ.get(RENDERER_ENV, "").strip()
     if not chosen:
         chosen = "colab" if in_colab() else NOTEBOOK_RENDERER
+    unknown = [part for part in chosen.split("+") if part not in pio.renderers]
+    if unknown:
+        source = "renderer" if renderer else RENDERER_ENV
+        raise ValueError(
+            f"{source} must name plotly renderers (one of {sorted(pio.renderers)}, joined "
+            f"by '+'), got {chosen!r}"
+        )
     pio.renderers.default = chosen  # validates the name, raising ValueError if unknown
     return chosen
 
@@ -147,6 +154,8 @@ def glue(name: str, value: Any, display: bool = False) -> None:
         value: any object with a rich or plain-text representation.
         display: also show the value as a cell output in builds with myst-nb.
     """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name must be a non-empty str, got {name!r}")
     try:
         from myst_nb import glue as myst_glue
     except ImportError:
@@ -196,6 +205,11 @@ def _to_frame(df_or_rows: Any, columns: Iterable[str] | None = None) -> Any:
     """Coerce a DataFrame, Series, dict of columns or sequence of rows to a DataFrame."""
     import pandas as pd
 
+    if isinstance(df_or_rows, (str, bytes)) or not isinstance(df_or_rows, Iterable):
+        raise TypeError(
+            "df_or_rows must be a DataFrame, Series, mapping of columns or sequence of rows, "
+            f"got {type(df_or_rows).__name__}"
+        )
     if isinstance(df_or_rows, pd.DataFrame):
         return df_or_rows
     if isinstance(df_or_rows, pd.Series):

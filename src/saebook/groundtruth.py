@@ -12,6 +12,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from saebook.validate import check_tensor
+
 __all__ = ["label_recovery"]
 
 
@@ -34,6 +36,7 @@ def label_recovery(
         raise ValueError(
             f"latent_acts must be 2-D (positions, latents), got {tuple(latent_acts.shape)}"
         )
+    check_tensor("latent_acts", latent_acts, finite=True)
     n = latent_acts.shape[0]
     for name, lab in labels.items():
         if lab.shape != (n,):

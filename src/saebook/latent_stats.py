@@ -31,6 +31,8 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
+from saebook.validate import check_int, check_sae_input, check_tokens
+
 __all__ = [
     "Example",
     "Interval",
@@ -213,38 +215,6 @@ def _split_even(items: list, n: int) -> list[list]:
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 
 
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_tokens(tokens: object, model: HookedSAETransformer) -> Tensor:
-    if not isinstance(tokens, Tensor):
-        raise TypeError(
-            f"tokens must be an integer torch.Tensor of shape (rows, seq), "
-            f"got {type(tokens).__name__}"
-        )
-    if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        raise TypeError(f"tokens must have an integer dtype (e.g. torch.long), got {tokens.dtype}")
-    if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
-        raise ValueError(
-            f"tokens must be a non-empty (rows, seq) tensor, got shape {tuple(tokens.shape)}"
-        )
-    if tokens.shape[1] > model.cfg.n_ctx:
-        raise ValueError(
-            f"tokens must have at most the model's n_ctx={model.cfg.n_ctx} columns, "
-            f"got {tokens.shape[1]}"
-        )
-    lo, hi = int(tokens.min()), int(tokens.max())
-    if lo < 0 or hi >= model.cfg.d_vocab:
-        raise ValueError(
-            f"tokens must be ids in [0, {model.cfg.d_vocab}) (the model's d_vocab), "
-            f"got values in [{lo}, {hi}]"
-        )
-    return tokens.long()
-
-
 def _check_hook(model: HookedSAETransformer, sae: SAE) -> str:
     if not isinstance(sae, SAE):
         raise TypeError(f"sae must be a sae_lens SAE, got {type(sae).__name__}")
@@ -266,21 +236,6 @@ def _stop_layer(hook: str) -> int | None:
     if hook in ("hook_embed", "hook_pos_embed", "hook_tokens"):
         return 0
     return None
-
-
-def _sae_input(sae: SAE, x: Tensor, hook: str) -> Tensor:
-    """Shape a cached activation the way ``sae.encode`` expects, checking its width."""
-    if x.ndim == 4:  # (batch, seq, heads, d_head): hook_z and friends
-        width = x.shape[-2] * x.shape[-1]
-        if sae.cfg.reshape_activations != "hook_z":
-            x = x.flatten(-2)
-    else:
-        width = x.shape[-1]
-    if width != sae.cfg.d_in:
-        raise ValueError(
-            f"sae.cfg.d_in must equal the width of hook {hook!r} ({width}), got {sae.cfg.d_in}"
-        )
-    return x
 
 
 class _Captured(Exception):
@@ -314,7 +269,7 @@ def encode_at_hook(
     batch and the benchmarks use it as the baseline.
     """
     hook = _check_hook(model, sae)
-    x = _sae_input(sae, _activation_at(model, batch, hook), hook)
+    x = check_sae_input(sae, _activation_at(model, batch, hook), hook)
     if not bool(torch.isfinite(x).all()):
         raise ValueError(
             f"the activations at hook {hook!r} must be finite, got NaN or inf "
@@ -443,11 +398,11 @@ def latent_stats(
     from tqdm import tqdm
 
     hook = _check_hook(model, sae)
-    tokens = _check_tokens(tokens, model)
-    batch_size = _positive_int("batch_size", batch_size)
-    k = _positive_int("k", k)
-    n_samples = _positive_int("n_samples", n_samples)
-    n_bins = _positive_int("n_bins", n_bins)
+    tokens = check_tokens(tokens, model)
+    batch_size = check_int("batch_size", batch_size)
+    k = check_int("k", k)
+    n_samples = check_int("n_samples", n_samples)
+    n_bins = check_int("n_bins", n_bins)
     if bin_range is not None and not (0 < bin_range[0] < bin_range[1]):
         raise ValueError(f"bin_range must be (lo, hi) with 0 < lo < hi, got {bin_range!r}")
     device = torch.device(model.cfg.device) if model.cfg.device is not None else tokens.device
@@ -561,8 +516,8 @@ def latent_activations(
     :func:`latent_stats`, which does not keep every activation.
     """
     _check_hook(model, sae)
-    tokens = _check_tokens(tokens, model)
-    batch_size = _positive_int("batch_size", batch_size)
+    tokens = check_tokens(tokens, model)
+    batch_size = check_int("batch_size", batch_size)
     index = None
     if latents is not None:
         index = torch.as_tensor(latents, dtype=torch.long).flatten()

@@ -13,6 +13,8 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
+from saebook.validate import check_sae_input, check_tensor, check_tokens
+
 __all__ = [
     "ReconstructionMetrics",
     "check_sae_hooks",
@@ -45,12 +47,24 @@ def sae_input_and_target(
     Shapes are the model's (e.g. ``hook_z`` keeps its head axis).
     """
     hook_in, hook_out = check_sae_hooks(model, sae)
+    tokens = check_tokens(tokens, model)
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in (hook_in, hook_out))
-    return cache[hook_in], cache[hook_out]
+    x_in, target = cache[hook_in], cache[hook_out]
+    check_sae_input(sae, x_in, hook_in)
+    width = target.shape[-2] * target.shape[-1] if target.ndim == 4 else target.shape[-1]
+    d_out = getattr(sae.cfg, "d_out", sae.cfg.d_in)
+    if width != d_out:
+        raise ValueError(
+            f"sae's output width (cfg.d_out) must equal the width of hook {hook_out!r} "
+            f"({width}), got {d_out}"
+        )
+    return x_in, target
 
 
 def explained_variance(target: Float[Tensor, "n d"], reconstruction: Float[Tensor, "n d"]) -> float:
     """``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` over all rows."""
+    check_tensor("target", target, finite=True)
+    check_tensor("reconstruction", reconstruction, finite=True)
     if target.shape != reconstruction.shape:
         raise ValueError(
             f"reconstruction must have the target's shape {tuple(target.shape)}, "
@@ -93,11 +107,8 @@ def reconstruction_metrics(
     The SAE is spliced in without its error term and bypassed at BOS positions (as it was
     trained); "zero ablation" sets the SAE's output hook to zero at the same positions.
     """
-    if tokens.ndim != 2 or tokens.numel() == 0:
-        raise ValueError(
-            f"tokens must be a non-empty (batch, seq) tensor, got {tuple(tokens.shape)}"
-        )
     _, hook_out = check_sae_hooks(model, sae)
+    tokens = check_tokens(tokens, model)
     bos = model.tokenizer.bos_token_id
     keep = tokens != bos
     x_in, target = sae_input_and_target(model, sae, tokens)

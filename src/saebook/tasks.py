@@ -62,6 +62,16 @@ class LogitDiffTask:
         )
 
 
+def _single_token(model: HookedTransformer, text: str, arg: str) -> int:
+    pieces = model.to_str_tokens(text, prepend_bos=False)
+    if len(pieces) != 1:
+        raise ValueError(
+            f"each {arg} must be a single token for the model, got {text!r} "
+            f"({len(pieces)} tokens: {pieces})"
+        )
+    return model.to_single_token(text)
+
+
 def make_task(
     model: HookedTransformer,
     name: str,
@@ -74,7 +84,18 @@ def make_task(
     length as its corrupted twin, and all prompts to one length, so positions align.
     """
     if not items:
-        raise ValueError("items must hold at least one (clean, corrupted, answer, wrong) tuple")
+        raise ValueError(
+            f"items must hold at least one (clean, corrupted, answer, wrong) tuple, got {items!r}"
+        )
+    for i, item in enumerate(items):
+        if not (
+            isinstance(item, tuple) and len(item) == 4 and all(isinstance(s, str) for s in item)
+        ):
+            raise ValueError(
+                f"items[{i}] must be a (clean, corrupted, answer, wrong) tuple of str, got {item!r}"
+            )
+        if not item[0].strip() or not item[1].strip():
+            raise ValueError(f"items[{i}] prompts must be non-empty text, got {item[:2]!r}")
     clean = model.to_tokens([c for c, _, _, _ in items])
     corrupted = model.to_tokens([x for _, x, _, _ in items])
     lengths = {len(model.to_str_tokens(c)) for c, _, _, _ in items}
@@ -83,8 +104,8 @@ def make_task(
         raise ValueError(
             f"all prompts must have the same token length, got lengths {sorted(lengths)}"
         )
-    answer = torch.tensor([model.to_single_token(a) for _, _, a, _ in items])
-    wrong = torch.tensor([model.to_single_token(w) for _, _, _, w in items])
+    answer = torch.tensor([_single_token(model, a, "answer") for _, _, a, _ in items])
+    wrong = torch.tensor([_single_token(model, w, "wrong") for _, _, _, w in items])
     return LogitDiffTask(name, description, clean, corrupted, answer, wrong, [c for c, *_ in items])
 
 

@@ -26,6 +26,8 @@ from plotly.subplots import make_subplots
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from saebook.validate import check_int
+
 __all__ = [
     "ToyModel",
     "importance_weights",
@@ -49,11 +51,6 @@ __all__ = [
 _EPS = 1e-8
 
 
-def _positive_int(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def importance_weights(n_features: int, decay: float = 1.0) -> Float[Tensor, " features"]:
     """Importance of each feature in the loss: ``decay ** i`` for feature ``i``.
 
@@ -65,7 +62,7 @@ def importance_weights(n_features: int, decay: float = 1.0) -> Float[Tensor, " f
     Returns:
         A float tensor of shape ``(n_features,)``, starting at 1.
     """
-    _positive_int("n_features", n_features)
+    check_int("n_features", n_features)
     if not 0 < decay <= 1:
         raise ValueError(f"decay must be in (0, 1], got {decay!r}")
     return decay ** torch.arange(n_features, dtype=torch.float32)
@@ -85,10 +82,11 @@ def feature_probability_sweep(
         A float tensor of shape ``(n_instances,)`` decreasing from ``max_probability`` to
         ``min_probability`` (just ``max_probability`` when ``n_instances`` is 1).
     """
-    _positive_int("n_instances", n_instances)
+    check_int("n_instances", n_instances)
     if not 0 < min_probability <= max_probability <= 1:
         raise ValueError(
-            "need 0 < min_probability <= max_probability <= 1, got "
+            "min_probability and max_probability must satisfy "
+            "0 < min_probability <= max_probability <= 1, got "
             f"min_probability={min_probability!r}, max_probability={max_probability!r}"
         )
     if n_instances == 1:
@@ -125,8 +123,8 @@ def generate_batch(
     Returns:
         A float tensor of shape ``(batch_size, instances, n_features)``.
     """
-    _positive_int("batch_size", batch_size)
-    _positive_int("n_features", n_features)
+    check_int("batch_size", batch_size)
+    check_int("n_features", n_features)
     prob = torch.as_tensor(feature_probability, dtype=torch.float32)
     if prob.ndim != 1 or prob.numel() == 0:
         raise ValueError(
@@ -187,7 +185,7 @@ class ToyModel(nn.Module):
             ("n_hidden", n_hidden),
             ("n_instances", n_instances),
         ):
-            _positive_int(name, value)
+            check_int(name, value)
         self.n_features, self.n_hidden, self.n_instances = n_features, n_hidden, n_instances
         std = math.sqrt(2.0 / (n_features + n_hidden))  # Xavier normal
         W = torch.randn(n_instances, n_hidden, n_features, generator=generator) * std
@@ -269,8 +267,8 @@ def train_toy_model(
         The per-instance loss at steps ``0, log_every, 2 * log_every, ...``, shape
         ``(ceil(steps / log_every), instances)``.
     """
-    _positive_int("steps", steps)
-    _positive_int("log_every", log_every)
+    check_int("steps", steps)
+    check_int("log_every", log_every)
     prob = torch.as_tensor(feature_probability, dtype=torch.float32)
     if prob.shape != (model.n_instances,):
         raise ValueError(

@@ -33,6 +33,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from saebook.validate import check_int
+
 __all__ = [
     "SAEOutput",
     "ToySAE",
@@ -56,11 +58,6 @@ __all__ = [
     "feature_response",
     "activation_ratio",
 ]
-
-
-def _positive_int(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _coefficients(name: str, value: float | Sequence[float] | Tensor, n_instances: int) -> Tensor:
@@ -122,7 +119,7 @@ class ToySAE(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("d_in", d_in), ("d_sae", d_sae), ("n_instances", n_instances)):
-            _positive_int(name, value)
+            check_int(name, value)
         self.d_in, self.d_sae, self.n_instances = d_in, d_sae, n_instances
         directions = torch.randn(n_instances, d_sae, d_in, generator=generator)
         directions = directions / directions.norm(dim=-1, keepdim=True)
@@ -409,7 +406,7 @@ def topk_activation(z: Float[Tensor, "*batch d_sae"], k: int) -> Float[Tensor, "
 
     Gradients flow to the kept entries only.
     """
-    _positive_int("k", k)
+    check_int("k", k)
     if k > z.shape[-1]:
         raise ValueError(f"k must be at most d_sae = {z.shape[-1]}, got {k}")
     top = z.topk(k, dim=-1)
@@ -431,7 +428,7 @@ class TopKSAE(ToySAE):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(d_in, d_sae, n_instances, generator)
-        _positive_int("k", k)
+        check_int("k", k)
         if k > d_sae:
             raise ValueError(f"k must be at most d_sae = {d_sae}, got {k}")
         self.k = k
@@ -483,7 +480,7 @@ def dead_latents(
         step: the current step.
         window: how many steps without firing make a latent dead.
     """
-    _positive_int("window", window)
+    check_int("window", window)
     return (step - last_fired) >= window
 
 
@@ -620,9 +617,9 @@ def train_sae(
         A :class:`TrainingLog`.
     """
     for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
-        _positive_int(name, value)
+        check_int(name, value)
     if resample_every is not None:
-        _positive_int("resample_every", resample_every)
+        check_int("resample_every", resample_every)
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     last_fired = torch.full((sae.n_instances, sae.d_sae), -1, dtype=torch.long)
     logged: dict[str, list[Tensor]] = {"loss": [], "mse": [], "l0": [], "dead": []}

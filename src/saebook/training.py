@@ -29,6 +29,8 @@ from torch import Tensor
 from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
+from saebook.validate import check_int, check_tensor, check_tokens
+
 __all__ = ["collect_activations", "activation_batches", "train_topk_sae", "train_transcoder"]
 
 
@@ -50,7 +52,9 @@ def collect_activations(
     """
     missing = [h for h in hook_names if h not in model.hook_dict]
     if missing:
-        raise KeyError(f"hook_names has hooks the model lacks: {missing}")
+        raise KeyError(f"hook_names must be hooks of the model, got {missing} (not in hook_dict)")
+    tokens = check_tokens(tokens, model)
+    batch_size = check_int("batch_size", batch_size)
     # stop the forward pass after the last block a hook lives in (None: run the whole model)
     stop = (
         max(int(h.split(".")[1]) for h in hook_names) + 1
@@ -82,13 +86,23 @@ def activation_batches(
     Each pass over the data uses a fresh permutation from a seeded generator. With one tensor
     the batches are tensors, with several they are tuples aligned by row.
     """
+    if not tensors:
+        raise ValueError("tensors must hold at least one tensor, got none")
     n = tensors[0].shape[0]
     if any(t.shape[0] != n for t in tensors):
         raise ValueError(
             f"tensors must share their first dimension, got {[t.shape[0] for t in tensors]}"
         )
+    check_int("batch_size", batch_size)
     if batch_size > n:
-        raise ValueError(f"batch_size ({batch_size}) exceeds the number of rows ({n})")
+        raise ValueError(f"batch_size must be at most the number of rows ({n}), got {batch_size}")
+    return _batches(tensors, batch_size, seed)
+
+
+def _batches(
+    tensors: tuple[Tensor, ...], batch_size: int, seed: int
+) -> Iterator[Tensor | tuple[Tensor, ...]]:
+    n = tensors[0].shape[0]
     generator = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(n, generator=generator)
@@ -114,6 +128,11 @@ def train_topk_sae(
     With ``reshape_hook_z`` the SAE reads a ``hook_z`` tensor of shape (..., heads, d_head)
     when spliced into a model, while training on its flattened rows.
     """
+    check_tensor("activations", activations, ndim=2, floating=True, finite=True)
+    check_int("d_sae", d_sae)
+    check_int("k", k)
+    check_int("batch_size", batch_size)
+    check_int("total_samples", total_samples, minimum=batch_size)  # at least one step
     if k >= d_sae:
         raise ValueError(f"k must be smaller than d_sae ({d_sae}), got {k}")
     torch.manual_seed(seed)
@@ -169,6 +188,15 @@ def train_transcoder(
     for key in ("hook_name", "hook_name_out"):
         if key not in metadata:
             raise ValueError(f"metadata must contain {key!r}, got keys {sorted(metadata)}")
+    check_tensor("inputs", inputs, ndim=2, floating=True, finite=True)
+    check_tensor("targets", targets, ndim=2, floating=True, finite=True)
+    if targets.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"targets must have the inputs' {inputs.shape[0]} rows, got {targets.shape[0]}"
+        )
+    check_int("d_sae", d_sae)
+    check_int("batch_size", batch_size)
+    check_int("total_samples", total_samples, minimum=batch_size)  # at least one step
     torch.manual_seed(seed)
     sae = Transcoder(
         TranscoderConfig(

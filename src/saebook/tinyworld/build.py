@@ -124,9 +124,8 @@ def build(
 
     # 1. tokenizer
     if not reuse_model:
-        with atomic_write_dir(out_dir / "tokenizer") as tmp:
-            stories = generate_stories(scale.tokenizer_stories, SEEDS["tokenizer"])
-            train_tokenizer(stories, scale.vocab_size, tmp)
+        stories = generate_stories(scale.tokenizer_stories, SEEDS["tokenizer"])
+        train_tokenizer(stories, scale.vocab_size, out_dir / "tokenizer")  # atomic
     tokenizer = load_tokenizer(out_dir / "tokenizer")
     timings["tokenizer"] = time.time() - t0
 

@@ -16,21 +16,14 @@ from collections.abc import Iterator
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from saebook.validate import check_int
+
 from .grammar import generate_story
 from .labels import LABELS, label_tokens
 from .tokenizer import load_tokenizer
 
 _STORY_CHUNK = 64
 """Stories tokenized per batch call of the tokenizer."""
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    """Return ``value`` if it is an int >= ``minimum``; raise TypeError/ValueError otherwise."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _resolve_tokenizer(tokenizer: PreTrainedTokenizerBase | None) -> PreTrainedTokenizerBase:
@@ -64,8 +57,8 @@ def corpus_rows(
     tokens (BOS and EOT are both ``<|endoftext|>``).  ``tokenizer`` defaults
     to the shipped one.  Returns an int64 tensor of shape ``(n_seqs, seq_len)``.
     """
-    _check_int("n_seqs", n_seqs, 1)
-    _check_int("seq_len", seq_len, 2)
+    check_int("n_seqs", n_seqs, 1)
+    check_int("seq_len", seq_len, 2)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
     tok = _resolve_tokenizer(tokenizer)
@@ -105,8 +98,8 @@ def labeled_batch(
     to a bool tensor of the tokens' shape.  BOS/EOT tokens have every label
     False.
     """
-    _check_int("n_seqs", n_seqs, 1)
-    _check_int("seq_len", seq_len, 2)
+    check_int("n_seqs", n_seqs, 1)
+    check_int("seq_len", seq_len, 2)
     tok = _resolve_tokenizer(tokenizer)
     tokens = corpus_rows(n_seqs, seq_len, seed=seed, tokenizer=tok)
     strings = token_strings(tok)

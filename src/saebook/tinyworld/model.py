@@ -19,9 +19,10 @@ from sae_lens import HookedSAETransformer
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
-from transformer_lens import HookedTransformerConfig
+from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import AutoTokenizer
 
+from saebook.errors import MissingArtifactError
 from saebook.files import atomic_write_dir
 
 __all__ = [
@@ -228,6 +229,8 @@ def ngram_baselines(
 
 def save_model(model: HookedSAETransformer, directory: Path) -> None:
     """Write the weights (safetensors) and the architecture (JSON) to ``directory`` atomically."""
+    if not isinstance(model, HookedTransformer):
+        raise TypeError(f"model must be a HookedTransformer, got {type(model).__name__}")
     arch = {k: getattr(model.cfg, k) for k in (*ARCHITECTURE, "d_vocab", "seed")}
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     with atomic_write_dir(directory) as tmp:
@@ -244,10 +247,18 @@ def load_model(directory: Path, tokenizer_dir: Path, device: str = "cpu") -> Hoo
                 f"model directory {directory} has no {name}; "
                 "rebuild the tiny world with `python -m saebook.tinyworld build`"
             )
-    arch = json.loads((directory / CONFIG_FILE).read_text())
+    try:
+        arch = json.loads((directory / CONFIG_FILE).read_text())
+        state = load_file(str(directory / MODEL_FILE), device=device)
+    except Exception as err:  # corrupt JSON or safetensors
+        raise MissingArtifactError(
+            f"model directory {directory} must hold the {CONFIG_FILE} and {MODEL_FILE} written "
+            f"by save_model, got an unreadable file ({type(err).__name__}: {err}); "
+            "rebuild the tiny world with `python -m saebook.tinyworld build`"
+        ) from None
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     cfg = HookedTransformerConfig(**arch, device=device)
     model = HookedSAETransformer(cfg, tokenizer=tokenizer)
-    model.load_state_dict(load_file(str(directory / MODEL_FILE), device=device))
+    model.load_state_dict(state)
     model.eval()
     return model

@@ -15,6 +15,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from saebook.files import atomic_write_dir
+
 from .grammar import generate_stories
 from .labels import EOT
 
@@ -50,6 +52,8 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``texts``, save it to ``out_dir`` and return it.
 
+    ``out_dir`` is written atomically: it is replaced as a whole once every file is saved.
+
     The vocabulary has ``vocab_size`` entries: ``<|endoftext|>`` (id 0), the
     256 byte symbols and the learned merges.  The saved folder loads with
     ``transformers.AutoTokenizer.from_pretrained(out_dir)``.
@@ -76,9 +80,9 @@ def train_tokenizer(
     if backend.token_to_id(EOT) != 0:  # pragma: no cover - guaranteed by the trainer
         raise RuntimeError(f"{EOT} should have id 0, got {backend.token_to_id(EOT)}")
     tokenizer = _wrap(backend)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(out_dir))
-    _name_portable_class(out_dir)
+    with atomic_write_dir(out_dir) as tmp:  # out_dir is replaced whole, or left as it was
+        tokenizer.save_pretrained(str(tmp))
+        _name_portable_class(tmp)
     return tokenizer
 
 
