@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
-from torch.func import jacfwd, jacrev
+from torch.func import jacrev, jvp, vmap
 
 from saebook.metrics import check_sae_hooks
 
@@ -49,6 +49,7 @@ __all__ = [
     "token_attribution",
     "latent_logit_jacobian",
     "virtual_weights",
+    "pre_activations",
 ]
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
@@ -187,7 +188,7 @@ _SMOOTH = {
 }
 
 
-def _pre_activation(
+def pre_activations(
     sae: SAE, x: Tensor, pos: Tensor | None = None, lat: Tensor | None = None
 ) -> Tensor:
     """The value each latent has when it is active, before the activation function.
@@ -339,7 +340,7 @@ def latent_map(
             full = latents.view(len(up_pos_d), d_up)
             delta = up_sae.decode(full) - recon_clean  # changes at the up positions only
             x = x_out.index_add(0, up_pos_d, delta.reshape(len(up_pos_d), *x_out.shape[1:]))
-            return _pre_activation(down_sae, run(x))[down_pos_d].reshape(-1)
+            return pre_activations(down_sae, run(x))[down_pos_d].reshape(-1)
 
         inputs = clean_full.reshape(-1)
     else:
@@ -355,7 +356,7 @@ def latent_map(
 
         def fn(values: Tensor) -> Tensor:
             x = base.index_add(0, pos, values.view(-1, *shape) * columns)
-            return _pre_activation(down_sae, run(x), dpos_d, dlat_d)
+            return pre_activations(down_sae, run(x), dpos_d, dlat_d)
 
         inputs = up.value.to(x_out.device)
     return LatentMap(fn, inputs, up, down, up_index, down_index, up_out, down_in, dense)
@@ -411,7 +412,10 @@ def _jacobian(
     with torch.enable_grad():
         if mode == "rev":
             return jacrev(fn, chunk_size=chunk_size)(inputs).detach()
-        return jacfwd(fn, chunk_size=chunk_size)(inputs).detach()
+        # forward mode: one JVP per input column, vectorised (jacfwd has no chunk_size)
+        tangents = torch.eye(inputs.numel(), device=inputs.device, dtype=inputs.dtype)
+        columns = vmap(lambda t: jvp(fn, (inputs,), (t,))[1], chunk_size=chunk_size)(tangents)
+        return columns.T.detach()
 
 
 def latent_jacobian(
