@@ -135,3 +135,11 @@ def test_checker_accepts_reference_and_rejects_wrong():
 
     with pytest.raises(AssertionError, match="case"):
         checks.check_latent_jacobian(no_relu)
+
+
+def test_residual_connected(setup):
+    _, saes, _ = setup
+    assert lg.residual_connected(saes["mlp"], saes["resid"])
+    assert lg.residual_connected(saes["transcoder"], saes["resid"])
+    assert not lg.residual_connected(saes["mlp"], saes["attn"])
+    assert not lg.residual_connected(saes["resid"], saes["attn"])

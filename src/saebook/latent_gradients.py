@@ -50,6 +50,7 @@ __all__ = [
     "latent_logit_jacobian",
     "virtual_weights",
     "pre_activations",
+    "residual_connected",
 ]
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
@@ -570,6 +571,30 @@ def latent_logit_jacobian(
 
     jac = _jacobian(fn, acts[p_idx, l_idx], ids.numel(), "rev", None)
     return jac.cpu(), active
+
+
+_RESID_WRITE = re.compile(
+    r"^blocks\.(\d+)\.(hook_mlp_out|hook_attn_out|hook_resid_mid|hook_resid_post)$"
+)
+
+
+def residual_connected(up_sae: SAE, down_sae: SAE) -> bool:
+    """True when only the residual stream (a sum) lies between ``up_sae``'s output hook and
+    ``down_sae``'s input hook, so :func:`virtual_weights` is the exact Jacobian.
+
+    That is the case for an output written in layer ``L`` (``hook_mlp_out``,
+    ``hook_resid_post``; ``hook_attn_out`` and ``hook_resid_mid`` only if no MLP follows)
+    read at ``blocks.{L+1}.hook_resid_pre`` or ``blocks.{L}.hook_resid_post``.
+    """
+    _, up_out = _hooks(up_sae)
+    down_in, _ = _hooks(down_sae)
+    match = _RESID_WRITE.match(up_out)
+    if not match:
+        return False
+    layer, kind = int(match.group(1)), match.group(2)
+    if kind in ("hook_attn_out", "hook_resid_mid"):
+        return False  # the MLP of the same layer reads it nonlinearly before the next hook
+    return down_in in (f"blocks.{layer + 1}.hook_resid_pre", f"blocks.{layer}.hook_resid_post")
 
 
 @torch.no_grad()
