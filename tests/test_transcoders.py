@@ -102,3 +102,14 @@ def test_checker_rejects_unnormalised():
 
     with pytest.raises(AssertionError, match="case"):
         checks.check_de_embedding(raw)
+
+
+def test_fit_mlp_transcoder(setup):
+    model, _, tokens = setup
+    fitted = tr.fit_mlp_transcoder(model, tokens, 0, d_sae=32, epochs=1, progress=False)
+    assert fitted.cfg.d_sae == 32
+    assert fitted.cfg.metadata.hook_name_out == "blocks.0.hook_mlp_out"
+    report = tr.splice_report(model, fitted, tokens)
+    assert report.ce_spliced > 0
+    with pytest.raises(ValueError, match="layer must be"):
+        tr.fit_mlp_transcoder(model, tokens, 99)

@@ -43,6 +43,7 @@ __all__ = [
     "activating_tokens",
     "de_embedding_overlap",
     "sample_alive_latents",
+    "fit_mlp_transcoder",
 ]
 
 
@@ -300,3 +301,38 @@ def sample_alive_latents(
         )
     rng = random.Random(seed)
     return sorted(rng.sample(alive, min(n, len(alive))))
+
+
+def fit_mlp_transcoder(
+    model: HookedSAETransformer,
+    tokens: Int[Tensor, "rows seq"],
+    layer: int,
+    d_sae: int | None = None,
+    target_l0: float = 16.0,
+    epochs: int = 2,
+    progress: bool = True,
+) -> SAE:
+    """Train a ReLU transcoder for the MLP of ``layer`` on ``tokens`` (for models without one).
+
+    It reads ``blocks.{layer}.ln2.hook_normalized`` and predicts ``blocks.{layer}.hook_mlp_out``
+    (BOS positions left out), with :func:`saebook.training.train_transcoder` on the CPU for
+    ``epochs`` passes over the positions; ``d_sae`` defaults to ``4 * d_model``. A quick fit:
+    expect a looser stand-in than a transcoder trained on billions of tokens. Returned on the
+    model's device.
+    """
+    from saebook.training import collect_activations, train_transcoder
+
+    if not 0 <= layer < model.cfg.n_layers:
+        raise ValueError(f"layer must be in [0, {model.cfg.n_layers}), got {layer}")
+    d_sae = 4 * model.cfg.d_model if d_sae is None else d_sae
+    hook_in, hook_out = f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out"
+    acts = collect_activations(model, tokens, [hook_in, hook_out], progress=progress)
+    x, y = acts[hook_in].float().cpu(), acts[hook_out].float().cpu()
+    batch = min(1024, x.shape[0])
+    tc = train_transcoder(
+        x, y, d_sae=d_sae, target_l0=target_l0, batch_size=batch,
+        total_samples=epochs * x.shape[0],
+        metadata={"hook_name": hook_in, "hook_name_out": hook_out,
+                  "model_name": model.cfg.model_name},
+    )  # fmt: skip
+    return tc.to(model.cfg.device)
