@@ -95,6 +95,10 @@ def test_bad_arguments(setup):
         lg.latent_map(model, saes["mlp"], saes["attn"], tokens.repeat(2, 1))
     with pytest.raises(IndexError, match="pos must be"):
         lg.token_attribution(model, saes["attn"], tokens, 99, 0)
+    with pytest.raises(IndexError, match="down_positions must be"):
+        lg.latent_map(model, saes["mlp"], saes["attn"], tokens, down_positions=[len(tokens)])
+    with pytest.raises(ValueError, match="at least one position"):
+        lg.latent_map(model, saes["mlp"], saes["attn"], tokens, up_positions=[])
 
 
 def test_token_attribution_and_logit_jacobian(setup):
@@ -102,6 +106,8 @@ def test_token_attribution_and_logit_jacobian(setup):
     acts = lg.latent_map(model, saes["mlp"], saes["attn"], tokens, down_positions=[-1]).down
     attr = lg.token_attribution(model, saes["attn"], tokens, -1, int(acts.latent[0]))
     assert attr.shape == (len(tokens),) and attr.abs().sum() > 0
+    early = lg.token_attribution(model, saes["attn"], tokens, 4, int(acts.latent[0]))
+    assert early[5:].abs().max() == 0  # causal: later tokens cannot matter
     ids = torch.tensor([1, 2, 3])
     jac, active = lg.latent_logit_jacobian(model, saes["mlp"], tokens, ids, pos=5)
     assert jac.shape == (3, len(active)) and (active.pos <= 5).all()

@@ -156,12 +156,12 @@ def _check_tokens(model: HookedSAETransformer, tokens: Tensor) -> Tensor:
 def _positions(arg: str, positions: object, seq: int, skip: set[int]) -> Tensor:
     if positions is None:
         return torch.tensor([p for p in range(seq) if p not in skip], dtype=torch.long)
-    index = torch.as_tensor(positions, dtype=torch.long).flatten() % seq
-    if index.numel() == 0:
+    raw = torch.as_tensor(positions, dtype=torch.long).flatten()
+    if raw.numel() == 0:
         raise ValueError(f"{arg} must name at least one position, got an empty list")
-    if torch.as_tensor(positions).flatten().abs().max() > seq:
+    if raw.min() < -seq or raw.max() >= seq:
         raise IndexError(f"{arg} must be positions in [-{seq}, {seq}), got {positions!r}")
-    return index.unique()
+    return (raw % seq).unique()
 
 
 def _stop_layer(hook: str) -> int | None:
@@ -230,7 +230,9 @@ class LatentMap:
 
     ``fn(values)`` takes the ``(n_up,)`` values of ``up``'s active latents (all other latents
     of that SAE stay zero, its error term stays at its clean value) and returns the ``(n_down,)``
-    values of ``down``'s active latents; ``fn(up.value)`` reproduces the clean activations.
+    pre-activations of ``down``'s active latents (see :func:`pre_activations`: equal to their
+    activations at the clean point, with the same derivative); ``fn(up.value)`` reproduces
+    the clean activations.
     With ``dense=True`` the map takes the full ``(n_up_positions * d_sae_up,)`` latent vector
     and returns the full ``(n_down_positions * d_sae_down,)`` one; ``up_index``/``down_index``
     then locate the active latents inside those vectors.
