@@ -170,12 +170,12 @@ def attribution_graph(
                 f"transcoders must cover each layer once, got two for layer {parts[1]}"
             )
         by_layer[int(parts[1])] = tc
-    frozen = [f"blocks.{li}.attn.hook_pattern" for li in range(n_layers)]
-    frozen += [f"blocks.{li}.{ln}.hook_scale" for li in range(n_layers) for ln in ("ln1", "ln2")]
-    frozen.append("ln_final.hook_scale")
+    # every attention pattern and every normalisation scale (LayerNorm/RMSNorm, pre and post)
+    frozen = [h for h in model.hook_dict if h.endswith(("attn.hook_pattern", "hook_scale"))]
+    has_pos = "hook_pos_embed" in model.hook_dict
     reads = [tc.cfg.metadata.hook_name for tc in by_layer.values()]
     outs = [f"blocks.{li}.hook_mlp_out" for li in range(n_layers)]
-    wanted = set(frozen + reads + outs + ["hook_embed", "hook_pos_embed"])
+    wanted = set(frozen + reads + outs + ["hook_embed", "hook_pos_embed"])  # pos: if present
     with torch.no_grad():
         model_logits, cache = model.run_with_cache(tokens[None], names_filter=lambda n: n in wanted)
     model_logits = model_logits[0]
@@ -183,7 +183,8 @@ def attribution_graph(
     skip = skip_bos and bos is not None and int(tokens[0]) == bos
 
     # Node values (leaves of the replacement model).
-    embed = (cache["hook_embed"] + cache["hook_pos_embed"])[0]  # (seq, d_model)
+    embed = cache["hook_embed"][0]  # (seq, d_model); plus positions when they are embedded
+    embed = embed + cache["hook_pos_embed"][0] if has_pos else embed
     latents: dict[int, Tensor] = {}
     errors: dict[int, Tensor] = {}
     for layer, tc in by_layer.items():
@@ -234,8 +235,9 @@ def attribution_graph(
     def replacement(leaves: dict[str, Tensor], batch: int) -> tuple[Tensor, dict[int, Tensor]]:
         """Run the replacement model on ``batch`` copies; returns logits and transcoder inputs."""
         reads_out: dict[int, Tensor] = {}
-        hooks = [("hook_embed", lambda a, hook: leaves["embed"]),
-                 ("hook_pos_embed", lambda a, hook: torch.zeros_like(a))]  # fmt: skip
+        hooks = [("hook_embed", lambda a, hook: leaves["embed"])]
+        if has_pos:  # the embedding node holds token + position
+            hooks.append(("hook_pos_embed", lambda a, hook: torch.zeros_like(a)))
         for name in frozen:
             value = cache[name]
             hooks.append((name, lambda a, hook, v=value: v.expand_as(a)))

@@ -148,22 +148,24 @@ def attention_free_inputs(
     """The activation at ``hook`` for each vocabulary token on the attention-free path.
 
     Each token is run alone (one position) with every ``blocks.*.hook_attn_out`` set to zero
-    and ``hook_pos_embed`` replaced by the mean positional embedding over positions
-    ``1..n_ctx-1`` (position 0 is the BOS slot). What remains is the embedding, the
-    LayerNorms and the MLPs before ``hook``. Returns ``(d_vocab, d)`` on the model's device
-    (trailing axes of e.g. ``hook_z`` are flattened).
+    and ``hook_pos_embed`` (when the model has learned positions) replaced by the mean
+    positional embedding over positions ``1..n_ctx-1`` (position 0 is the BOS slot). What
+    remains is the embedding, the LayerNorms and the MLPs before ``hook``. Returns
+    ``(d_vocab, d)`` on the model's device (trailing axes of e.g. ``hook_z`` are flattened).
     """
     if hook not in model.hook_dict:
         raise ValueError(f"hook must be a hook of the model, got {hook!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    mean_pos = model.W_pos[1:].mean(0)
     box: dict[str, Tensor] = {}
 
     def capture(act: Tensor, hook: object) -> None:
         box["x"] = act[:, 0].flatten(1)
 
-    hooks = [("hook_pos_embed", lambda act, hook: mean_pos.expand_as(act).clone())]
+    hooks = []
+    if "hook_pos_embed" in model.hook_dict:  # learned positions (rotary models have none)
+        mean_pos = model.W_pos[1:].mean(0)
+        hooks.append(("hook_pos_embed", lambda act, hook: mean_pos.expand_as(act).clone()))
     hooks += [(f"blocks.{layer}.hook_attn_out", lambda act, hook: torch.zeros_like(act))
               for layer in range(model.cfg.n_layers)]  # fmt: skip
     hooks.append((hook, capture))
