@@ -1,0 +1,151 @@
+"""Latent-to-latent Jacobians, token and logit gradients on the micro world."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saebook import checks
+from saebook import latent_gradients as lg
+
+
+@pytest.fixture(scope="module")
+def setup(micro_model):
+    model, saes, _ = micro_model
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, model.cfg.d_vocab, (10,), generator=g)
+    tokens[0] = model.tokenizer.bos_token_id
+    return model, saes, tokens
+
+
+def test_hook_order_and_pairs(setup):
+    _, saes, _ = setup
+    assert lg.hook_order("hook_embed") < lg.hook_order("blocks.0.hook_mlp_out")
+    assert lg.hook_order("blocks.0.hook_mlp_out") < lg.hook_order("blocks.1.hook_resid_pre")
+    assert lg.hook_order("blocks.1.hook_resid_pre") < lg.hook_order("blocks.1.attn.hook_z")
+    with pytest.raises(ValueError, match="hook must be"):
+        lg.hook_order("nonsense")
+    pairs = lg.ordered_pairs(saes)
+    assert ("mlp", "resid") in pairs and ("resid", "attn") in pairs
+    assert ("attn", "resid") not in pairs and ("resid", "mlp") not in pairs
+
+
+def test_map_reproduces_clean_latents(setup):
+    model, saes, tokens = setup
+    lmap = lg.latent_map(model, saes["mlp"], saes["attn"], tokens)
+    assert len(lmap.up) > 0 and len(lmap.down) > 0
+    assert (lmap.up.pos > 0).all() and (lmap.down.pos > 0).all()  # BOS skipped
+    out = lmap.fn(lmap.inputs)
+    assert torch.allclose(out.cpu(), lmap.down.value, atol=1e-5)
+
+
+def test_jacobian_matches_finite_differences(setup):
+    model, saes, tokens = setup
+    lmap = lg.latent_map(model, saes["mlp"], saes["attn"], tokens)
+    jac = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens)
+    cols = [0, len(lmap.up) // 2, len(lmap.up) - 1]
+    fd = lg.finite_difference(lmap, cols, eps=1e-2)
+    assert jac.jacobian[:, cols].abs().max() > 1e-3  # not trivially zero
+    assert torch.allclose(fd, jac.jacobian[:, cols], atol=2e-3, rtol=2e-2)
+    # causality: a later latent never depends on an earlier latent at a later position
+    later = jac.up.pos[None, :] > jac.down.pos[:, None]
+    assert jac.jacobian[later].abs().max() == 0
+
+
+def test_sparse_equals_dense_and_modes_agree(setup):
+    model, saes, tokens = setup
+    kw = dict(down_positions=[-1])
+    sparse = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, **kw)
+    dense = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, dense=True, **kw)
+    fwd = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, mode="fwd", **kw)
+    assert torch.allclose(sparse.jacobian, dense.jacobian, atol=1e-5)
+    assert torch.allclose(sparse.jacobian, fwd.jacobian, atol=1e-5)
+    assert (sparse.down.pos == len(tokens) - 1).all()
+    with pytest.raises(ValueError, match="mode must be"):
+        lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, mode="sideways", **kw)
+
+
+def test_linear_pair_equals_virtual_weights(setup):
+    model, saes, tokens = setup
+    jac = lg.latent_jacobian(model, saes["mlp"], saes["resid"], tokens)
+    weights = lg.virtual_weights(model, saes["mlp"], saes["resid"])
+    expected = weights[jac.up.latent][:, jac.down.latent].T
+    expected = expected * (jac.up.pos[None, :] == jac.down.pos[:, None])
+    assert torch.allclose(jac.jacobian, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="residual-stream hook"):
+        lg.virtual_weights(model, saes["mlp"], saes["attn"])
+
+
+def test_position_matrix_and_table(setup):
+    model, saes, tokens = setup
+    jac = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens)
+    mat = jac.position_matrix(len(tokens))
+    assert mat.shape == (len(tokens), len(tokens))
+    assert torch.allclose(mat.sum(), jac.jacobian.abs().sum())
+    assert mat.triu(1).abs().max() == 0
+    table = jac.top_edges(5)
+    assert len(table) == 5 and table["gradient"].abs().is_monotonic_decreasing
+
+
+def test_bad_arguments(setup):
+    model, saes, tokens = setup
+    with pytest.raises(ValueError, match="must write before"):
+        lg.latent_map(model, saes["attn"], saes["mlp"], tokens)
+    with pytest.raises(ValueError, match="one sequence"):
+        lg.latent_map(model, saes["mlp"], saes["attn"], tokens.repeat(2, 1))
+    with pytest.raises(IndexError, match="pos must be"):
+        lg.token_attribution(model, saes["attn"], tokens, 99, 0)
+    with pytest.raises(IndexError, match="down_positions must be"):
+        lg.latent_map(model, saes["mlp"], saes["attn"], tokens, down_positions=[len(tokens)])
+    with pytest.raises(ValueError, match="at least one position"):
+        lg.latent_map(model, saes["mlp"], saes["attn"], tokens, up_positions=[])
+
+
+def test_token_attribution_and_logit_jacobian(setup):
+    model, saes, tokens = setup
+    acts = lg.latent_map(model, saes["mlp"], saes["attn"], tokens, down_positions=[-1]).down
+    attr = lg.token_attribution(model, saes["attn"], tokens, -1, int(acts.latent[0]))
+    assert attr.shape == (len(tokens),) and attr.abs().sum() > 0
+    early = lg.token_attribution(model, saes["attn"], tokens, 4, int(acts.latent[0]))
+    assert early[5:].abs().max() == 0  # causal: later tokens cannot matter
+    ids = torch.tensor([1, 2, 3])
+    jac, active = lg.latent_logit_jacobian(model, saes["mlp"], tokens, ids, pos=5)
+    assert jac.shape == (3, len(active)) and (active.pos <= 5).all()
+    # against autograd on the spliced model: perturb one latent along its decoder column
+    col = int(jac.abs().sum(0).argmax())
+    eps = 1e-2
+    p, i = int(active.pos[col]), int(active.latent[col])
+    direction = (
+        saes["mlp"].decode(torch.eye(saes["mlp"].cfg.d_sae)[i]) - saes["mlp"].b_dec
+    ).detach()
+    hook = saes["mlp"].cfg.metadata.hook_name
+
+    def shifted(sign):
+        def fn(act, hook):
+            act = act.clone()
+            act[0, p] += sign * eps * direction
+            return act
+
+        return model.run_with_hooks(tokens[None], fwd_hooks=[(hook, fn)])[0, 5, ids]
+
+    with torch.no_grad():
+        fd = (shifted(1) - shifted(-1)) / (2 * eps)
+    assert torch.allclose(fd, jac[:, col], atol=2e-3, rtol=2e-2)
+
+
+def test_checker_accepts_reference_and_rejects_wrong():
+    checks.check_latent_jacobian(checks.reference_latent_jacobian)
+
+    def no_relu(x0, dirs, w, b, v):
+        return (dirs @ w).T
+
+    with pytest.raises(AssertionError, match="case"):
+        checks.check_latent_jacobian(no_relu)
+
+
+def test_residual_connected(setup):
+    _, saes, _ = setup
+    assert lg.residual_connected(saes["mlp"], saes["resid"])
+    assert lg.residual_connected(saes["transcoder"], saes["resid"])
+    assert not lg.residual_connected(saes["mlp"], saes["attn"])
+    assert not lg.residual_connected(saes["resid"], saes["attn"])

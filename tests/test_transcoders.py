@@ -1,0 +1,115 @@
+"""Transcoder splicing, attention-free de-embeddings and their overlap score on the micro world."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saebook import checks
+from saebook import transcoders as tr
+from saebook.latent_stats import latent_stats
+
+
+@pytest.fixture(scope="module")
+def setup(micro_model):
+    model, saes, _ = micro_model
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, model.cfg.d_vocab, (8, 16), generator=g)
+    tokens[tokens == model.tokenizer.bos_token_id] = 1 if model.tokenizer.bos_token_id != 1 else 2
+    tokens[:, 0] = model.tokenizer.bos_token_id
+    return model, saes["transcoder"], tokens
+
+
+def test_splice_report(setup):
+    model, tc, tokens = setup
+    report = tr.splice_report(model, tc, tokens)
+    with torch.no_grad():
+        clean = model(tokens)
+    lp = clean[:, :-1].log_softmax(-1).gather(-1, tokens[:, 1:, None])[..., 0]
+    # predictions made at BOS are left out (the splice bypasses BOS)
+    assert report.ce_clean == pytest.approx(float(-lp[:, 1:].mean()), rel=1e-4)
+    assert report.kl_spliced >= 0 and 0 <= report.top1_agreement <= 1
+    assert report.ce_spliced != report.ce_clean
+    assert set(report.as_dict()) >= {"loss_recovered", "ce_mean_ablation"}
+    with pytest.raises(ValueError, match="transcoder must"):
+        tr.splice_report(model, _plain_sae(tc), tokens)
+
+
+def _plain_sae(tc):
+    class Fake:
+        cfg = type(
+            "C",
+            (),
+            {
+                "metadata": type(
+                    "M", (), {"hook_name": "blocks.0.hook_mlp_out", "hook_name_out": None}
+                )()
+            },
+        )()
+
+    return Fake()
+
+
+def test_attention_free_inputs_formula(setup):
+    model, _, _ = setup
+    x = tr.attention_free_inputs(model, "blocks.0.hook_resid_mid", batch_size=100)
+    expected = model.W_E + model.W_pos[1:].mean(0)
+    assert torch.allclose(x, expected, atol=1e-5)
+    ext = tr.extended_embedding(model, 1)
+    with torch.no_grad():
+        mlp = model.blocks[0].mlp(model.blocks[0].ln2(expected[:, None]))[:, 0]
+    assert torch.allclose(ext, expected + mlp, atol=1e-4)
+    with pytest.raises(ValueError, match="hook must be"):
+        tr.attention_free_inputs(model, "blocks.9.nothing")
+
+
+def test_de_embedding_matches_reference(setup):
+    model, tc, _ = setup
+    scores = tr.de_embedding(model, tc, [0, 3, 5])
+    ref = checks.reference_de_embedding(
+        model.W_E, model.W_pos, tc.W_enc[:, [0, 3, 5]], tc.b_enc[[0, 3, 5]], model.cfg.eps
+    )
+    assert torch.allclose(scores, ref.detach(), atol=1e-4)
+    direct = tr.de_embedding(model, tc, [3], path="direct")
+    assert torch.allclose(direct[0], (model.W_E @ tc.W_enc[:, 3]).detach(), atol=1e-5)
+    with pytest.raises(ValueError, match="path must be"):
+        tr.de_embedding(model, tc, [0], path="sideways")
+    with pytest.raises(IndexError, match="latents must be"):
+        tr.de_embedding(model, tc, [tc.cfg.d_sae])
+
+
+def test_overlap_finds_planted_prediction(setup):
+    model, tc, tokens = setup
+    stats = latent_stats(model, tc, tokens, k=5, progress=False)
+    latents = tr.sample_alive_latents(stats, 6, min_count=1)
+    # a "prediction" that lists exactly the tokens where each latent fired scores 1
+    planted = torch.full((len(latents), model.cfg.d_vocab), -1.0)
+    for a, latent in enumerate(latents):
+        planted[a, tr.activating_tokens(stats, tokens, latent, 5)] = 1.0
+    k = max(len(set(tr.activating_tokens(stats, tokens, i, 5))) for i in latents)
+    table = tr.de_embedding_overlap(model, tc, tokens, stats, latents, k=k, n_top=5, scores=planted)
+    assert (table["overlap"] == 1.0).all()
+    assert (table["chance"] < 1.0).any()
+    with pytest.raises(ValueError, match="at least 2"):
+        tr.de_embedding_overlap(model, tc, tokens, stats, latents[:1])
+
+
+def test_checker_rejects_unnormalised():
+    checks.check_de_embedding(checks.reference_de_embedding)
+
+    def raw(W_E, W_pos, W_enc, b_enc, eps):
+        return ((W_E + W_pos[1:].mean(0)) @ W_enc + b_enc).T
+
+    with pytest.raises(AssertionError, match="case"):
+        checks.check_de_embedding(raw)
+
+
+def test_fit_mlp_transcoder(setup):
+    model, _, tokens = setup
+    fitted = tr.fit_mlp_transcoder(model, tokens, 0, d_sae=32, epochs=1, progress=False)
+    assert fitted.cfg.d_sae == 32
+    assert fitted.cfg.metadata.hook_name_out == "blocks.0.hook_mlp_out"
+    report = tr.splice_report(model, fitted, tokens)
+    assert report.ce_spliced > 0
+    with pytest.raises(ValueError, match="layer must be"):
+        tr.fit_mlp_transcoder(model, tokens, 99)
