@@ -30,6 +30,7 @@ __all__ = [
     "check_max_cosine_similarity",
     "check_topk_activation",
     "check_jumprelu_function",
+    "check_max_cosine_matches",
     "reference_toy_forward",
     "reference_sae_loss",
     "reference_max_cosine_similarity",
@@ -384,3 +385,33 @@ def check_top_logits(fn: Callable[..., tuple[Tensor, Tensor]], model: Any, sae: 
         (f"the largest-norm latent ({strongest}), k=10", (model, sae, strongest, 10), {}),
     ]
     check_function(fn, reference, cases, atol=1e-4, rtol=1e-4)
+
+
+# --- Part 3 (deeper), chapters 1-4: splitting, geometry, absorption, meta-SAEs ---------------
+
+
+def check_max_cosine_matches(fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> None:
+    """Check ``fn(narrow_decoder, wide_decoder) -> (values, indices)`` per wide row.
+
+    The reference is :func:`saebook.splitting.max_cosine_matches`: for every row of
+    ``wide_decoder`` the largest cosine with a row of ``narrow_decoder`` and that row's index.
+    Cases include unnormalised rows, exact copies, a zero wide row (cosine 0, index 0) and a
+    single narrow latent.
+    """
+    from saebook import splitting
+
+    g = _generator(30)
+    narrow = torch.randn(6, 5, generator=g)
+    wide = torch.randn(11, 5, generator=g)
+    children = torch.cat([narrow[[2]] + 0.1 * torch.randn(3, 5, generator=g), narrow[[4]]])
+    with_zero = wide.clone()
+    with_zero[3] = 0
+    cases: list[Case] = [
+        ("random", (narrow, wide), {}),
+        ("unnormalised rows", (narrow * 4.0, wide * 0.2), {}),
+        ("children of narrow latents 2 and 4", (narrow, children), {}),
+        ("wide is a copy of narrow", (narrow, narrow.clone()), {}),
+        ("a zero wide row", (narrow, with_zero), {}),
+        ("one narrow latent", (narrow[:1], wide), {}),
+    ]
+    check_function(lambda a, b: tuple(fn(a, b)), splitting.max_cosine_matches, cases)
