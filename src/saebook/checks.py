@@ -31,6 +31,7 @@ __all__ = [
     "check_topk_activation",
     "check_jumprelu_function",
     "check_max_cosine_matches",
+    "check_within_label_cosine",
     "reference_toy_forward",
     "reference_sae_loss",
     "reference_max_cosine_similarity",
@@ -415,3 +416,25 @@ def check_max_cosine_matches(fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor
         ("one narrow latent", (narrow[:1], wide), {}),
     ]
     check_function(lambda a, b: tuple(fn(a, b)), splitting.max_cosine_matches, cases)
+
+
+def check_within_label_cosine(fn: Callable[[Tensor, Tensor], float]) -> None:
+    """Check ``fn(directions, codes) -> float``: mean cosine of same-label pairs.
+
+    The reference is :func:`saebook.geometry.within_label_cosine`: pairs ``i != j`` with
+    ``codes[i] == codes[j] >= 0``; negative codes are unlabelled; NaN when there is no pair.
+    """
+    from saebook import geometry
+
+    g = _generator(31)
+    dirs = torch.randn(10, 4, generator=g)
+    codes = torch.tensor([0, 1, 0, 2, 1, 0, -1, 2, -1, 1])
+    cases: list[Case] = [
+        ("random", (dirs, codes), {}),
+        ("unnormalised rows", (dirs * torch.arange(1, 11)[:, None], codes), {}),
+        ("one label for all", (dirs, torch.zeros(10, dtype=torch.long)), {}),
+        ("unlabelled rows are ignored", (dirs, torch.tensor([0, 0, -1, -1, -1, -1, -1, -1, 1, 1])), {}),
+        ("no pair shares a label (NaN)", (dirs[:3], torch.tensor([0, 1, 2])), {}),
+        ("identical pair", (torch.stack([dirs[0], dirs[0] * 3, dirs[1]]), torch.tensor([5, 5, 6])), {}),
+    ]
+    check_function(fn, geometry.within_label_cosine, cases)
