@@ -32,6 +32,7 @@ __all__ = [
     "check_jumprelu_function",
     "check_max_cosine_matches",
     "check_within_label_cosine",
+    "check_absorption_rate",
     "reference_toy_forward",
     "reference_sae_loss",
     "reference_max_cosine_similarity",
@@ -439,3 +440,27 @@ def check_within_label_cosine(fn: Callable[[Tensor, Tensor], float]) -> None:
          {}),  # fmt: skip
     ]
     check_function(fn, geometry.within_label_cosine, cases)
+
+
+def check_absorption_rate(fn: Callable[[Tensor, Tensor, Tensor], float]) -> None:
+    """Check ``fn(main_fires, label, absorber_fires) -> float``.
+
+    The reference is :func:`saebook.absorption.absorption_rate`: the share of the ``label``
+    positions where the main latent is silent and at least one absorber fires (NaN when the
+    label never holds).
+    """
+    from saebook import absorption
+
+    g = _generator(32)
+    label = torch.rand(40, generator=g) < 0.5
+    main = torch.rand(40, generator=g) < 0.5
+    absorbers = torch.rand(40, 3, generator=g) < 0.3
+    cases: list[Case] = [
+        ("random", (main, label, absorbers), {}),
+        ("main latent always fires", (torch.ones(40, dtype=torch.bool), label, absorbers), {}),
+        ("main latent never fires", (torch.zeros(40, dtype=torch.bool), label, absorbers), {}),
+        ("absorbers fire only off the label", (main, label, absorbers & ~label[:, None]), {}),
+        ("no absorber candidates (k = 0)", (main, label, absorbers[:, :0]), {}),
+        ("label never holds (NaN)", (main, torch.zeros(40, dtype=torch.bool), absorbers), {}),
+    ]
+    check_function(fn, absorption.absorption_rate, cases)
