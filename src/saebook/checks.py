@@ -33,6 +33,7 @@ __all__ = [
     "check_max_cosine_matches",
     "check_within_label_cosine",
     "check_absorption_rate",
+    "check_variance_explained",
     "reference_toy_forward",
     "reference_sae_loss",
     "reference_max_cosine_similarity",
@@ -464,3 +465,25 @@ def check_absorption_rate(fn: Callable[[Tensor, Tensor, Tensor], float]) -> None
         ("label never holds (NaN)", (main, torch.zeros(40, dtype=torch.bool), absorbers), {}),
     ]
     check_function(fn, absorption.absorption_rate, cases)
+
+
+def check_variance_explained(fn: Callable[[Tensor, Tensor], float]) -> None:
+    """Check ``fn(x, x_hat) -> float``: ``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``.
+
+    The reference is :func:`saebook.meta_saes.variance_explained` (NaN when all rows of ``x``
+    are equal).
+    """
+    from saebook import meta_saes
+
+    g = _generator(33)
+    x = torch.randn(12, 5, generator=g)
+    noisy = x + 0.3 * torch.randn(12, 5, generator=g)
+    cases: list[Case] = [
+        ("noisy reconstruction", (x, noisy), {}),
+        ("perfect reconstruction", (x, x.clone()), {}),
+        ("predicting the mean row", (x, x.mean(0, keepdim=True).expand(12, 5).clone()), {}),
+        ("predicting zeros (can go below 0)", (x + 3.0, torch.zeros(12, 5)), {}),
+        ("a single feature column", (x[:, :1], noisy[:, :1]), {}),
+        ("all rows equal (NaN)", (torch.ones(4, 3), torch.zeros(4, 3)), {}),
+    ]
+    check_function(fn, meta_saes.variance_explained, cases)
