@@ -96,3 +96,16 @@ def test_first_letter_labels(micro_model):
     assert mask.any()
     with pytest.raises(ValueError, match="single letter"):
         absorption.first_letter_labels(model, tokens, "ab")
+
+
+def test_checker_accepts_reference_and_rejects_miss_rate():
+    from saebook import checks
+
+    checks.check_absorption_rate(absorption.absorption_rate)
+
+    def miss_rate(main_fires, label, absorber_fires):
+        n = int(label.sum())
+        return float((label & ~main_fires).sum()) / n if n else float("nan")
+
+    with pytest.raises(AssertionError, match="case 'random'"):
+        checks.check_absorption_rate(miss_rate)

@@ -89,3 +89,17 @@ def test_geometry_figure():
         geometry.geometry_figure(frame, np.zeros((2, 2)), color="width")
     with pytest.raises(KeyError, match="color must be a column"):
         geometry.geometry_figure(frame, np.zeros((3, 2)), color="nope")
+
+
+def test_checker_accepts_reference_and_rejects_self_pairs():
+    from saebook import checks
+
+    checks.check_within_label_cosine(geometry.within_label_cosine)
+
+    def with_diagonal(directions, codes):
+        unit = torch.nn.functional.normalize(directions.float(), dim=-1)
+        same = (codes[:, None] == codes[None, :]) & (codes[:, None] >= 0)
+        return float((unit @ unit.T)[same].mean())
+
+    with pytest.raises(AssertionError, match="case 'random'"):
+        checks.check_within_label_cosine(with_diagonal)

@@ -71,3 +71,15 @@ def test_train_meta_sae_rejects_bad_arguments():
         meta_saes.train_meta_sae(dirs, d_sae=8, k=2, batch_size=64)
     with pytest.raises(ValueError, match="directions must be 2-D"):
         meta_saes.train_meta_sae(dirs[0], d_sae=8, k=2)
+
+
+def test_checker_accepts_reference_and_rejects_uncentred():
+    from saebook import checks
+
+    checks.check_variance_explained(meta_saes.variance_explained)
+
+    def uncentred(x, x_hat):
+        return 1 - float((x - x_hat).pow(2).sum()) / float(x.pow(2).sum())
+
+    with pytest.raises(AssertionError, match="case 'noisy reconstruction'"):
+        checks.check_variance_explained(uncentred)

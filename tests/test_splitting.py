@@ -144,3 +144,16 @@ def test_top_tokens_and_context(micro_model):
     assert "[[" in snippet and "]]" in snippet
     with pytest.raises(ValueError, match="stats must be computed on tokens"):
         top_tokens(model, tokens[:2], stats, [alive])
+
+
+def test_checker_accepts_reference_and_rejects_unnormalised():
+    from saebook import checks
+
+    checks.check_max_cosine_matches(splitting.max_cosine_matches)
+
+    def dot_not_cosine(narrow, wide):
+        best = (wide @ narrow.T).max(dim=-1)
+        return best.values, best.indices
+
+    with pytest.raises(AssertionError, match="case 'random'"):
+        checks.check_max_cosine_matches(dot_not_cosine)

@@ -37,13 +37,18 @@ __all__ = [
 ]
 
 
-def pooled_directions(saes: Sequence[SAE]) -> tuple[Float[Tensor, "n d_in"], pd.DataFrame]:
+def pooled_directions(
+    saes: Sequence[SAE], max_per_sae: int | None = None, seed: int = 0
+) -> tuple[Float[Tensor, "n d_in"], pd.DataFrame]:
     """Unit decoder directions of all ``saes`` stacked, and a frame naming each row.
 
     The frame has one row per direction with ``width`` (that SAE's ``d_sae``), ``sae`` (its
-    position in ``saes``) and ``latent`` (its index in that SAE). All SAEs must share
-    ``d_in``.
+    position in ``saes``) and ``latent`` (its index in that SAE). With ``max_per_sae``, an SAE
+    with more latents contributes a seeded random subset of that many (sorted by index).
+    All SAEs must share ``d_in``.
     """
+    if max_per_sae is not None and max_per_sae < 1:
+        raise ValueError(f"max_per_sae must be a positive int or None, got {max_per_sae!r}")
     saes = list(saes)
     if not saes:
         raise ValueError("saes must hold at least one SAE, got none")
@@ -51,12 +56,14 @@ def pooled_directions(saes: Sequence[SAE]) -> tuple[Float[Tensor, "n d_in"], pd.
     if len(d_in) != 1:
         raise ValueError(f"saes must share one decoder width d_in, got {sorted(d_in)}")
     dirs, frames = [], []
+    g = torch.Generator().manual_seed(seed)
     for i, sae in enumerate(saes):
-        w = torch.nn.functional.normalize(sae.W_dec.detach().float().cpu(), dim=-1)
-        dirs.append(w)
-        frames.append(
-            pd.DataFrame({"width": sae.cfg.d_sae, "sae": i, "latent": np.arange(sae.cfg.d_sae)})
-        )
+        index = torch.arange(sae.cfg.d_sae)
+        if max_per_sae is not None and sae.cfg.d_sae > max_per_sae:
+            index = torch.randperm(sae.cfg.d_sae, generator=g)[:max_per_sae].sort().values
+        w = sae.W_dec.detach()[index.to(sae.W_dec.device)].float().cpu()
+        dirs.append(torch.nn.functional.normalize(w, dim=-1))
+        frames.append(pd.DataFrame({"width": sae.cfg.d_sae, "sae": i, "latent": index.numpy()}))
     return torch.cat(dirs), pd.concat(frames, ignore_index=True)
 
 

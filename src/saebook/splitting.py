@@ -39,18 +39,20 @@ __all__ = [
 
 
 def unit_decoder(sae: SAE) -> Float[Tensor, "d_sae d_in"]:
-    """The SAE's decoder rows scaled to unit length, as float32 on the CPU."""
+    """The SAE's decoder rows scaled to unit length, as float32 on the SAE's device."""
     if not isinstance(sae, SAE):
         raise TypeError(f"sae must be a sae_lens.SAE, got {type(sae).__name__}")
-    return torch.nn.functional.normalize(sae.W_dec.detach().float().cpu(), dim=-1)
+    return torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=-1)
 
 
 def decoder_cosines(narrow: SAE, wide: SAE) -> Float[Tensor, "d_narrow d_wide"]:
     """Cosine similarity of every decoder row of ``narrow`` with every decoder row of ``wide``.
 
-    Both SAEs must write to the same space (equal ``d_in``); the result is on the CPU.
+    Both SAEs must write to the same space (equal ``d_in``); the result is on the CPU. The
+    full matrix has ``d_narrow * d_wide`` entries: for very wide SAEs use
+    :func:`max_cosine_matches`, which works in chunks.
     """
-    a, b = unit_decoder(narrow), unit_decoder(wide)
+    a, b = unit_decoder(narrow).cpu(), unit_decoder(wide).cpu()
     if a.shape[1] != b.shape[1]:
         raise ValueError(
             f"narrow and wide must have decoders of the same width (d_in), got {a.shape[1]} "
@@ -79,9 +81,15 @@ def max_cosine_matches(
     if narrow_decoder.shape[0] == 0:
         raise ValueError("narrow_decoder must have at least one row, got 0")
     a = torch.nn.functional.normalize(narrow_decoder.float(), dim=-1)
-    b = torch.nn.functional.normalize(wide_decoder.float(), dim=-1)
-    best = (b @ a.T).max(dim=-1)
-    return best.values, best.indices
+    b = torch.nn.functional.normalize(wide_decoder.float(), dim=-1).to(a.device)
+    # chunks of wide rows keep the cosine block under ~2^26 entries (wide SAEs have 10^5 rows)
+    step = max(1, 2**26 // a.shape[0])
+    values, indices = [], []
+    for start in range(0, b.shape[0], step):
+        best = (b[start : start + step] @ a.T).max(dim=-1)
+        values.append(best.values.cpu())
+        indices.append(best.indices.cpu())
+    return torch.cat(values), torch.cat(indices)
 
 
 def random_max_cosines(narrow: SAE, n: int = 1000, seed: int = 0) -> Float[Tensor, " n"]:
@@ -94,7 +102,7 @@ def random_max_cosines(narrow: SAE, n: int = 1000, seed: int = 0) -> Float[Tenso
         raise ValueError(f"n must be a positive int, got {n!r}")
     dec = unit_decoder(narrow)
     g = torch.Generator().manual_seed(seed)
-    random = torch.randn(n, dec.shape[1], generator=g)
+    random = torch.randn(n, dec.shape[1], generator=g).to(dec.device)
     return max_cosine_matches(dec, random)[0]
 
 
