@@ -150,14 +150,23 @@ def embed_2d(
     raise ValueError(f"method must be 'umap' or 'tsne', got {method!r}")
 
 
-def cluster_directions(points: np.ndarray, min_cluster_size: int = 10) -> np.ndarray:
-    """HDBSCAN cluster id of each row of ``points`` (``-1``: noise, in no cluster)."""
+def cluster_directions(
+    points: np.ndarray, min_cluster_size: int = 15, min_samples: int | None = 3
+) -> np.ndarray:
+    """HDBSCAN cluster id of each row of ``points`` (``-1``: noise, in no cluster).
+
+    A small ``min_samples`` lets HDBSCAN split a map into many local clusters instead of
+    one cluster covering nearly everything (which its default, ``min_cluster_size``, does on
+    UMAP maps of SAE dictionaries).
+    """
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[0] < 2:
         raise ValueError(f"points must be 2-D with at least 2 rows, got shape {points.shape}")
     if min_cluster_size < 2:
         raise ValueError(f"min_cluster_size must be >= 2, got {min_cluster_size}")
-    return HDBSCAN(min_cluster_size=min_cluster_size).fit_predict(points)
+    return HDBSCAN(
+        min_cluster_size=min_cluster_size, min_samples=min_samples, copy=True
+    ).fit_predict(points)
 
 
 def within_label_cosine(directions: Float[Tensor, "n d"], codes: Int[Tensor, " n"]) -> float:

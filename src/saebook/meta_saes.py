@@ -37,7 +37,7 @@ def train_meta_sae(
     k: int = 4,
     epochs: int = 100,
     batch_size: int = 256,
-    lr: float = 1e-3,
+    lr: float = 3e-3,
     seed: int = 0,
 ) -> SAE:
     """A TopK meta-SAE with ``d_sae`` latents trained on the unit-normalised ``directions``.
