@@ -437,8 +437,11 @@ def check_within_label_cosine(fn: Callable[[Tensor, Tensor], float]) -> None:
         ("one label for all", (dirs, torch.zeros(10, dtype=torch.long)), {}),
         ("unlabelled rows are ignored", (dirs, torch.tensor([0, 0] + [-1] * 6 + [1, 1])), {}),
         ("no pair shares a label (NaN)", (dirs[:3], torch.tensor([0, 1, 2])), {}),
-        ("identical pair", (torch.stack([dirs[0], dirs[0] * 3, dirs[1]]), torch.tensor([5, 5, 6])),
-         {}),  # fmt: skip
+        (
+            "identical pair",
+            (torch.stack([dirs[0], 3 * dirs[0], dirs[1]]), torch.tensor([5, 5, 6])),
+            {},
+        ),
     ]
     check_function(fn, geometry.within_label_cosine, cases)
 
