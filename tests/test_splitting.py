@@ -97,6 +97,13 @@ def test_most_split_picks_the_planted_latent(planted_family):
     assert (tree["level"] == 1).sum() == 6
     latent, _ = splitting.most_split(planted_family, threshold=0.5, candidates=[3, 4])
     assert latent in (3, 4)
+    # the bottom-up count and the per-candidate trees agree (a cap larger than any fan-out)
+    looped, looped_tree = splitting.most_split(
+        planted_family, threshold=0.3, max_children=10**6, progress=False
+    )
+    counted, counted_tree = splitting.most_split(planted_family, threshold=0.3)
+    assert looped == counted
+    assert looped_tree.equals(counted_tree)
     with pytest.raises(ValueError, match="candidates"):
         splitting.most_split(planted_family, candidates=[])
 

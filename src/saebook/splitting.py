@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from sae_lens import SAE
 from torch import Tensor
+from tqdm import tqdm
 
 __all__ = [
     "unit_decoder",
@@ -130,7 +131,6 @@ def split_tree(
     latent: int,
     threshold: float = 0.5,
     max_children: int | None = None,
-    _parents_cache: list[tuple[Tensor, Tensor]] | None = None,
 ) -> pd.DataFrame:
     """The split tree of ``latent`` of ``saes[0]`` through ``saes[1:]`` (narrow to wide).
 
@@ -146,14 +146,34 @@ def split_tree(
     """
     saes = _check_family(saes)
     threshold = _check_threshold(threshold)
+    latent = _check_root(saes, latent)
+    _check_max_children(max_children)
+    return _tree(saes, _parents(saes), latent, threshold, max_children)
+
+
+def _check_root(saes: list[SAE], latent: object) -> int:
     d0 = saes[0].cfg.d_sae
     if isinstance(latent, Tensor) and latent.numel() == 1:
         latent = int(latent)
     if isinstance(latent, bool) or not isinstance(latent, int) or not 0 <= latent < d0:
         raise ValueError(f"latent must be an int in [0, {d0}) (saes[0].cfg.d_sae), got {latent!r}")
-    if max_children is not None and (not isinstance(max_children, int) or max_children < 1):
+    return latent
+
+
+def _check_max_children(max_children: object) -> None:
+    if max_children is not None and (
+        isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 1
+    ):
         raise ValueError(f"max_children must be a positive int or None, got {max_children!r}")
-    parents = _parents(saes) if _parents_cache is None else _parents_cache
+
+
+def _tree(
+    saes: list[SAE],
+    parents: list[tuple[Tensor, Tensor]],
+    latent: int,
+    threshold: float,
+    max_children: int | None,
+) -> pd.DataFrame:
     rows, frontier = [], [latent]
     for level, (cos, parent) in enumerate(parents):
         nxt = []
@@ -179,30 +199,50 @@ def split_tree(
     return pd.DataFrame(rows, columns=columns)
 
 
+def _leaf_counts(saes: list[SAE], parents: list[tuple[Tensor, Tensor]], threshold: float) -> Tensor:
+    """Leaves in the widest SAE under every latent of ``saes[0]`` (no cap on children)."""
+    counts = torch.ones(saes[-1].cfg.d_sae, dtype=torch.long)
+    for level in range(len(parents) - 1, -1, -1):
+        cos, parent = parents[level]
+        linked = cos >= threshold
+        up = torch.zeros(saes[level].cfg.d_sae, dtype=torch.long)
+        counts = up.scatter_add_(0, parent[linked], counts[linked])
+    return counts
+
+
 def most_split(
     saes: Sequence[SAE],
     threshold: float = 0.5,
     candidates: Sequence[int] | None = None,
     max_children: int | None = None,
+    progress: bool = True,
 ) -> tuple[int, pd.DataFrame]:
     """The latent of ``saes[0]`` (among ``candidates``, default all) with the most leaves.
 
     Leaves are tree nodes in the widest SAE (see :func:`split_tree`); ties go to the lower
-    latent index. Returns ``(latent, its tree)``.
+    latent index. Without ``max_children`` the leaves of all latents are counted at once,
+    bottom-up; with it, one tree per candidate is built (with a progress bar). Returns
+    ``(latent, its tree)``.
     """
     saes = _check_family(saes)
     threshold = _check_threshold(threshold)
+    _check_max_children(max_children)
     parents = _parents(saes)
-    pool = range(saes[0].cfg.d_sae) if candidates is None else list(candidates)
+    pool = list(range(saes[0].cfg.d_sae)) if candidates is None else list(candidates)
     if len(pool) == 0:
         raise ValueError("candidates must name at least one latent, got an empty list")
-    best, best_tree, best_leaves = None, None, -1
+    pool = [_check_root(saes, latent) for latent in pool]
+    if max_children is None:
+        leaves = _leaf_counts(saes, parents, threshold)[torch.tensor(pool)]
+        best = min(p for p, n in zip(pool, leaves.tolist(), strict=True) if n == leaves.max())
+        return best, _tree(saes, parents, best, threshold, None)
     last = len(saes) - 2
-    for latent in pool:
-        tree = split_tree(saes, int(latent), threshold, max_children, _parents_cache=parents)
+    best, best_tree, best_leaves = pool[0], None, -1
+    for latent in tqdm(pool, desc="Split trees", disable=not progress):
+        tree = _tree(saes, parents, latent, threshold, max_children)
         leaves = int((tree["level"] == last).sum())
-        if leaves > best_leaves:
-            best, best_tree, best_leaves = int(latent), tree, leaves
+        if leaves > best_leaves or (leaves == best_leaves and latent < best):
+            best, best_tree, best_leaves = latent, tree, leaves
     return best, best_tree
 
 
