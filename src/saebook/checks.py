@@ -31,6 +31,10 @@ __all__ = [
     "check_topk_activation",
     "check_jumprelu_function",
     "check_top_logits",
+    "check_max_cosine_matches",
+    "check_within_label_cosine",
+    "check_absorption_rate",
+    "check_variance_explained",
     "reference_toy_forward",
     "reference_sae_loss",
     "reference_max_cosine_similarity",
@@ -712,3 +716,103 @@ __all__ += [
     "reference_latent_jacobian",
     "reference_de_embedding",
 ]
+# --- Part 3 (deeper), chapters 1-4: splitting, geometry, absorption, meta-SAEs ---------------
+
+
+def check_max_cosine_matches(fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]) -> None:
+    """Check ``fn(narrow_decoder, wide_decoder) -> (values, indices)`` per wide row.
+
+    The reference is :func:`saebook.splitting.max_cosine_matches`: for every row of
+    ``wide_decoder`` the largest cosine with a row of ``narrow_decoder`` and that row's index.
+    Cases include unnormalised rows, exact copies, a zero wide row (cosine 0, index 0) and a
+    single narrow latent.
+    """
+    from saebook import splitting
+
+    g = _generator(30)
+    narrow = torch.randn(6, 5, generator=g)
+    wide = torch.randn(11, 5, generator=g)
+    children = torch.cat([narrow[[2]] + 0.1 * torch.randn(3, 5, generator=g), narrow[[4]]])
+    with_zero = wide.clone()
+    with_zero[3] = 0
+    cases: list[Case] = [
+        ("random", (narrow, wide), {}),
+        ("unnormalised rows", (narrow * 4.0, wide * 0.2), {}),
+        ("children of narrow latents 2 and 4", (narrow, children), {}),
+        ("wide is a copy of narrow", (narrow, narrow.clone()), {}),
+        ("a zero wide row", (narrow, with_zero), {}),
+        ("one narrow latent", (narrow[:1], wide), {}),
+    ]
+    check_function(lambda a, b: tuple(fn(a, b)), splitting.max_cosine_matches, cases)
+
+
+def check_within_label_cosine(fn: Callable[[Tensor, Tensor], float]) -> None:
+    """Check ``fn(directions, codes) -> float``: mean cosine of same-label pairs.
+
+    The reference is :func:`saebook.geometry.within_label_cosine`: pairs ``i != j`` with
+    ``codes[i] == codes[j] >= 0``; negative codes are unlabelled; NaN when there is no pair.
+    """
+    from saebook import geometry
+
+    g = _generator(31)
+    dirs = torch.randn(10, 4, generator=g)
+    codes = torch.tensor([0, 1, 0, 2, 1, 0, -1, 2, -1, 1])
+    cases: list[Case] = [
+        ("random", (dirs, codes), {}),
+        ("unnormalised rows", (dirs * torch.arange(1, 11)[:, None], codes), {}),
+        ("one label for all", (dirs, torch.zeros(10, dtype=torch.long)), {}),
+        ("unlabelled rows are ignored", (dirs, torch.tensor([0, 0] + [-1] * 6 + [1, 1])), {}),
+        ("no pair shares a label (NaN)", (dirs[:3], torch.tensor([0, 1, 2])), {}),
+        (
+            "identical pair",
+            (torch.stack([dirs[0], 3 * dirs[0], dirs[1]]), torch.tensor([5, 5, 6])),
+            {},
+        ),
+    ]
+    check_function(fn, geometry.within_label_cosine, cases)
+
+
+def check_absorption_rate(fn: Callable[[Tensor, Tensor, Tensor], float]) -> None:
+    """Check ``fn(main_fires, label, absorber_fires) -> float``.
+
+    The reference is :func:`saebook.absorption.absorption_rate`: the share of the ``label``
+    positions where the main latent is silent and at least one absorber fires (NaN when the
+    label never holds).
+    """
+    from saebook import absorption
+
+    g = _generator(32)
+    label = torch.rand(40, generator=g) < 0.5
+    main = torch.rand(40, generator=g) < 0.5
+    absorbers = torch.rand(40, 3, generator=g) < 0.3
+    cases: list[Case] = [
+        ("random", (main, label, absorbers), {}),
+        ("main latent always fires", (torch.ones(40, dtype=torch.bool), label, absorbers), {}),
+        ("main latent never fires", (torch.zeros(40, dtype=torch.bool), label, absorbers), {}),
+        ("absorbers fire only off the label", (main, label, absorbers & ~label[:, None]), {}),
+        ("no absorber candidates (k = 0)", (main, label, absorbers[:, :0]), {}),
+        ("label never holds (NaN)", (main, torch.zeros(40, dtype=torch.bool), absorbers), {}),
+    ]
+    check_function(fn, absorption.absorption_rate, cases)
+
+
+def check_variance_explained(fn: Callable[[Tensor, Tensor], float]) -> None:
+    """Check ``fn(x, x_hat) -> float``: ``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``.
+
+    The reference is :func:`saebook.meta_saes.variance_explained` (NaN when all rows of ``x``
+    are equal).
+    """
+    from saebook import meta_saes
+
+    g = _generator(33)
+    x = torch.randn(12, 5, generator=g)
+    noisy = x + 0.3 * torch.randn(12, 5, generator=g)
+    cases: list[Case] = [
+        ("noisy reconstruction", (x, noisy), {}),
+        ("perfect reconstruction", (x, x.clone()), {}),
+        ("predicting the mean row", (x, x.mean(0, keepdim=True).expand(12, 5).clone()), {}),
+        ("predicting zeros (can go below 0)", (x + 3.0, torch.zeros(12, 5)), {}),
+        ("a single feature column", (x[:, :1], noisy[:, :1]), {}),
+        ("all rows equal (NaN)", (torch.ones(4, 3), torch.zeros(4, 3)), {}),
+    ]
+    check_function(fn, meta_saes.variance_explained, cases)

@@ -1,0 +1,105 @@
+"""Pooled decoder maps, labels per latent, clustering and the permutation test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from saebook import geometry
+
+
+def _clustered(n_groups=3, per_group=12, d=16, noise=0.2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_groups, d, generator=g)
+    rows = centres.repeat_interleave(per_group, 0) + noise * torch.randn(
+        n_groups * per_group, d, generator=g
+    )
+    names = [f"g{i}" for i in range(n_groups) for _ in range(per_group)]
+    return rows, names
+
+
+def test_pooled_directions(micro_model):
+    _, _, family = micro_model
+    dirs, frame = geometry.pooled_directions(family)
+    assert dirs.shape[0] == sum(s.cfg.d_sae for s in family) == len(frame)
+    assert torch.allclose(dirs.norm(dim=-1), torch.ones(len(frame)), atol=1e-5)
+    assert list(frame["width"].unique()) == [s.cfg.d_sae for s in family]
+    assert frame.loc[len(frame) - 1, "latent"] == family[-1].cfg.d_sae - 1
+    with pytest.raises(ValueError, match="at least one SAE"):
+        geometry.pooled_directions([])
+
+
+def test_latent_labels_best_f1():
+    acts = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.0, 0.0]])
+    labels = {"a": torch.tensor([1, 1, 0, 0]).bool(), "b": torch.tensor([0, 0, 1, 0]).bool()}
+    out = geometry.latent_labels(acts, labels)
+    assert out[0] == ("a", pytest.approx(1.0))
+    assert out[1][0] == "b" and out[1][1] == pytest.approx(2 / 3)
+    assert out[2] == (None, 0.0)  # never fires
+    assert geometry.latent_labels(acts, labels, min_f1=0.9)[1][0] is None
+    with pytest.raises(ValueError, match=r"labels\['a'\] must have shape"):
+        geometry.latent_labels(acts, {"a": torch.ones(3).bool()})
+
+
+def test_within_label_cosine():
+    dirs = torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    assert geometry.within_label_cosine(dirs, torch.tensor([0, 0, 1, 1])) == pytest.approx(0.0)
+    assert geometry.within_label_cosine(dirs, torch.tensor([0, 0, -1, -1])) == pytest.approx(1.0)
+    assert np.isnan(geometry.within_label_cosine(dirs, torch.tensor([0, 1, 2, 3])))
+
+
+def test_label_cosine_test_detects_structure_and_not_noise():
+    rows, names = _clustered()
+    real = geometry.label_cosine_test(rows, names, n_permutations=100)
+    assert real["within"] > real["baseline"] + 0.3
+    assert real["p_value"] < 0.05
+    noise = torch.randn(36, 16, generator=torch.Generator().manual_seed(5))
+    null = geometry.label_cosine_test(noise, names, n_permutations=100)
+    assert null["p_value"] > 0.01
+    with pytest.raises(ValueError, match="one entry per direction"):
+        geometry.label_cosine_test(rows, names[:-1])
+    with pytest.raises(ValueError, match="at least 2 labels"):
+        geometry.label_cosine_test(rows, ["x"] * len(names))
+
+
+def test_embed_and_cluster_separate_groups():
+    rows, names = _clustered(noise=0.1)
+    for method in ("umap", "tsne"):
+        xy = geometry.embed_2d(rows, method=method, n_neighbors=8, n_epochs=50)
+        assert xy.shape == (len(names), 2)
+    clusters = geometry.cluster_directions(xy, min_cluster_size=5)
+    truth = pd.Series(names)
+    # each found cluster is pure: all its points come from one planted group
+    for cid in set(clusters) - {-1}:
+        assert truth[clusters == cid].nunique() == 1
+    assert len(set(clusters) - {-1}) >= 2
+    with pytest.raises(ValueError, match="method must be"):
+        geometry.embed_2d(rows, method="pca")
+    with pytest.raises(ValueError, match="min_cluster_size"):
+        geometry.cluster_directions(xy, min_cluster_size=1)
+
+
+def test_geometry_figure():
+    frame = pd.DataFrame({"width": [4, 4, 8], "latent": [0, 1, 0], "tok": ["a", "b", "c"]})
+    fig = geometry.geometry_figure(frame, np.zeros((3, 2)), color="width", hover="tok")
+    assert sum(len(t.x) for t in fig.data) == 3
+    with pytest.raises(ValueError, match="one row per frame row"):
+        geometry.geometry_figure(frame, np.zeros((2, 2)), color="width")
+    with pytest.raises(KeyError, match="color must be a column"):
+        geometry.geometry_figure(frame, np.zeros((3, 2)), color="nope")
+
+
+def test_checker_accepts_reference_and_rejects_self_pairs():
+    from saebook import checks
+
+    checks.check_within_label_cosine(geometry.within_label_cosine)
+
+    def with_diagonal(directions, codes):
+        unit = torch.nn.functional.normalize(directions.float(), dim=-1)
+        same = (codes[:, None] == codes[None, :]) & (codes[:, None] >= 0)
+        return float((unit @ unit.T)[same].mean())
+
+    with pytest.raises(AssertionError, match="case 'random'"):
+        checks.check_within_label_cosine(with_diagonal)
