@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from saebook import display, profiles
+from saebook import display, profiles, splitting
 from saebook.attribution import ablation_effects, direct_logit_attribution
 from saebook.dashboards import (
     density_histogram,
@@ -520,6 +520,16 @@ ROWS: list[Bad] = [
         TypeError, "text", r"\bstr\b", "bytes", writes=True),
     Bad("atomic_write_dir interrupted", _interrupted_dir_write,
         KeyboardInterrupt, "interrupted", "", "", form=False, writes=True),
+    # --- feature splitting --------------------------------------------------------------------
+    Bad("split_tree width family of one member",
+        lambda c: splitting.split_tree(c.family[:1], 0),
+        ValueError, "saes", "at least two", "got 1"),
+    Bad("split_tree latent out of range",
+        lambda c: splitting.split_tree(c.family, c.family[0].cfg.d_sae),
+        ValueError, "latent", r"\[0, \d+\)", r"got \d+"),
+    Bad("split_tree threshold 1.5",
+        lambda c: splitting.split_tree(c.family, 0, threshold=1.5),
+        ValueError, "threshold", r"\[0, 1\)", "1.5"),
 ]  # fmt: skip
 
 
