@@ -125,7 +125,8 @@ def reconstruction_metrics(
     """Explained variance, MSE, L0, dead latents, CE losses, KL and L2 ratio of ``sae``.
 
     All on ``tokens``. The SAE is spliced in without its error term and bypassed at BOS
-    positions (as it was trained); "zero ablation" sets the SAE's output hook to zero at the same positions.
+    positions (as it was trained); "zero ablation" sets the SAE's output hook to zero at the
+    same positions.
     """
     if tokens.ndim != 2 or tokens.numel() == 0:
         raise ValueError(

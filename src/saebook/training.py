@@ -52,6 +52,9 @@ __all__ = [
     "RecordingTrainer",
     "TrainingRun",
     "train_sae",
+    "FAULTS",
+    "train_planted_faults",
+    "curve_signatures",
     "train_topk_sae",
     "train_transcoder",
 ]
@@ -426,3 +429,94 @@ def train_sae(
         config=config,
         trainer_config=trainer_cfg,
     )
+
+
+# Planted faults for the "diagnose the run" exercise: fault -> changes to a healthy L1 run.
+# ``l1``/``lr`` multiply the healthy values; ``scale`` multiplies the inputs.
+FAULTS: dict[str, dict[str, Any]] = {
+    "healthy": {},
+    "sparsity coefficient too small": {"l1": 1 / 30},
+    "sparsity coefficient too large": {"l1": 15.0},
+    "learning rate too high": {"lr": 15.0},
+    "no warm-up": {"warm_up": False},
+    "bad input normalisation": {"scale": 30.0, "normalize": "none"},
+}
+
+
+def train_planted_faults(
+    activations: Float[Tensor, "n d_in"],
+    d_sae: int,
+    total_samples: int,
+    l1_coefficient: float = 2.0,
+    lr: float = 1e-2,
+    batch_size: int = 512,
+    faults: list[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, TrainingRun]:
+    """One short standard (L1) SAE run per entry of :data:`FAULTS` (or of ``faults``).
+
+    The healthy run warms up both the learning rate and the L1 coefficient over the first
+    20% of steps and normalises its inputs to norm ``sqrt(d_in)``; each faulty run changes
+    exactly one of these decisions. Dead latents are counted over a window of 25 steps.
+    Returns fault name -> :class:`TrainingRun`.
+    """
+    names = list(FAULTS) if faults is None else faults
+    unknown = [f for f in names if f not in FAULTS]
+    if unknown:
+        raise ValueError(f"faults must be names from FAULTS {list(FAULTS)}, got {unknown}")
+    warm = max(1, (total_samples // batch_size) // 5)
+    runs = {}
+    for name in tqdm(names, desc="Planted-fault runs", disable=not progress):
+        fault = FAULTS[name]
+        warm_up = fault.get("warm_up", True)
+        config = training_sae_config(
+            "standard",
+            activations.shape[1],
+            d_sae,
+            l1_coefficient * fault.get("l1", 1.0),
+            normalize_activations=fault.get("normalize", "expected_average_only_in"),
+            l1_warm_up_steps=warm if warm_up else 0,
+        )
+        runs[name] = train_sae(
+            activations * fault.get("scale", 1.0),
+            config,
+            total_samples,
+            batch_size=batch_size,
+            lr=lr * fault.get("lr", 1.0),
+            lr_warm_up_steps=warm if warm_up else 0,
+            dead_feature_window=25,
+            seed=seed,
+            progress=False,
+        )
+    return runs
+
+
+def curve_signatures(curves: pd.DataFrame, tail: float = 0.25) -> dict[str, float]:
+    """Summary numbers that tell training curves apart (one run's ``TrainingRun.curves``).
+
+    ``final_l0`` and ``final_ev``: means over the last ``tail`` of the steps; ``loss_scale``:
+    the first step's loss; ``max_jump``: the largest ratio of a step's loss to the median of
+    the 10 steps before it (spikes); ``ev_noise``: the standard deviation of the step-to-step
+    change in explained variance over the second half; ``max_dead``: the largest dead
+    fraction; ``early_l0``: L0 at 5% of the steps (how fast sparsity set in).
+    """
+    needed = {"loss", "l0", "explained_variance", "dead_fraction"}
+    if not needed <= set(curves.columns) or len(curves) < 20:
+        raise ValueError(
+            f"curves must have columns {sorted(needed)} and at least 20 rows, "
+            f"got columns {list(curves.columns)} and {len(curves)} rows"
+        )
+    n = len(curves)
+    last = curves.iloc[-max(1, int(n * tail)) :]
+    half = curves.iloc[n // 2 :]
+    baseline = curves["loss"].rolling(10, min_periods=1).median().shift(1)
+    return {
+        "final_l0": float(last["l0"].mean()),
+        "final_ev": float(last["explained_variance"].mean()),
+        "loss_scale": float(curves["loss"].iloc[0]),
+        "max_jump": float((curves["loss"] / baseline).iloc[1:].max()),
+        "ev_noise": float(half["explained_variance"].diff().std()),
+        "max_dead": float(curves["dead_fraction"].max()),
+        "early_l0": float(curves["l0"].iloc[max(1, n // 20)]),
+    }
