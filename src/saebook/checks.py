@@ -384,3 +384,92 @@ def check_top_logits(fn: Callable[..., tuple[Tensor, Tensor]], model: Any, sae: 
         (f"the largest-norm latent ({strongest}), k=10", (model, sae, strongest, 10), {}),
     ]
     check_function(fn, reference, cases, atol=1e-4, rtol=1e-4)
+
+
+# --- Part 4: training and evaluating SAEs (chapters 2 and 4) --------------------------------
+
+# The planted-fault runs of Part 4 chapter 2, shown to the reader under these letters.
+DIAGNOSIS_RUNS: dict[str, str] = {
+    "A": "learning rate too high",
+    "B": "healthy",
+    "C": "bad input normalisation",
+    "D": "sparsity coefficient too large",
+    "E": "no warm-up",
+    "F": "sparsity coefficient too small",
+}
+
+
+def check_diagnosis(answers: Mapping[str, str]) -> None:
+    """Check a reader's diagnosis: ``answers`` maps each run letter to a fault name.
+
+    Fault names are those of :data:`saebook.training.FAULTS` (case-insensitive). Raises an
+    AssertionError naming the first wrongly diagnosed run, or the missing or unknown letters.
+    """
+    from saebook.training import FAULTS
+
+    got = {str(k).upper(): str(v).strip().lower() for k, v in answers.items()}
+    missing = sorted(set(DIAGNOSIS_RUNS) - set(got))
+    extra = sorted(set(got) - set(DIAGNOSIS_RUNS))
+    if missing or extra:
+        raise AssertionError(
+            f"answers must name runs {sorted(DIAGNOSIS_RUNS)}; missing {missing}, unknown {extra}"
+        )
+    names = {f.lower() for f in FAULTS}
+    for letter in sorted(DIAGNOSIS_RUNS):
+        if got[letter] not in names:
+            raise AssertionError(f"run {letter}: {got[letter]!r} is not one of {list(FAULTS)}")
+        if got[letter] != DIAGNOSIS_RUNS[letter].lower():
+            raise AssertionError(
+                f"run {letter}: {got[letter]!r} is not right; look at its curves again"
+            )
+    print(f"✓ all {len(DIAGNOSIS_RUNS)} runs diagnosed correctly")
+
+
+def reference_l2_ratio(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Mean over rows of ``||x_hat|| / ||x||``, dividing by 1 where ``||x|| < 1e-4``."""
+    norm_in = x.norm(dim=-1)
+    norm_in = torch.where(norm_in < 1e-4, torch.ones_like(norm_in), norm_in)
+    return (x_hat.norm(dim=-1) / norm_in).mean()
+
+
+def check_l2_ratio(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(x, x_hat) -> scalar`` against :func:`reference_l2_ratio`."""
+    g = _generator(41)
+    x = torch.randn(32, 8, generator=g)
+    cases: list[Case] = [
+        ("random", (x, x + 0.1 * torch.randn(32, 8, generator=g)), {}),
+        ("perfect reconstruction", (x, x.clone()), {}),
+        ("shrunk by half", (x, 0.5 * x), {}),
+        ("zero reconstruction", (x, torch.zeros_like(x)), {}),
+        ("a zero input row", (torch.cat([x[:3], torch.zeros(1, 8)]), x[:4]), {}),
+        ("one row", (x[:1], 2 * x[:1]), {}),
+    ]
+    check_function(fn, reference_l2_ratio, cases)
+
+
+def check_top_k_by_mean_difference(fn: Callable[[Tensor, Tensor, int], Tensor]) -> None:
+    """Check ``fn(X, y, k) -> indices`` against :func:`saebook.probing.top_k_by_mean_difference`.
+
+    Indices are compared as sets, sorted (the order of the chosen features does not matter).
+    """
+    from saebook.probing import top_k_by_mean_difference
+
+    def sorted_reference(X: Tensor, y: Tensor, k: int) -> Tensor:
+        return top_k_by_mean_difference(X, y, k).sort().values
+
+    def sorted_reader(X: Tensor, y: Tensor, k: int) -> Tensor:
+        return torch.as_tensor(fn(X, y, k)).long().sort().values
+
+    g = _generator(43)
+    X = torch.randn(200, 12, generator=g)
+    y = torch.rand(200, generator=g) < 0.3
+    X[y, 3] += 2.0  # a feature that separates the classes
+    X[y, 7] -= 3.0  # a negative difference counts too
+    cases: list[Case] = [
+        ("k=1", (X, y, 1), {}),
+        ("k=2 (a negative gap)", (X, y, 2), {}),
+        ("k=5", (X, y, 5), {}),
+        ("all features", (X, y, 12), {}),
+        ("non-negative latents", (X.relu(), y, 3), {}),
+    ]
+    check_function(sorted_reader, sorted_reference, cases)

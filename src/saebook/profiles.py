@@ -63,7 +63,13 @@ PROFILES: dict[str, ProfileSpec] = {
             saes={},  # read from the shipped files; see saebook.tinyworld.build.SAE_SPECS
             width_family=("saebook-tiny", ()),
             dataset=None,
-            sizes=dict(seq_len=128, n_seqs=256, batch_size=64, gen_tokens=24, train_tokens=102_400),
+            sizes=dict(
+                seq_len=128,
+                n_seqs=256,
+                batch_size=64,
+                gen_tokens=24,
+                train_tokens=102_400,  # SAE training samples (Part 4)
+            ),
             needs="a CPU (2 cores), no network",
             task="code_recall",  # the tiny model does not learn IOI
         ),
