@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
@@ -56,6 +58,7 @@ def saelens_evals(
         store_batch_size_prompts=n_rows,
         n_batches_in_buffer=1,
         train_batch_size_tokens=seq_len,
+        total_tokens=tokens.numel(),
         device=str(tokens.device),
         disable_concat_sequences=True,
     )
@@ -69,9 +72,11 @@ def saelens_evals(
         compute_sparsity_metrics=True,
         compute_variance_metrics=True,
     )
-    metrics, _ = run_evals(
-        sae, store, model, ActivationScaler(), eval_config=config, exclude_special_tokens=[bos]
-    )
+    with warnings.catch_warnings():  # the store's notes on dataset size and tensor copies
+        warnings.simplefilter("ignore", UserWarning)
+        metrics, _ = run_evals(
+            sae, store, model, ActivationScaler(), eval_config=config, exclude_special_tokens=[bos]
+        )
     flat: dict[str, float] = {}
     for group in metrics.values():
         if isinstance(group, dict):
