@@ -60,3 +60,13 @@ def test_sparse_probing_table():
     assert best["raw"] > best["noise"] + 0.2
     with pytest.raises(ValueError, match="share"):
         sparse_probing({"a": X, "b": X[:10]}, {"lab": y}, ks=[1], progress=False)
+
+
+def test_top_k_checker():
+    from saebook import checks
+
+    checks.check_top_k_by_mean_difference(lambda X, y, k: top_k_by_mean_difference(X, y, k))
+    with pytest.raises(AssertionError, match="k=1"):
+        checks.check_top_k_by_mean_difference(
+            lambda X, y, k: (X[y].mean(0) - X[~y].mean(0)).topk(k).indices
+        )

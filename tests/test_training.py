@@ -139,3 +139,30 @@ def test_curve_signatures_detects_a_spike():
     assert curve_signatures(spiky)["max_jump"] == pytest.approx(4.0)
     with pytest.raises(ValueError, match="curves"):
         curve_signatures(base.iloc[:5])
+
+
+def test_checkers_of_part_4():
+    from saebook import checks
+
+    def right(x, acts, x_hat, W_dec, l1):
+        return (x - x_hat).pow(2).sum(-1).mean() + l1 * (acts * W_dec.norm(dim=1)).sum(-1).mean()
+
+    def unweighted(x, acts, x_hat, W_dec, l1):
+        return (x - x_hat).pow(2).sum(-1).mean() + l1 * acts.sum(-1).mean()
+
+    checks.check_standard_sae_loss(right)
+    with pytest.raises(AssertionError, match="seed 0"):
+        checks.check_standard_sae_loss(unweighted)
+
+    checks.check_diagnosis(dict(checks.DIAGNOSIS_RUNS))
+    wrong = dict(checks.DIAGNOSIS_RUNS)
+    wrong["A"], wrong["B"] = wrong["B"], wrong["A"]
+    with pytest.raises(AssertionError, match="run A"):
+        checks.check_diagnosis(wrong)
+    with pytest.raises(AssertionError, match="missing"):
+        checks.check_diagnosis({"A": "healthy"})
+    assert set(checks.DIAGNOSIS_RUNS.values()) == set(FAULTS)
+
+    checks.check_l2_ratio(lambda x, x_hat: checks.reference_l2_ratio(x, x_hat))
+    with pytest.raises(AssertionError, match="zero input"):
+        checks.check_l2_ratio(lambda x, x_hat: (x_hat.norm(dim=-1) / x.norm(dim=-1)).mean())

@@ -473,3 +473,64 @@ def check_top_k_by_mean_difference(fn: Callable[[Tensor, Tensor, int], Tensor]) 
         ("non-negative latents", (X.relu(), y, 3), {}),
     ]
     check_function(sorted_reader, sorted_reference, cases)
+
+
+# --- Part 4, chapter 1: training with SAELens -----------------------------------------------
+
+
+def _saelens_standard_step(seed: int, l1: float, batch: int = 16) -> dict[str, Tensor]:
+    """One SAELens ``StandardTrainingSAE`` forward pass on random weights and inputs."""
+    from sae_lens import StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens.saes.sae import TrainStepInput
+
+    g = _generator(seed)
+    torch.manual_seed(seed)
+    sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=6, d_sae=12, l1_coefficient=l1))
+    with torch.no_grad():  # decoder rows of uneven norms, so the norm weighting matters
+        sae.W_dec.mul_(torch.rand(12, 1, generator=g) * 3 + 0.1)
+        sae.b_enc.add_(torch.randn(12, generator=g) * 0.1)
+    x = torch.randn(batch, 6, generator=g)
+    out = sae.training_forward_pass(
+        TrainStepInput(
+            sae_in=x,
+            coefficients={"l1": l1},
+            dead_neuron_mask=None,
+            n_training_steps=0,
+            is_logging_step=False,
+        )
+    )
+    return {
+        "x": x,
+        "feature_acts": out.feature_acts.detach(),
+        "x_hat": out.sae_out.detach(),
+        "W_dec": sae.W_dec.detach().clone(),
+        "loss": out.loss.detach(),
+    }
+
+
+def check_standard_sae_loss(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(x, feature_acts, x_hat, W_dec, l1_coefficient) -> scalar`` against SAELens.
+
+    The reference is the ``loss`` SAELens' own ``StandardTrainingSAE.training_forward_pass``
+    returns for random weights and inputs (several seeds, a zero coefficient, one input).
+    """
+    cases: list[Case] = []
+    expected: dict[str, Tensor] = {}
+    for name, seed, l1, batch in [
+        ("seed 0, l1=1", 0, 1.0, 16),
+        ("seed 1, l1=5", 1, 5.0, 16),
+        ("no penalty (l1=0)", 2, 0.0, 16),
+        ("one input", 3, 2.0, 1),
+    ]:
+        step = _saelens_standard_step(seed, l1, batch)
+        expected[name] = step["loss"]
+        args = (step["x"], step["feature_acts"], step["x_hat"], step["W_dec"], l1)
+        cases.append((name, args, {"_case": name}))
+
+    def reference(*args: Any, _case: str) -> Tensor:
+        return expected[_case]
+
+    def reader(*args: Any, _case: str) -> Tensor:
+        return fn(*args)
+
+    check_function(reader, reference, cases, atol=1e-4, rtol=1e-4)
