@@ -309,7 +309,8 @@ class RecordingTrainer(SAETrainer):
         super().__init__(*args, **kwargs)
         self.history: list[dict[str, float]] = []
 
-    def step(self, batch: Tensor) -> TrainStepOutput:  # noqa: D102 (documented on the class)
+    def step(self, batch: Tensor) -> TrainStepOutput:
+        """SAELens' training step on ``batch``, then one row of metrics appended to history."""
         lr = self.optimizer.param_groups[0]["lr"]
         out = super().step(batch)
         with torch.no_grad():
