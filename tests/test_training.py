@@ -33,6 +33,7 @@ def test_every_architecture_trains_and_loads(arch):
     assert type(cfg) is ARCHITECTURES[arch][0]
     run = train_sae(_acts(), cfg, total_samples=128 * 30, batch_size=128, progress=False)
     assert isinstance(run.sae, SAE)
+    assert run.architecture == cfg.architecture() and run.seconds > 0
     assert run.sae.cfg.metadata.hook_name == "blocks.0.hook_x"
     assert len(run.curves) == 30
     for col in ("loss", "l0", "explained_variance", "dead_fraction", "lr", "mse_loss"):
