@@ -2,8 +2,9 @@
 
 An exercise is a section headed ``### Exercise: <what to write>`` in an executable chapter:
 
-1. prose and a ```` ```python ```` block giving the signature (``def NAME(...)`` or
-   ``class NAME``) with shapes in its docstring or comments;
+1. prose and a ```` ```python ```` block giving the signature (``def NAME(...)``,
+   ``class NAME``, or for an answer that is data, an annotated ``NAME: type``) with shapes in
+   its docstring or comments;
 2. the first code cell after the heading is the solution: tagged ``hide-cell`` (collapsed on
    the site; a titled Colab form in the Colab notebooks), with the toggle text
    ``mystnb: {code_prompt_show: Show a solution, code_prompt_hide: Hide the solution}``,
@@ -66,12 +67,17 @@ def _exercises(entry: str) -> list[tuple[str, list]]:
 
 
 def _defined_names(source: str) -> set[str]:
+    """Functions, classes and annotated variables (``NAME: type``) a block defines."""
     tree = ast.parse(source)
-    return {
+    names = {
         node.name
         for node in tree.body
         if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
     }
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
 
 
 def _check_exercise(entry: str, heading: str, cells: list) -> list[str]:
@@ -88,7 +94,8 @@ def _check_exercise(entry: str, heading: str, cells: list) -> list[str]:
         return [f"{where}: no ```python block with the signature before the solution"]
     names = _defined_names(signature.group(1))
     if len(names) != 1:
-        return [f"{where}: the signature block must define one function or class, got {names}"]
+        kinds = "one function, class or annotated name"
+        return [f"{where}: the signature block must define {kinds}, got {names}"]
     (name,) = names
     code = [c for c in rest if c.cell_type == "code"]
     if len(code) < 2:

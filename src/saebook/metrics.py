@@ -20,6 +20,8 @@ __all__ = [
     "check_sae_hooks",
     "sae_input_and_target",
     "explained_variance",
+    "l2_ratio",
+    "kl_divergence",
     "reconstruction_metrics",
 ]
 
@@ -75,6 +77,36 @@ def explained_variance(target: Float[Tensor, "n d"], reconstruction: Float[Tenso
     return float(1 - resid / total)
 
 
+def l2_ratio(target: Float[Tensor, "n d"], reconstruction: Float[Tensor, "n d"]) -> float:
+    """Mean over rows of ``||x_hat|| / ||x||``: below 1 means the SAE shrinks its inputs.
+
+    Rows whose input norm is below 1e-4 are divided by 1 instead (as SAELens does), so a
+    zero input does not produce an infinity.
+    """
+    if target.shape != reconstruction.shape or target.ndim != 2:
+        raise ValueError(
+            f"target and reconstruction must be equal (n, d) tensors, "
+            f"got {tuple(target.shape)} and {tuple(reconstruction.shape)}"
+        )
+    norm_in = target.norm(dim=-1)
+    norm_in = torch.where(norm_in.abs() < 1e-4, torch.ones_like(norm_in), norm_in)
+    return float((reconstruction.norm(dim=-1) / norm_in).mean())
+
+
+def kl_divergence(
+    clean_logits: Float[Tensor, "... vocab"], new_logits: Float[Tensor, "... vocab"]
+) -> Float[Tensor, ...]:
+    """``KL(p_clean || p_new)`` of the next-token distributions, per position (in nats)."""
+    if clean_logits.shape != new_logits.shape:
+        raise ValueError(
+            f"new_logits must have clean_logits' shape {tuple(clean_logits.shape)}, "
+            f"got {tuple(new_logits.shape)}"
+        )
+    log_p = clean_logits.log_softmax(-1)
+    log_q = new_logits.log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
 @dataclass
 class ReconstructionMetrics:
     """Quality of one SAE on one batch of tokens (BOS positions excluded throughout)."""
@@ -86,6 +118,8 @@ class ReconstructionMetrics:
     ce_clean: float
     ce_with_sae: float
     ce_zero_ablation: float
+    kl_div: float  # mean KL(clean || with SAE) of next-token distributions over kept positions
+    l2_ratio: float  # mean ||x_hat|| / ||x||: shrinkage when below 1
 
     @property
     def ce_loss_recovered(self) -> float:
@@ -102,10 +136,11 @@ class ReconstructionMetrics:
 def reconstruction_metrics(
     model: HookedSAETransformer, sae: SAE, tokens: Int[Tensor, "batch seq"]
 ) -> ReconstructionMetrics:
-    """Explained variance, MSE, L0, dead latents and CE losses of ``sae`` on ``tokens``.
+    """Explained variance, MSE, L0, dead latents, CE losses, KL and L2 ratio of ``sae``.
 
-    The SAE is spliced in without its error term and bypassed at BOS positions (as it was
-    trained); "zero ablation" sets the SAE's output hook to zero at the same positions.
+    All on ``tokens``. The SAE is spliced in without its error term and bypassed at BOS
+    positions (as it was trained); "zero ablation" sets the SAE's output hook to zero at the
+    same positions.
     """
     _, hook_out = check_sae_hooks(model, sae)
     tokens = check_tokens(tokens, model)
@@ -118,23 +153,27 @@ def reconstruction_metrics(
     tgt, rec = flat(target)[keep], flat(recon)[keep]
     fired = (acts[keep] > 0).float()
 
-    def loss_with(hook_fn=None) -> float:
-        hooks = [] if hook_fn is None else [(hook_out, hook_fn)]
-        return float(model.run_with_hooks(tokens, return_type="loss", fwd_hooks=hooks))
+    def loss_with(hook_fn) -> float:
+        return float(
+            model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(hook_out, hook_fn)])
+        )
 
     def zero(act, hook):
         mask = keep.view(*keep.shape, *([1] * (act.ndim - 2)))
         return torch.where(mask, torch.zeros_like(act), act)
 
-    ce_sae = float(
-        model.run_with_saes(tokens, saes=[sae], return_type="loss", exclude_special_tokens=[bos])
+    clean_logits, ce_clean = model(tokens, return_type="both")
+    sae_logits, ce_sae = model.run_with_saes(
+        tokens, saes=[sae], return_type="both", exclude_special_tokens=[bos]
     )
     return ReconstructionMetrics(
         explained_variance=explained_variance(tgt, rec),
         mse=float((tgt - rec).pow(2).sum(-1).mean()),
         l0=float(fired.sum(-1).mean()),
         dead_fraction=float((fired.sum(0) == 0).float().mean()),
-        ce_clean=loss_with(),
-        ce_with_sae=ce_sae,
+        ce_clean=float(ce_clean),
+        ce_with_sae=float(ce_sae),
         ce_zero_ablation=loss_with(zero),
+        kl_div=float(kl_divergence(clean_logits, sae_logits)[keep].mean()),
+        l2_ratio=l2_ratio(tgt, rec),
     )

@@ -63,7 +63,13 @@ PROFILES: dict[str, ProfileSpec] = {
             saes={},  # read from the shipped files; see saebook.tinyworld.build.SAE_SPECS
             width_family=("saebook-tiny", ()),
             dataset=None,
-            sizes=dict(seq_len=128, n_seqs=256, batch_size=64, gen_tokens=24),
+            sizes=dict(
+                seq_len=128,
+                n_seqs=256,
+                batch_size=64,
+                gen_tokens=24,
+                train_tokens=102_400,  # SAE training samples (Part 4)
+            ),
             needs="a CPU (2 cores), no network",
             task="code_recall",  # the tiny model does not learn IOI
         ),
@@ -81,7 +87,9 @@ PROFILES: dict[str, ProfileSpec] = {
                 tuple(f"blocks.8.hook_resid_pre_{w}" for w in (768, 1536, 3072, 6144, 12288)),
             ),
             dataset="Skylion007/openwebtext",
-            sizes=dict(seq_len=128, n_seqs=1024, batch_size=32, gen_tokens=32),
+            sizes=dict(
+                seq_len=128, n_seqs=1024, batch_size=32, gen_tokens=32, train_tokens=2_048_000
+            ),
             needs="a GPU or Colab, internet",
             task="ioi",
         ),
@@ -100,7 +108,9 @@ PROFILES: dict[str, ProfileSpec] = {
                 tuple(f"layer_12/width_{w}/canonical" for w in ("16k", "65k", "262k")),
             ),
             dataset="monology/pile-uncopyrighted",
-            sizes=dict(seq_len=128, n_seqs=512, batch_size=8, gen_tokens=32),
+            sizes=dict(
+                seq_len=128, n_seqs=512, batch_size=8, gen_tokens=32, train_tokens=2_048_000
+            ),
             needs="a GPU with >= 24 GB, internet",
             task="ioi",
             raw_weights=True,  # Gemma Scope was trained on the unprocessed model

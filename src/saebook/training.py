@@ -9,29 +9,67 @@ SAELens ``Transcoder``. Both return inference SAELens objects, ready for
 
 from __future__ import annotations
 
+import functools
 import tempfile
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from sae_lens import (
     SAE,
+    BatchTopKTrainingSAEConfig,
+    GatedTrainingSAEConfig,
+    JumpReLUTrainingSAEConfig,
+    MatryoshkaBatchTopKTrainingSAEConfig,
     SAETrainer,
+    StandardTrainingSAEConfig,
     TopKTrainingSAE,
     TopKTrainingSAEConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
     Transcoder,
     TranscoderConfig,
 )
 from sae_lens.config import LoggingConfig, SAETrainerConfig
-from sae_lens.saes.sae import SAEMetadata
+from sae_lens.saes.sae import SAEMetadata, TrainStepOutput
+from sae_lens.training import activation_scaler as activation_scaler_module
+from sae_lens.training import sae_trainer as sae_trainer_module
 from torch import Tensor
 from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
 from saebook.validate import check_int, check_tensor, check_tokens
 
-__all__ = ["collect_activations", "activation_batches", "train_topk_sae", "train_transcoder"]
+__all__ = [
+    "ARCHITECTURES",
+    "collect_activations",
+    "activation_batches",
+    "training_sae_config",
+    "RecordingTrainer",
+    "TrainingRun",
+    "train_sae",
+    "FAULTS",
+    "train_planted_faults",
+    "curve_signatures",
+    "train_topk_sae",
+    "train_transcoder",
+]
+
+# architecture -> (SAELens training config class, the config field the sparsity knob sets)
+ARCHITECTURES: dict[str, tuple[type[TrainingSAEConfig], str]] = {
+    "standard": (StandardTrainingSAEConfig, "l1_coefficient"),
+    "topk": (TopKTrainingSAEConfig, "k"),
+    "batchtopk": (BatchTopKTrainingSAEConfig, "k"),
+    "jumprelu": (JumpReLUTrainingSAEConfig, "l0_coefficient"),
+    "gated": (GatedTrainingSAEConfig, "l1_coefficient"),
+    "matryoshka": (MatryoshkaBatchTopKTrainingSAEConfig, "k"),
+}
 
 
 @torch.no_grad()
@@ -241,3 +279,273 @@ def train_transcoder(
     with tempfile.TemporaryDirectory() as tmp:
         sae.save_model(Path(tmp))
         return SAE.load_from_disk(tmp)
+
+
+def training_sae_config(
+    architecture: str,
+    d_in: int,
+    d_sae: int,
+    sparsity: float,
+    metadata: dict | None = None,
+    normalize_activations: str = "expected_average_only_in",
+    **overrides: Any,
+) -> TrainingSAEConfig:
+    """A SAELens training config for ``architecture`` with its sparsity knob set to ``sparsity``.
+
+    ``sparsity`` is the L1 coefficient (``standard``, ``gated``), the L0 coefficient
+    (``jumprelu``) or k (``topk``, ``batchtopk``, ``matryoshka``); :data:`ARCHITECTURES` says
+    which. Matryoshka SAEs get nested prefixes of 1/8, 1/4, 1/2 and all of ``d_sae``.
+    ``normalize_activations`` defaults to SAELens' ``expected_average_only_in`` (inputs scaled
+    to norm ``sqrt(d_in)`` during training, folded into the weights afterwards), so the same
+    coefficients suit models whose activations have very different norms. ``overrides`` go to
+    the config class unchanged.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {list(ARCHITECTURES)}, got {architecture!r}")
+    if d_in < 1 or d_sae < 1:
+        raise ValueError(f"d_in and d_sae must be positive, got d_in={d_in}, d_sae={d_sae}")
+    if sparsity <= 0:
+        raise ValueError(f"sparsity must be positive, got {sparsity!r}")
+    cls, knob = ARCHITECTURES[architecture]
+    if knob == "k" and sparsity >= d_sae:
+        raise ValueError(f"sparsity (k) must be smaller than d_sae ({d_sae}), got {sparsity}")
+    kwargs: dict[str, Any] = {knob: int(sparsity) if knob == "k" else float(sparsity)}
+    if architecture == "matryoshka":
+        widths = sorted({max(1, d_sae // 8), max(1, d_sae // 4), max(1, d_sae // 2), d_sae})
+        kwargs["matryoshka_widths"] = widths
+    kwargs.update(overrides)
+    return cls(
+        d_in=d_in,
+        d_sae=d_sae,
+        normalize_activations=normalize_activations,
+        metadata=SAEMetadata(**(metadata or {})),
+        **kwargs,
+    )
+
+
+class RecordingTrainer(SAETrainer):
+    """SAELens' ``SAETrainer`` that also records a row of metrics at every training step.
+
+    Each row of :attr:`history` has ``step``, ``loss`` (the total training loss), every named
+    loss SAELens reports (``mse_loss``, ``l1_loss``, ...), ``l0`` (latents firing per input),
+    ``explained_variance`` of the batch, ``dead_fraction`` (latents that have not fired for
+    more than ``dead_feature_window`` steps) and ``lr``. Everything else is SAELens' own
+    ``fit()``: schedules, normalisation, checkpoints and the final folding of the scaler.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.history: list[dict[str, float]] = []
+
+    def step(self, batch: Tensor) -> TrainStepOutput:
+        """SAELens' training step on ``batch``, then one row of metrics appended to history."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        out = super().step(batch)
+        with torch.no_grad():
+            x, x_hat = out.sae_in.float(), out.sae_out.float()
+            resid = (x - x_hat).pow(2).sum(-1).mean()
+            total = (x - x.mean(0)).pow(2).sum(-1).mean()
+            row = {
+                "step": self.n_training_steps,
+                "loss": float(out.loss),
+                **{name: float(value) for name, value in out.losses.items()},
+                "l0": float((out.feature_acts != 0).float().sum(-1).mean()),
+                "explained_variance": float(1 - resid / total),
+                "dead_fraction": float(self.dead_neurons.float().mean()),
+                "lr": float(lr),
+            }
+        self.history.append(row)
+        return out
+
+
+@dataclass
+class TrainingRun:
+    """One finished training run: the inference SAE, its per-step curves and its cost."""
+
+    sae: SAE
+    curves: pd.DataFrame  # one row per step, columns as in RecordingTrainer.history
+    seconds: float
+    config: TrainingSAEConfig
+    trainer_config: SAETrainerConfig
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def architecture(self) -> str:
+        """SAELens' name for the architecture (``standard``, ``topk``, ...)."""
+        return self.config.architecture()
+
+
+@contextmanager
+def _saelens_bars(progress: bool) -> Iterator[None]:
+    """SAELens' trainer and scaler draw their own tqdm bars; silence them unless ``progress``."""
+    modules = [sae_trainer_module, activation_scaler_module]
+    originals = [m.tqdm for m in modules]
+    try:
+        for m in modules:
+            m.tqdm = functools.partial(tqdm, disable=not progress)
+        yield
+    finally:
+        for m, original in zip(modules, originals, strict=True):
+            m.tqdm = original
+
+
+def train_sae(
+    activations: Float[Tensor, "n d_in"],
+    config: TrainingSAEConfig,
+    total_samples: int,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    lr_warm_up_steps: int | None = None,
+    lr_scheduler_name: str = "constant",
+    dead_feature_window: int = 100,
+    checkpoint_path: str | Path | None = None,
+    n_checkpoints: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainingRun:
+    """Train the SAE described by ``config`` on rows of ``activations`` with SAELens.
+
+    Batches of ``batch_size`` rows are drawn (reshuffled every pass) until ``total_samples``
+    rows have been seen. ``lr_warm_up_steps`` defaults to 5% of the steps. With
+    ``checkpoint_path`` SAELens saves ``n_checkpoints`` intermediate checkpoints and the final
+    one there (each loadable with ``SAE.load_from_disk``). Returns a :class:`TrainingRun` whose
+    ``sae`` is the inference SAE after a save/load round trip through SAELens' format, so what
+    you evaluate is exactly what you would ship.
+    """
+    if activations.ndim != 2 or activations.shape[1] != config.d_in:
+        raise ValueError(
+            f"activations must be (n, d_in={config.d_in}), got {tuple(activations.shape)}"
+        )
+    if total_samples < batch_size:
+        raise ValueError(
+            f"total_samples must be at least batch_size ({batch_size}), got {total_samples}"
+        )
+    steps = total_samples // batch_size
+    warm = max(1, steps // 20) if lr_warm_up_steps is None else lr_warm_up_steps
+    torch.manual_seed(seed)
+    sae = TrainingSAE.from_dict(config.to_dict())
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=total_samples,
+        train_batch_size_samples=batch_size,
+        lr=lr,
+        lr_end=lr / 10,
+        lr_scheduler_name=lr_scheduler_name,
+        lr_warm_up_steps=warm,
+        dead_feature_window=dead_feature_window,
+        feature_sampling_window=max(steps, 1),
+        n_checkpoints=n_checkpoints,
+        checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
+        save_final_checkpoint=checkpoint_path is not None,
+        n_batches_for_norm_estimate=min(50, max(1, activations.shape[0] // batch_size)),
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    trainer = RecordingTrainer(
+        cfg=trainer_cfg,
+        sae=sae,
+        data_provider=activation_batches(activations, batch_size=batch_size, seed=seed),
+    )
+    start = time.perf_counter()
+    with _saelens_bars(progress):
+        trained = trainer.fit()
+    seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        trained.save_inference_model(tmp)
+        inference = SAE.load_from_disk(tmp)
+    return TrainingRun(
+        sae=inference,
+        curves=pd.DataFrame(trainer.history),
+        seconds=seconds,
+        config=config,
+        trainer_config=trainer_cfg,
+    )
+
+
+# Planted faults for the "diagnose the run" exercise: fault -> changes to a healthy L1 run.
+# ``l1``/``lr`` multiply the healthy values; ``scale`` multiplies the inputs.
+FAULTS: dict[str, dict[str, Any]] = {
+    "healthy": {},
+    "sparsity coefficient too small": {"l1": 1 / 30},
+    "sparsity coefficient too large": {"l1": 15.0},
+    "learning rate too high": {"lr": 15.0},
+    "no warm-up": {"warm_up": False},
+    "bad input normalisation": {"scale": 30.0, "normalize": "none"},
+}
+
+
+def train_planted_faults(
+    activations: Float[Tensor, "n d_in"],
+    d_sae: int,
+    total_samples: int,
+    l1_coefficient: float = 2.0,
+    lr: float = 1e-2,
+    batch_size: int = 512,
+    faults: list[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, TrainingRun]:
+    """One short standard (L1) SAE run per entry of :data:`FAULTS` (or of ``faults``).
+
+    The healthy run warms up both the learning rate and the L1 coefficient over the first
+    20% of steps and normalises its inputs to norm ``sqrt(d_in)``; each faulty run changes
+    exactly one of these decisions. Dead latents are counted over a window of 25 steps.
+    Returns fault name -> :class:`TrainingRun`.
+    """
+    names = list(FAULTS) if faults is None else faults
+    unknown = [f for f in names if f not in FAULTS]
+    if unknown:
+        raise ValueError(f"faults must be names from FAULTS {list(FAULTS)}, got {unknown}")
+    warm = max(1, (total_samples // batch_size) // 5)
+    runs = {}
+    for name in tqdm(names, desc="Planted-fault runs", disable=not progress):
+        fault = FAULTS[name]
+        warm_up = fault.get("warm_up", True)
+        config = training_sae_config(
+            "standard",
+            activations.shape[1],
+            d_sae,
+            l1_coefficient * fault.get("l1", 1.0),
+            normalize_activations=fault.get("normalize", "expected_average_only_in"),
+            l1_warm_up_steps=warm if warm_up else 0,
+        )
+        runs[name] = train_sae(
+            activations * fault.get("scale", 1.0),
+            config,
+            total_samples,
+            batch_size=batch_size,
+            lr=lr * fault.get("lr", 1.0),
+            lr_warm_up_steps=warm if warm_up else 0,
+            dead_feature_window=25,
+            seed=seed,
+            progress=False,
+        )
+    return runs
+
+
+def curve_signatures(curves: pd.DataFrame, tail: float = 0.25) -> dict[str, float]:
+    """Summary numbers that tell training curves apart (one run's ``TrainingRun.curves``).
+
+    ``final_l0`` and ``final_ev``: means over the last ``tail`` of the steps; ``loss_scale``:
+    the first step's loss; ``max_jump``: the largest ratio of a step's loss to the median of
+    the 10 steps before it (spikes); ``ev_noise``: the standard deviation of the step-to-step
+    change in explained variance over the second half; ``max_dead``: the largest dead
+    fraction; ``early_l0``: L0 at 5% of the steps (how fast sparsity set in).
+    """
+    needed = {"loss", "l0", "explained_variance", "dead_fraction"}
+    if not needed <= set(curves.columns) or len(curves) < 20:
+        raise ValueError(
+            f"curves must have columns {sorted(needed)} and at least 20 rows, "
+            f"got columns {list(curves.columns)} and {len(curves)} rows"
+        )
+    n = len(curves)
+    last = curves.iloc[-max(1, int(n * tail)) :]
+    half = curves.iloc[n // 2 :]
+    baseline = curves["loss"].rolling(10, min_periods=1).median().shift(1)
+    return {
+        "final_l0": float(last["l0"].mean()),
+        "final_ev": float(last["explained_variance"].mean()),
+        "loss_scale": float(curves["loss"].iloc[0]),
+        "max_jump": float((curves["loss"] / baseline).iloc[1:].max()),
+        "ev_noise": float(half["explained_variance"].diff().std()),
+        "max_dead": float(curves["dead_fraction"].max()),
+        "early_l0": float(curves["l0"].iloc[max(1, n // 20)]),
+    }

@@ -1,0 +1,169 @@
+"""SAE training with SAELens on cached activations: configs, curves, checkpoints, faults."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sae_lens import SAE
+
+from saebook.training import (
+    ARCHITECTURES,
+    FAULTS,
+    activation_batches,
+    collect_activations,
+    curve_signatures,
+    train_planted_faults,
+    train_sae,
+    training_sae_config,
+)
+
+
+def _acts(n: int = 1024, d: int = 8, seed: int = 0) -> torch.Tensor:
+    """Sparse non-negative combinations of 16 random directions, plus a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(16, d, generator=g), dim=-1)
+    coeffs = torch.rand(n, 16, generator=g) * (torch.rand(n, 16, generator=g) < 0.15)
+    return 3 * coeffs @ dirs + 0.01 * torch.randn(n, d, generator=g)
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_every_architecture_trains_and_loads(arch):
+    value = 4 if ARCHITECTURES[arch][1] == "k" else 1.0
+    cfg = training_sae_config(arch, 8, 32, value, metadata={"hook_name": "blocks.0.hook_x"})
+    assert type(cfg) is ARCHITECTURES[arch][0]
+    run = train_sae(_acts(), cfg, total_samples=128 * 30, batch_size=128, progress=False)
+    assert isinstance(run.sae, SAE)
+    assert run.architecture == cfg.architecture() and run.seconds > 0
+    assert run.sae.cfg.metadata.hook_name == "blocks.0.hook_x"
+    assert len(run.curves) == 30
+    for col in ("loss", "l0", "explained_variance", "dead_fraction", "lr", "mse_loss"):
+        assert col in run.curves.columns
+    # training helps: the reconstruction error falls
+    assert run.curves["mse_loss"].iloc[-5:].mean() < run.curves["mse_loss"].iloc[:3].mean()
+
+
+def test_topk_l0_is_k_and_matryoshka_widths():
+    cfg = training_sae_config("topk", 8, 32, 3)
+    run = train_sae(_acts(), cfg, total_samples=128 * 10, batch_size=128, progress=False)
+    assert (run.curves["l0"] == 3).all()
+    mat = training_sae_config("matryoshka", 8, 64, 4)
+    assert mat.matryoshka_widths == [8, 16, 32, 64]
+
+
+def test_checkpoints_reload(tmp_path):
+    cfg = training_sae_config("standard", 8, 16, 1.0, metadata={"hook_name": "h"})
+    run = train_sae(
+        _acts(),
+        cfg,
+        64 * 20,
+        batch_size=64,
+        checkpoint_path=tmp_path,
+        n_checkpoints=1,
+        progress=False,
+    )
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert len(folders) == 2 and any(f.startswith("final") for f in folders)
+    final = SAE.load_from_disk(tmp_path / next(f for f in folders if f.startswith("final")))
+    x = _acts(32, seed=3)
+    assert torch.allclose(
+        final.decode(final.encode(x)), run.sae.decode(run.sae.encode(x)), atol=1e-5
+    )
+
+
+def test_config_and_training_errors():
+    with pytest.raises(ValueError, match="architecture"):
+        training_sae_config("relu", 8, 16, 1.0)
+    with pytest.raises(ValueError, match="k"):
+        training_sae_config("topk", 8, 16, 16)
+    with pytest.raises(ValueError, match="sparsity"):
+        training_sae_config("standard", 8, 16, 0.0)
+    cfg = training_sae_config("standard", 8, 16, 1.0)
+    with pytest.raises(ValueError, match="d_in=8"):
+        train_sae(torch.zeros(100, 4), cfg, 100, batch_size=10)
+    with pytest.raises(ValueError, match="total_samples"):
+        train_sae(torch.zeros(100, 8), cfg, 5, batch_size=10)
+
+
+def test_activation_batches_cover_rows():
+    x = torch.arange(10).float()[:, None]
+    it = activation_batches(x, batch_size=5, seed=1)
+    first = torch.cat([next(it), next(it)]).flatten().sort().values
+    assert torch.equal(first, torch.arange(10).float())
+    with pytest.raises(ValueError, match="batch_size"):
+        next(activation_batches(x, batch_size=11))
+
+
+def test_collect_activations_drops_bos(micro_model):
+    model, saes, _ = micro_model
+    hook = saes["resid"].cfg.metadata.hook_name
+    tokens = torch.randint(1, model.cfg.d_vocab, (3, 6))
+    tokens[:, 0] = model.tokenizer.bos_token_id
+    acts = collect_activations(model, tokens, [hook], progress=False)[hook]
+    assert acts.shape == (3 * 5, model.cfg.d_model)
+    with pytest.raises(KeyError, match="hook_names"):
+        collect_activations(model, tokens, ["no.such.hook"], progress=False)
+
+
+def test_planted_faults_have_their_signatures():
+    acts = _acts(2048)
+    runs = train_planted_faults(
+        acts,
+        d_sae=32,
+        total_samples=256 * 40,
+        batch_size=256,
+        faults=["healthy", "sparsity coefficient too large", "bad input normalisation"],
+        progress=False,
+    )
+    sig = {f: curve_signatures(r.curves) for f, r in runs.items()}
+    assert sig["sparsity coefficient too large"]["final_l0"] < sig["healthy"]["final_l0"]
+    assert sig["bad input normalisation"]["loss_scale"] > 100 * sig["healthy"]["loss_scale"]
+    with pytest.raises(ValueError, match="faults"):
+        train_planted_faults(acts, 32, 256, faults=["typo"])
+    assert "healthy" in FAULTS
+
+
+def test_curve_signatures_detects_a_spike():
+    import pandas as pd
+
+    steps = 40
+    base = pd.DataFrame(
+        {
+            "loss": [1.0] * steps,
+            "l0": [5.0] * steps,
+            "explained_variance": [0.8] * steps,
+            "dead_fraction": [0.0] * steps,
+        }
+    )
+    spiky = base.copy()
+    spiky.loc[30, "loss"] = 4.0
+    assert curve_signatures(base)["max_jump"] == pytest.approx(1.0)
+    assert curve_signatures(spiky)["max_jump"] == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="curves"):
+        curve_signatures(base.iloc[:5])
+
+
+def test_checkers_of_part_4():
+    from saebook import checks
+
+    def right(x, acts, x_hat, W_dec, l1):
+        return (x - x_hat).pow(2).sum(-1).mean() + l1 * (acts * W_dec.norm(dim=1)).sum(-1).mean()
+
+    def unweighted(x, acts, x_hat, W_dec, l1):
+        return (x - x_hat).pow(2).sum(-1).mean() + l1 * acts.sum(-1).mean()
+
+    checks.check_standard_sae_loss(right)
+    with pytest.raises(AssertionError, match="seed 0"):
+        checks.check_standard_sae_loss(unweighted)
+
+    checks.check_diagnosis(dict(checks.DIAGNOSIS_RUNS))
+    wrong = dict(checks.DIAGNOSIS_RUNS)
+    wrong["A"], wrong["B"] = wrong["B"], wrong["A"]
+    with pytest.raises(AssertionError, match="run A"):
+        checks.check_diagnosis(wrong)
+    with pytest.raises(AssertionError, match="missing"):
+        checks.check_diagnosis({"A": "healthy"})
+    assert set(checks.DIAGNOSIS_RUNS.values()) == set(FAULTS)
+
+    checks.check_l2_ratio(lambda x, x_hat: checks.reference_l2_ratio(x, x_hat))
+    with pytest.raises(AssertionError, match="zero input"):
+        checks.check_l2_ratio(lambda x, x_hat: (x_hat.norm(dim=-1) / x.norm(dim=-1)).mean())
