@@ -101,11 +101,18 @@ def numeric_outputs(nb) -> list[tuple[str, str, list[float]]]:
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
+        # a cell's stdout is one text: the kernel splits it into stream messages by timing
+        stdout = "".join(
+            o.get("text", "")
+            for o in cell.get("outputs", [])
+            if o.get("output_type") == "stream" and o.get("name") == "stdout"
+        )
         for k, out in enumerate(cell.get("outputs", [])):
             where = f"cell {index} output {k}"
             if out.get("output_type") == "stream":
-                if out.get("name") == "stdout":
-                    records.append(_text_record(f"{where} (stdout)", out.get("text", "")))
+                if out.get("name") == "stdout" and stdout:  # at the first stdout message
+                    records.append(_text_record(f"cell {index} (stdout)", stdout))
+                    stdout = ""
                 continue
             data = out.get("data", {})
             for mime in sorted(data):
@@ -190,6 +197,17 @@ def test_comparison_finds_a_changed_number_and_ignores_noise():
     assert "number 0 is 0.123" in first_difference(records[:1], numeric_outputs(three))
     four = _nb(_plain("gain 0.123 at step 10"))
     assert "text differs" in first_difference(records[:1], numeric_outputs(four))
+
+
+def test_stdout_split_into_several_messages_compares_equal():
+    whole = _nb({"output_type": "stream", "name": "stdout", "text": "a 1\nb 2\n"})
+    split = _nb(
+        {"output_type": "stream", "name": "stdout", "text": "a 1\n"},
+        {"output_type": "stream", "name": "stdout", "text": "b 2\n"},
+    )
+    assert first_difference(numeric_outputs(whole), numeric_outputs(split)) is None
+    other = _nb({"output_type": "stream", "name": "stdout", "text": "a 1\nb 3\n"})
+    assert first_difference(numeric_outputs(whole), numeric_outputs(other)) is not None
 
 
 def test_plotly_typed_arrays_are_decoded():
