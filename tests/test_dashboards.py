@@ -69,6 +69,8 @@ def test_dashboard_html(setup, role):
     page = dash.to_html()
     assert dash.size_bytes == len(page.encode()) < MAX_BYTES
     assert set(dash.figures) == {"activations", "logits"}
+    assert [len(f.data) for f in dash.figures.values()] == [1, 1]
+    assert dash.figures["logits"].layout.height == 300
     assert page.count("plotly-graph-div") == 2 and "<script src" not in page
     assert "http" not in page  # nothing external
     # the top example's own token is the highlighted one, and its activation is in the tooltip

@@ -315,11 +315,23 @@ class Dashboard:
     density: float
     mean_activation: float
     max_activation: float
-    figures: dict[str, go.Figure]
     logits: pd.DataFrame
     top: list[Example]
     intervals: list
     html: str = field(repr=False)
+    figure_specs: dict[str, tuple[dict, dict]] = field(repr=False, default_factory=dict)
+
+    @property
+    def figures(self) -> dict[str, go.Figure]:
+        """The activation histogram and the logit histogram as plotly figures.
+
+        Built on access: plotly validates every property of a figure it constructs, which
+        costs more than the rest of a dashboard, and the HTML does not need them.
+        """
+        return {
+            name: go.Figure(data=[data], layout=layout)
+            for name, (data, layout) in self.figure_specs.items()
+        }
 
     def to_html(self) -> str:
         """The self-contained HTML fragment (inline CSS; figures via the page's Plotly)."""
@@ -422,9 +434,9 @@ def latent_dashboard(
     table = logit_table(model, sae, latent, k_logits)
     act_data, act_layout, act_h, act_l = _activation_plot(stats, latent)
     lg_data, lg_layout, lg_h, lg_l = _logit_plot(logits)
-    figures = {
-        "activations": go.Figure(data=[act_data], layout={**act_layout, "height": 300}),
-        "logits": go.Figure(data=[lg_data], layout={**lg_layout, "height": 300}),
+    specs = {
+        "activations": (act_data, {**act_layout, "height": 300}),
+        "logits": (lg_data, {**lg_layout, "height": 300}),
     }
 
     uid = f"sbd{next(_IDS)}-{latent}"
@@ -476,11 +488,11 @@ def latent_dashboard(
         density=density,
         mean_activation=mean,
         max_activation=top_act,
-        figures=figures,
         logits=table,
         top=top,
         intervals=[i for i, _ in intervals],
         html="".join(parts),
+        figure_specs=specs,
     )
 
 
