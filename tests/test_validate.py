@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from saebook.validate import check_int, check_sae_input, check_tensor, check_tokens
+from saebook.validate import check_int, check_prompt, check_sae_input, check_tensor, check_tokens
 
 
 def test_check_int():
@@ -60,6 +60,24 @@ def test_check_tokens():
             check_tokens(tokens, model, name="tokens")
     with pytest.raises(ValueError, match="^prompt must"):
         check_tokens(torch.ones(3, dtype=torch.long), model, name="prompt")
+
+
+def test_check_prompt_takes_one_sequence():
+    model = SimpleNamespace(cfg=SimpleNamespace(n_ctx=8, device="cpu"))
+    assert check_prompt(torch.tensor([[4, 5, 6]]), model).shape == (3,)
+    assert check_prompt(torch.tensor([4], dtype=torch.int32), model).shape == (1,)
+    cases = [
+        (torch.ones(3), TypeError, "tokens must be an integer tensor, got Tensor"),
+        ([1, 2], TypeError, "got list"),
+        (torch.ones(2, 3, dtype=torch.long), ValueError, r"one sequence.*got shape \(2, 3\)"),
+        (torch.ones(9, dtype=torch.long), ValueError, r"seq in \[1, 8\], got shape \(9,\)"),
+        (torch.ones(0, dtype=torch.long), ValueError, r"got shape \(0,\)"),
+    ]
+    for tokens, error, pattern in cases:
+        with pytest.raises(error, match=pattern):
+            check_prompt(tokens, model)
+    with pytest.raises(ValueError, match=r"prompt must be .* seq in \[2, 8\], got shape \(1,\)"):
+        check_prompt(torch.tensor([3]), model, min_len=2, name="prompt")
 
 
 def test_check_sae_input_flattens_heads_unless_the_sae_reshapes():

@@ -16,23 +16,18 @@ trains a small ReLU + L1 SAE with SAELens' trainer on cached activations.
 
 from __future__ import annotations
 
-import tempfile
-
 import torch
 from jaxtyping import Float
 from sae_lens import (
     SAE,
     JumpReLUSAE,
     JumpReLUSAEConfig,
-    SAETrainer,
-    StandardTrainingSAE,
     StandardTrainingSAEConfig,
 )
-from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor
 
-from saebook.training import activation_batches
+from saebook.training import train_sae
 
 __all__ = [
     "FORMULAS",
@@ -187,7 +182,8 @@ def train_standard_sae(
     lr: float = 1e-3,
     seed: int = 0,
 ) -> SAE:
-    """Train a standard (ReLU + L1) SAE with SAELens' ``SAETrainer`` and return it for inference.
+    """Train a standard (ReLU + L1) SAE with SAELens (:func:`saebook.training.train_sae`) and
+    return it for inference.
 
     The loss is SAELens' own: the squared reconstruction error plus ``l1_coefficient`` times
     the decoder-norm-weighted L1 norm of the latents. ``metadata`` goes into
@@ -200,31 +196,22 @@ def train_standard_sae(
         )
     if l1_coefficient < 0:
         raise ValueError(f"l1_coefficient must be >= 0, got {l1_coefficient}")
-    torch.manual_seed(seed)
     cfg = StandardTrainingSAEConfig(
         d_in=activations.shape[1],
         d_sae=d_sae,
         l1_coefficient=l1_coefficient,
         metadata=SAEMetadata(**metadata),
     )
-    sae = StandardTrainingSAE(cfg)
     steps = total_samples // batch_size
-    trainer = SAETrainer(
-        cfg=SAETrainerConfig(
-            total_training_samples=total_samples,
-            train_batch_size_samples=batch_size,
-            lr=lr,
-            lr_end=lr / 10,
-            lr_scheduler_name="cosineannealing",
-            lr_warm_up_steps=min(50, steps // 10),
-            dead_feature_window=max(steps, 1),
-            feature_sampling_window=max(steps, 1),
-            logger=LoggingConfig(log_to_wandb=False),
-        ),
-        sae=sae,
-        data_provider=activation_batches(activations, batch_size=batch_size, seed=seed),
+    run = train_sae(
+        activations,
+        cfg,
+        total_samples,
+        batch_size=batch_size,
+        lr=lr,
+        lr_warm_up_steps=min(50, steps // 10),
+        lr_scheduler_name="cosineannealing",
+        dead_feature_window=max(steps, 1),
+        seed=seed,
     )
-    trained = trainer.fit()
-    with tempfile.TemporaryDirectory() as tmp:
-        trained.save_inference_model(tmp)
-        return SAE.load_from_disk(tmp)
+    return run.sae

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from saebook.latent_gradients import pre_activations
 from saebook.metrics import check_sae_hooks
+from saebook.validate import check_prompt
 
 __all__ = [
     "AttributionGraph",
@@ -54,19 +55,6 @@ __all__ = [
 
 #: Node kinds, in the order nodes are listed in a graph.
 KINDS = ("embedding", "latent", "error", "mlp", "logit")
-
-
-def _single(model: HookedSAETransformer, tokens: Tensor) -> Tensor:
-    if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"tokens must be an integer tensor, got {type(tokens).__name__}")
-    if tokens.ndim == 2 and tokens.shape[0] == 1:
-        tokens = tokens[0]
-    if tokens.ndim != 1 or not 2 <= tokens.numel() <= model.cfg.n_ctx:
-        raise ValueError(
-            f"tokens must be one prompt, shape (seq,) or (1, seq) with 2 <= seq <= "
-            f"{model.cfg.n_ctx}, got shape {tuple(tokens.shape)}"
-        )
-    return tokens.to(model.cfg.device)
 
 
 @torch.no_grad()
@@ -155,7 +143,7 @@ def attribution_graph(
         skip_bos: no latent nodes at a BOS position 0 (its MLP output goes to the error node).
         batch_size: targets per batched backward pass.
     """
-    tokens = _single(model, tokens)
+    tokens = check_prompt(tokens, model, min_len=2)
     seq, n_layers = tokens.numel(), model.cfg.n_layers
     by_layer: dict[int, SAE] = {}
     for tc in transcoders:

@@ -36,6 +36,7 @@ from torch import Tensor
 from torch.func import jacrev, jvp, vmap
 
 from saebook.metrics import check_sae_hooks
+from saebook.validate import check_prompt
 
 __all__ = [
     "ActiveLatents",
@@ -138,19 +139,6 @@ class ActiveLatents:
     def labels(self) -> list[str]:
         """``"p<pos>:<latent>"`` for each active latent."""
         return [f"p{p}:{i}" for p, i in zip(self.pos.tolist(), self.latent.tolist(), strict=True)]
-
-
-def _check_tokens(model: HookedSAETransformer, tokens: Tensor) -> Tensor:
-    if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"tokens must be an integer tensor, got {type(tokens).__name__}")
-    if tokens.ndim == 2 and tokens.shape[0] == 1:
-        tokens = tokens[0]
-    if tokens.ndim != 1 or not 1 <= tokens.numel() <= model.cfg.n_ctx:
-        raise ValueError(
-            f"tokens must be one sequence, shape (seq,) or (1, seq) with seq in "
-            f"[1, {model.cfg.n_ctx}], got shape {tuple(tokens.shape)}"
-        )
-    return tokens.to(model.cfg.device)[None]
 
 
 def _positions(arg: str, positions: object, seq: int, skip: set[int]) -> Tensor:
@@ -277,7 +265,7 @@ def latent_map(
             f"up_sae must write before down_sae reads: up_sae writes at {up_out!r}, "
             f"down_sae reads at {down_in!r}"
         )
-    tokens = _check_tokens(model, tokens)
+    tokens = check_prompt(tokens, model)[None]
     seq = tokens.shape[1]
     bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
     skip = {0} if skip_bos and bos is not None and int(tokens[0, 0]) == bos else set()
@@ -493,7 +481,7 @@ def token_attribution(
     The gradient is exact (full model, no frozen parts); positions after ``pos`` get 0.
     """
     hook_in, _ = check_sae_hooks(model, sae)
-    tokens = _check_tokens(model, tokens)
+    tokens = check_prompt(tokens, model)[None]
     seq = tokens.shape[1]
     if not -seq <= pos < seq:
         raise IndexError(f"pos must be in [-{seq}, {seq}), got {pos}")
@@ -539,7 +527,7 @@ def latent_logit_jacobian(
     attribution of the logit.
     """
     _, hook_out = check_sae_hooks(model, sae)
-    tokens = _check_tokens(model, tokens)
+    tokens = check_prompt(tokens, model)[None]
     ids = torch.as_tensor(token_ids, dtype=torch.long).flatten().to(model.cfg.device)
     if ids.numel() == 0 or ids.min() < 0 or ids.max() >= model.cfg.d_vocab:
         raise IndexError(

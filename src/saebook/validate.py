@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_int", "check_sae_input", "check_tensor", "check_tokens"]
+__all__ = ["check_int", "check_prompt", "check_sae_input", "check_tensor", "check_tokens"]
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> int:
@@ -92,6 +92,22 @@ def check_tokens(tokens: object, model: object, name: str = "tokens") -> Tensor:
             f"got values in [{lo}, {hi}]"
         )
     return tokens.long()
+
+
+def check_prompt(tokens: object, model: object, min_len: int = 1, name: str = "tokens") -> Tensor:
+    """One prompt of integer ids, given as ``(seq,)`` or ``(1, seq)`` with
+    ``min_len <= seq <= model.cfg.n_ctx``; returned as ``(seq,)`` on the model's device."""
+    if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must be an integer tensor, got {type(tokens).__name__}")
+    if tokens.ndim == 2 and tokens.shape[0] == 1:
+        tokens = tokens[0]
+    n_ctx = model.cfg.n_ctx
+    if tokens.ndim != 1 or not min_len <= tokens.numel() <= n_ctx:
+        raise ValueError(
+            f"{name} must be one sequence, shape (seq,) or (1, seq) with seq in "
+            f"[{min_len}, {n_ctx}], got shape {tuple(tokens.shape)}"
+        )
+    return tokens.to(model.cfg.device)
 
 
 def check_sae_input(sae: object, x: Tensor, hook: str) -> Tensor:
