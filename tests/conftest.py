@@ -6,6 +6,10 @@
 - Each chapter test records `chapter` and `chapter_seconds` with `record_property`; the hooks
   below collect them with the test's outcome, print a timing table at the end of the session
   and write `_build/chapter_times.json` (uploaded as an artifact by CI).
+- Tests that compare a technique with an independent reference record one row each with the
+  `reference_row` fixture; rows go to `_build/reference_checks.json` as they are recorded
+  (keyed by technique and quantity, with the test's node id and the time), feed the appendix
+  page "How this book checks itself", and are printed at the end of the session.
 - Tests may record one-line tallies the same way: `bad_input` ("tried"/"rejected", from
   tests/test_bad_inputs.py) and `determinism` ("identical"/"different", from
   tests/test_determinism.py); a line per tally is printed at the end (also with -q).
@@ -26,6 +30,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "book" / "_ext"))  # chapters.py: list, execute, assemble
 TIMES_JSON = ROOT / "_build" / "chapter_times.json"
+REFERENCES_JSON = ROOT / "_build" / "reference_checks.json"
 NETBLOCK_FILE = Path(__file__).resolve().parent / "netblock" / "sitecustomize.py"
 
 CHAPTER_BUDGET_S = 120  # per chapter, on the 2-core CI machine (issue: build budget)
@@ -34,6 +39,7 @@ BOOK_BUDGET_S = 15 * 60  # the whole book
 _times: list[dict] = []
 _chapter_tests_ran = False  # a chapter test ran or was skipped (no chapters yet)
 _tallies: dict[str, list[str]] = {"bad_input": [], "determinism": []}
+_reference_rows: list[dict] = []
 
 
 def _load_netblock():
@@ -96,6 +102,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_sep("=", "robustness")
         for line in lines:
             terminalreporter.write_line(line)
+    if _reference_rows:
+        terminalreporter.write_sep("=", "agreement with independent references")
+        for row in _reference_rows:
+            verdict = "agrees" if row["ok"] else "DISAGREES"
+            terminalreporter.write_line(
+                f"{row['technique']} / {row['quantity']}: {row['measured']} "
+                f"(tolerance {row['tolerance']}) vs {row['reference']}: {verdict}"
+            )
     if not _chapter_tests_ran:
         return  # e.g. `pytest tests/test_repo_lint.py`: keep the last chapter timings
     profile = ",".join(sorted({t["profile"] for t in _times})) or "tiny"
@@ -186,3 +200,37 @@ def site_html() -> Path:
     failed = [e for e, meta in executions.items() if not meta.get("succeeded")]
     assert not failed, f"chapters that failed to execute cannot be assembled: {failed}"
     return assemble(ROOT / "_build" / "executed", ROOT / "_build" / "assembled")
+
+
+@pytest.fixture
+def reference_row(request):
+    """Record one row of the appendix table "How this book checks itself".
+
+    Call it as ``reference_row(technique=..., reference=..., quantity=..., measured=...,
+    tolerance=..., ok=...)``: the technique checked (e.g. "attribution patching"), the
+    independent reference it was compared with (e.g. "exact hook-level ablation"), the
+    quantity compared (e.g. "least-squares slope vs ablation"), the measured agreement as
+    text, the tolerance the test asserts, and whether it held. The row is written to
+    `_build/reference_checks.json` at once (replacing an older row of the same technique and
+    quantity) with the test's node id and the time; the test still asserts ``ok`` itself.
+    """
+    from saebook.files import atomic_write_text
+
+    def record(*, technique: str, reference: str, quantity: str, measured: str,
+               tolerance: str, ok: bool, note: str = "") -> dict:
+        row = {
+            "technique": technique, "reference": reference, "quantity": quantity,
+            "measured": str(measured), "tolerance": str(tolerance), "ok": bool(ok),
+            "note": note, "test": request.node.nodeid,
+            "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        rows = []
+        if REFERENCES_JSON.is_file():
+            rows = json.loads(REFERENCES_JSON.read_text(encoding="utf-8")).get("rows", [])
+        key = (technique, quantity)
+        rows = [r for r in rows if (r["technique"], r["quantity"]) != key] + [row]
+        atomic_write_text(REFERENCES_JSON, json.dumps({"rows": rows}, indent=2) + "\n")
+        _reference_rows.append(row)
+        return row
+
+    return record
