@@ -1,0 +1,196 @@
+"""Checkers for the exercises of part 1, "Superposition and SAEs in toy models"."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saebook import toy_models, toy_saes
+from saebook.checks.core import Case, _generator, check_function
+
+# --- Part 0, chapter 1: superposition -------------------------------------------------------
+
+
+def reference_toy_forward(W: Tensor, b: Tensor, x: Tensor) -> Tensor:
+    """``ReLU(x W^T W + b)`` for one toy model; W is (hidden, features), x (batch, features)."""
+    return torch.relu(x @ W.T @ W + b)
+
+
+
+def check_toy_forward(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(W, b, x) -> ReLU(W^T W x + b)`` for a single toy model.
+
+    ``W`` is ``(hidden, features)``, ``b`` is ``(features,)``, ``x`` is ``(batch, features)``
+    and the result is ``(batch, features)``.
+    """
+    g = _generator(0)
+    W = torch.randn(2, 5, generator=g)
+    b = torch.randn(5, generator=g) * 0.3
+    x = torch.rand(8, 5, generator=g)
+    wide = torch.randn(3, 7, generator=g)
+    cases: list[Case] = [
+        ("random", (W, b, x), {}),
+        ("zero input", (W, b, torch.zeros(4, 5)), {}),
+        ("single feature", (W, b, torch.eye(5)[[2]] * 0.7), {}),
+        ("batch of one", (W, b, x[:1]), {}),
+        ("negative bias", (W, -torch.ones(5) * 5, x), {}),
+        ("3 hidden, 7 features", (wide, torch.zeros(7), torch.rand(6, 7, generator=g)), {}),
+    ]
+    check_function(fn, reference_toy_forward, cases)
+
+
+def check_feature_dimensionality(fn: Callable[[Tensor], Tensor]) -> None:
+    """Check ``fn(W) -> D`` with ``D_i = ||W_i||^2 / sum_j (Ŵ_i · W_j)^2``.
+
+    ``W`` is ``(hidden, features)`` and ``D`` is ``(features,)``; a zero column must give 0.
+    """
+    g = _generator(1)
+    angle = torch.linspace(0, 2 * math.pi, 6)[:5]
+    pentagon = torch.stack([angle.cos(), angle.sin()])
+    random = torch.randn(3, 6, generator=g)
+    with_zero = random.clone()
+    with_zero[:, 2] = 0
+    cases: list[Case] = [
+        ("random", (random,), {}),
+        ("orthogonal features", (torch.eye(4) * torch.tensor([1.0, 0.5, 2.0, 1.0]),), {}),
+        ("antipodal pair", (torch.tensor([[1.0, -1.0]]),), {}),
+        ("pentagon", (pentagon,), {}),
+        ("a dropped (zero) feature", (with_zero,), {}),
+        ("single feature", (torch.randn(4, 1, generator=g),), {}),
+    ]
+    check_function(fn, toy_models.feature_dimensionality, cases)
+
+
+# --- Part 0, chapter 2: SAEs from scratch ---------------------------------------------------
+
+
+def reference_sae_loss(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, l1_coeff: float
+) -> Tensor:
+    """Mean over the batch of ``||x - x_hat||^2 + l1_coeff * ||f||_1`` for a ReLU SAE.
+
+    ``f = ReLU((x - b_dec) W_enc + b_enc)`` and ``x_hat = f W_dec + b_dec``, with ``x``
+    ``(batch, d_in)``, ``W_enc`` ``(d_in, d_sae)``, ``W_dec`` ``(d_sae, d_in)``.
+    """
+    latents = torch.relu((x - b_dec) @ W_enc + b_enc)
+    recon = latents @ W_dec + b_dec
+    return ((x - recon).pow(2).sum(-1) + l1_coeff * latents.abs().sum(-1)).mean()
+
+
+def check_sae_loss(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(x, W_enc, b_enc, W_dec, b_dec, l1_coeff)`` against :func:`reference_sae_loss`."""
+    g = _generator(2)
+    d_in, d_sae = 3, 6
+    W_enc = torch.randn(d_in, d_sae, generator=g)
+    W_dec = torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=g), dim=-1)
+    b_enc = torch.randn(d_sae, generator=g) * 0.1
+    b_dec = torch.randn(d_in, generator=g) * 0.5
+    x = torch.randn(16, d_in, generator=g)
+    params = (W_enc, b_enc, W_dec, b_dec)
+    cases: list[Case] = [
+        ("random", (x, *params, 0.3), {}),
+        ("no sparsity penalty", (x, *params, 0.0), {}),
+        ("zero input", (torch.zeros(4, d_in), *params, 0.3), {}),
+        ("batch of one", (x[:1], *params, 0.3), {}),
+        ("single feature", (W_dec[[1]] * 2.0, *params, 1.0), {}),
+        ("all latents off", (x, W_enc, -torch.full((d_sae,), 100.0), W_dec, b_dec, 0.3), {}),
+    ]
+    check_function(fn, reference_sae_loss, cases)
+
+
+def reference_max_cosine_similarity(decoder: Tensor, features: Tensor) -> Tensor:
+    """For each feature row, the largest cosine similarity with any decoder row."""
+    return toy_saes.cosine_similarity_matrix(features, decoder).max(dim=-1).values
+
+
+def check_max_cosine_similarity(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(decoder, features) -> (features,)`` best cosine of each feature.
+
+    ``decoder`` is ``(d_sae, d_in)``, ``features`` is ``(features, d_in)``; a zero feature
+    has cosine 0 with everything (as ``torch.nn.functional.normalize`` gives).
+    """
+    g = _generator(3)
+    decoder = torch.randn(8, 4, generator=g)
+    features = torch.randn(5, 4, generator=g)
+    with_zero = features.clone()
+    with_zero[1] = 0
+    cases: list[Case] = [
+        ("random", (decoder, features), {}),
+        ("unnormalised decoder", (decoder * 7.0, features), {}),
+        ("perfect recovery", (features[[3, 0, 4, 1, 2]] * 2.5, features), {}),
+        ("opposite directions", (-features, features), {}),
+        ("a zero feature", (decoder, with_zero), {}),
+        ("one latent", (decoder[:1], features), {}),
+    ]
+    check_function(fn, reference_max_cosine_similarity, cases)
+
+
+# --- Part 0, chapter 3: SAE variants --------------------------------------------------------
+
+
+def check_topk_activation(fn: Callable[[Tensor, int], Tensor]) -> None:
+    """Check ``fn(z, k)``: keep the ``k`` largest entries of each row (ReLU'd), zero the rest."""
+    g = _generator(4)
+    z = torch.randn(6, 10, generator=g)
+    cases: list[Case] = [
+        ("random, k=3", (z, 3), {}),
+        ("k=1", (z, 1), {}),
+        ("k = d_sae", (z, 10), {}),
+        ("all negative", (-z.abs() - 0.1, 2), {}),
+        ("zeros", (torch.zeros(3, 10), 2), {}),
+        ("batch of one", (z[:1], 4), {}),
+        ("extra batch axis", (torch.randn(2, 3, 10, generator=g), 2), {}),
+    ]
+    check_function(fn, toy_saes.topk_activation, cases)
+
+
+def _jumprelu_probe(function: Any) -> Callable[..., tuple[Tensor, Tensor, Tensor]]:
+    """Wrap an autograd Function: return its output and the gradients of a weighted sum."""
+
+    def run(z: Tensor, theta: Tensor, bandwidth: float, weight: Tensor):
+        z = z.clone().requires_grad_(True)
+        theta = theta.clone().requires_grad_(True)
+        out = function.apply(z, theta, bandwidth)
+        (out * weight).sum().backward()
+        grad_z = z.grad if z.grad is not None else torch.zeros_like(z)
+        grad_theta = theta.grad if theta.grad is not None else torch.zeros_like(theta)
+        return out.detach(), grad_z, grad_theta
+
+    return run
+
+
+def check_jumprelu_function(function: Any) -> None:
+    """Check an autograd Function ``function.apply(z, theta, bandwidth)`` implementing JumpReLU.
+
+    Forward ``z * 1[z > theta]``; backward ``d/dz = 1[z > theta]`` and
+    ``d/dtheta = -(theta / bandwidth) * rectangle((z - theta) / bandwidth)``, summed over
+    the axes along which ``theta`` was broadcast. ``z`` is ``(batch, d_sae)`` and ``theta``
+    ``(d_sae,)``. Compared: the output, ``z``'s gradient and ``theta``'s gradient of
+    ``(output * weight).sum()``.
+    """
+    if not hasattr(function, "apply"):
+        raise TypeError(
+            f"function must be a torch.autograd.Function subclass (with .apply), got {function!r}"
+        )
+    g = _generator(5)
+    theta = torch.rand(6, generator=g) * 0.5 + 0.25
+    near = theta + (torch.rand(32, 6, generator=g) - 0.5) * 0.16  # inside the 0.2 window
+    far = torch.randn(32, 6, generator=g) * 2
+    weight = torch.randn(32, 6, generator=g)
+    cases: list[Case] = [
+        ("near the threshold", (near, theta, 0.2, weight), {}),
+        ("far from the threshold", (far, theta, 0.2, weight), {}),
+        ("narrow bandwidth", (near, theta, 0.02, weight), {}),
+        (
+            "all below the threshold",
+            (theta - 0.05 - torch.rand(4, 6, generator=g), theta, 0.2, weight[:4]),
+            {},
+        ),
+        ("zeros", (torch.zeros(4, 6), theta, 0.2, weight[:4]), {}),
+        ("batch of one", (near[:1], theta, 0.2, weight[:1]), {}),
+    ]
+    check_function(_jumprelu_probe(function), _jumprelu_probe(toy_saes.JumpReLUFunction), cases)
