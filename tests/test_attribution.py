@@ -50,7 +50,8 @@ def test_dla_matches_the_formula_for_one_latent(micro_model, task):
     acts = latent_activations_at_last(model, sae, task.clean)
     b, i = torch.nonzero(acts > 0)[0].tolist()
     _, cache = model.run_with_cache(task.clean, names_filter="ln_final.hook_scale")
-    direction = sae.W_dec[i] @ (model.W_U[:, task.answer[b]] - model.W_U[:, task.wrong[b]])
+    d = (sae.W_dec[i] - sae.W_dec[i].mean()) * model.ln_final.w  # through ln_final's centring
+    direction = d @ (model.W_U[:, task.answer[b]] - model.W_U[:, task.wrong[b]])  # and weight
     expected = acts[b, i] * direction / cache["ln_final.hook_scale"][b, -1, 0]
     assert dla[b, i] == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
     assert (dla[acts == 0] == 0).all()

@@ -17,7 +17,7 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
-from saebook.directions import decoder_directions
+from saebook.directions import decoder_directions, effective_unembedding
 from saebook.metrics import check_sae_hooks
 from saebook.tasks import LogitDiffTask
 from saebook.validate import check_int
@@ -47,17 +47,21 @@ def direct_logit_attribution(
 ) -> Float[Tensor, "batch d_sae"]:
     """Each latent's direct contribution to the clean logit difference at the last position.
 
-    ``activation * (direction . (W_U[:, answer] - W_U[:, wrong])) / ln_final_scale``: the
-    effect of the latent's decoder direction if it went straight to the unembedding, with
-    the final LayerNorm frozen at its clean scale. Later layers' use of the latent is not
-    counted: compare with :func:`ablation_effects` for the total effect.
+    ``activation * (direction . (U[:, answer] - U[:, wrong])) / ln_final_scale`` with ``U``
+    the effective unembedding (:func:`saebook.directions.effective_unembedding`: ``W_U``
+    behind the final LayerNorm's centring and weight): the effect of the latent's decoder
+    direction if it went straight to the unembedding, with the final LayerNorm frozen at its
+    clean scale. This is TransformerLens' ``cache.logit_attrs`` on the latent's contribution
+    to the residual stream. Later layers' use of the latent is not counted: compare with
+    :func:`ablation_effects` for the total effect.
     """
     hook_in, _ = check_sae_hooks(model, sae)
     names = (hook_in, "ln_final.hook_scale")
     _, cache = model.run_with_cache(task.clean, names_filter=lambda n: n in names)
     acts = sae.encode(cache[hook_in][:, -1])  # (batch, d_sae)
     scale = cache["ln_final.hook_scale"][:, -1]  # (batch, 1)
-    diff_dirs = model.W_U[:, task.answer] - model.W_U[:, task.wrong]  # (d_model, batch)
+    w_u = effective_unembedding(model)
+    diff_dirs = w_u[:, task.answer] - w_u[:, task.wrong]  # (d_model, batch)
     per_latent = decoder_directions(model, sae) @ diff_dirs  # (d_sae, batch)
     return acts * per_latent.T / scale
 
