@@ -463,7 +463,7 @@ def latent_dashboard(
         for r in table.to_dict("records")
     )
     parts.append(
-        "<h5>Direct logit effects (decoder direction through ln_final and W_U)</h5><table><tr><th>promoted</th>"
+        "<h5>Direct logit effects (decoder direction · W_U)</h5><table><tr><th>promoted</th>"
         f"<th></th><th>suppressed</th><th></th></tr>{rows_html}</table>"
     )
     parts.append(f"<h5>Top {len(top)} activations</h5>")
