@@ -10,8 +10,9 @@ Prints a table per measurement and ends with one ``name=value`` line per ratio:
   ``latent_stats`` on 4x the tokens / on 1x (flat is 1; Linux, via ``/proc/self``).
 - ``stats_vs_sae_dashboard``: sae-dashboard 0.8's runner on the same model weights, SAE,
   tokens and 64 latents / ``latent_stats`` plus our 64 dashboards (target >= 2). sae-dashboard
-  runs in a separate virtualenv built on first use (``benchmarks/.venv-sae-dashboard``);
-  without it the line says why it was not measured.
+  runs in a separate virtualenv with pinned packages (``benchmarks/sidevenv.py``), built on
+  first use and reused after; when it cannot be built or run the benchmark exits non-zero
+  saying why (``--skip-sae-dashboard`` leaves it out on purpose).
 - ``attribution_vs_ablation_speed``: exact ablation of every latent active at the last position
   of the task's prompts / attribution patching of all latents (one backward pass).
 - ``attribution_ablation_spearman``: rank correlation of the two estimates of those effects.
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import torch
 from scipy.stats import spearmanr
+from sidevenv import SideVenvError, run_in_venv
 
 from saebook.attribution import ablation_effects, attribution_patching
 from saebook.dashboards import latent_dashboard
@@ -251,37 +253,8 @@ def measure(name: str, rows: int, repeats: int) -> dict:
     }
 
 
-SAE_DASHBOARD_VENV = ROOT / "benchmarks" / ".venv-sae-dashboard"  # git-ignored
-SAE_DASHBOARD = "sae-dashboard==0.8.0"
 SAE_DASHBOARD_FEATURE_BATCH = 2048  # its logit tables take features x d_vocab floats per batch
 SAE_DASHBOARD_MAX_LATENTS = 2048  # latents given to its runner in the "many" comparison
-
-
-def sae_dashboard_python() -> Path:
-    """The Python of a separate virtualenv with sae-dashboard, created on first use.
-
-    sae-dashboard 0.8 pins transformer-lens 2.x, transformers < 4.57, numpy 1.26 and
-    safetensors 0.4, so it cannot share the book's environment; torch is constrained to this
-    environment's version so pip never swaps in another build (on CPU machines: no CUDA
-    download).
-    """
-    python = SAE_DASHBOARD_VENV / "bin" / "python"
-    if not (SAE_DASHBOARD_VENV / ".installed").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(SAE_DASHBOARD_VENV)],
-                       check=True)  # fmt: skip
-        pin = f"torch=={torch.__version__.split('+')[0]}"
-        constraints = SAE_DASHBOARD_VENV / "constraints.txt"
-        # the newest pyarrow needs numpy >= 2, which sae-dashboard's numpy 1.26 is not
-        constraints.write_text(f"{pin}\npyarrow<20\n")
-        pip = [str(python), "-m", "pip"]
-        subprocess.run([*pip, "install", "-q", "-c", str(constraints), pin, SAE_DASHBOARD],
-                       check=True, capture_output=True, text=True)  # fmt: skip
-        # a dependency drags in torchvision/torchaudio built for another torch; transformers
-        # then fails on import. sae-dashboard needs neither.
-        subprocess.run([*pip, "uninstall", "-y", "-q", "torchvision", "torchaudio"],
-                       check=True, capture_output=True, text=True)  # fmt: skip
-        (SAE_DASHBOARD_VENV / ".installed").touch()
-    return python
 
 
 def measure_sae_dashboard(name: str, rows: int, repeats: int) -> dict:
@@ -325,9 +298,8 @@ def measure_sae_dashboard(name: str, rows: int, repeats: int) -> dict:
         torch.save(inputs, folder / "inputs.pt")
         child = ROOT / "benchmarks" / "sae_dashboard_child.py"
         args = [str(child), str(folder), str(torch.get_num_threads())]
-        out = subprocess.run([str(sae_dashboard_python()), *args], capture_output=True,
-                             text=True, check=True)  # fmt: skip
-    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+        out = run_in_venv(args)
+    theirs = json.loads(out.strip().splitlines()[-1])
     with torch.no_grad():
         expected = model(tokens[:1])[0, -1, :8]
     if not torch.allclose(torch.tensor(theirs["logits"]), expected, atol=1e-3):
@@ -420,9 +392,11 @@ def main() -> None:
     else:
         try:
             dashboard = [measure_sae_dashboard(name, rows[name], repeats) for name in names]
-        except subprocess.CalledProcessError as exc:
-            tail = (exc.stderr or "").strip().splitlines()[-1:] or [str(exc)]
-            dashboard_error = f"sae-dashboard could not be installed or run: {tail[0]}"
+        except SideVenvError as exc:
+            sys.exit(
+                f"stats_vs_sae_dashboard=not measured: {exc}\n(pass --skip-sae-dashboard "
+                "to run the other benchmarks without it)"
+            )
     if dashboard:
         print("sae-dashboard 0.8 runner (its own virtualenv) vs ours, same weights/SAE/tokens")
         print(f"{'model':<6} {'tokens':>7} {'d_sae':>6} {'engine s':>9} {'latents':>7} "
