@@ -31,7 +31,7 @@ def test_sae_hooks_reads_and_writes(micro_model):
     hook_in, hook_out = sae_hooks(tc)
     assert hook_in == tc.cfg.metadata.hook_name and hook_out == tc.cfg.metadata.hook_name_out
     assert hook_in != hook_out
-    with pytest.raises(TypeError, match="sae must be a sae_lens SAE, got dict"):
+    with pytest.raises(TypeError, match=r"sae_lens SAE \(with cfg.metadata\), got dict"):
         sae_hooks({})
 
 

@@ -53,13 +53,14 @@ def sae_hooks(sae: SAE) -> tuple[str, str]:
     An SAE reads and writes ``cfg.metadata.hook_name``; a transcoder writes
     ``cfg.metadata.hook_name_out``.
     """
-    if not isinstance(sae, SAE):
-        raise TypeError(f"sae must be a sae_lens SAE, got {type(sae).__name__}")
-    hook_in = sae.cfg.metadata.hook_name
+    metadata = getattr(getattr(sae, "cfg", None), "metadata", None)
+    if metadata is None:
+        raise TypeError(f"sae must be a sae_lens SAE (with cfg.metadata), got {type(sae).__name__}")
+    hook_in = metadata.hook_name
     if not hook_in:
         raise ValueError(f"sae.cfg.metadata.hook_name must name a hook, got {hook_in!r}")
     hook_in = str(hook_in)
-    return hook_in, str(sae.cfg.metadata.hook_name_out or hook_in)
+    return hook_in, str(getattr(metadata, "hook_name_out", None) or hook_in)
 
 
 def check_sae_hooks(model: HookedSAETransformer, sae: SAE) -> tuple[str, str]:
