@@ -27,7 +27,6 @@ import html
 import itertools
 import json
 import math
-import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ from saebook.directions import (
     effective_unembedding,
     logit_effects,
 )
+from saebook.hooks import reachable
 from saebook.latent_stats import Example, Interval, LatentStats, encode_at_hook
 from saebook.validate import check_int
 
@@ -765,11 +765,8 @@ def show_dashboard(
 
 
 def _reachable(host: tuple[str, int], timeout: float = 2.0) -> bool:
-    try:
-        socket.create_connection(host, timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    """:func:`saebook.hooks.reachable` (a name the tests and :mod:`saebook.steering` patch)."""
+    return reachable(host, timeout)
 
 
 def neuronpedia_embed(sae: SAE, latent: int, height: int = 360) -> str:
