@@ -1,33 +1,42 @@
 """Performance benchmarks of saebook's techniques. Run: ``.venv/bin/python benchmarks/run.py``.
 
-Prints a table per measurement and ends with one ``name=value`` line per ratio:
+Prints a table per measurement and ends with one ``name=value (target ...: met|NOT met)``
+line per ratio and workload (the targets are in ``TARGETS``):
 
 - ``stats_vs_forward``: time of ``latent_stats`` (all latents) / time of the bare work it
-  cannot avoid (forward to the SAE's hook + SAE encode over the same tokens). Target <= 1.3.
+  cannot avoid (forward to the SAE's hook + SAE encode over the same tokens).
 - ``stats_vs_per_latent``: a naive loop that runs the model once per latent, for 64 latents,
-  / ``latent_stats``. Target >= 30.
+  / ``latent_stats``.
 - ``stats_peak_mem_growth``: rise of the resident-memory peak of a fresh process running
   ``latent_stats`` on 4x the tokens / on 1x (flat is 1; Linux, via ``/proc/self``).
-- ``stats_vs_sae_dashboard``: sae-dashboard 0.8's runner on the same model weights, SAE,
-  tokens and 64 latents / ``latent_stats`` plus our 64 dashboards (target >= 2). sae-dashboard
-  runs in a separate virtualenv built on first use (``benchmarks/.venv-sae-dashboard``);
-  without it the line says why it was not measured.
-- ``attribution_vs_ablation_speed``: exact ablation of every latent active at the last position
-  of the task's prompts / attribution patching of all latents (one backward pass).
-- ``attribution_ablation_spearman``: rank correlation of the two estimates of those effects.
+- ``attribution_vs_ablation_speed``, ``attribution_ablation_spearman``,
+  ``attribution_ablation_slope``: attribution patching (one backward pass) against exact
+  ablation of every latent active at the last position: speed-up, rank correlation, and the
+  least-squares slope of estimate on exact effect (the scale; 1 is right).
+- scale curve: engine time and peak memory at 1x, 4x, 16x tokens (``time_growth_16x_tokens``:
+  linear is 16; ``mem_growth_16x_tokens``: flat is 1) and time at 1x, 4x ``d_sae`` (its
+  log-log slope is printed).
+- ``dashboards_vs_sae_dashboard_64`` / ``_all``: sae-dashboard 0.8's runner producing its data
+  for 64 live latents / every latent, over our engine pass plus one HTML page per latent
+  written to disk (``write_dashboards``), same weights, SAE and tokens. sae-dashboard runs in
+  a separate virtualenv with pinned packages (``benchmarks/sidevenv.py``), built on first use
+  and reused after; when it cannot be built or run the benchmark exits non-zero saying why
+  (``--skip-sae-dashboard`` leaves it out on purpose).
 
 Each ratio is measured on the tiny profile and on a gpt2-shaped model with random weights
-(12 layers, d_model 768, a TopK SAE of width 24576 at ``blocks.8.hook_resid_pre``); the
-unsuffixed line is the worse of the two. Timings are the best of a few repeats on this
-machine; another heavy process on the same cores slows everything (run nothing beside it).
+(12 layers, d_model 768, a TopK SAE of width 24576 at ``blocks.8.hook_resid_pre``). Timings
+are the best of a few repeats on this machine; another heavy process on the same cores slows
+everything, so compare the ratios (each measured side by side), not the seconds.
 
-Options: ``--quick`` (fewer tokens and repeats), ``--only tiny|gpt2``, ``--skip-sae-dashboard``.
+Options: ``--quick`` (fewer tokens and repeats), ``--only tiny|gpt2``, ``--skip-sae-dashboard``,
+``--max-latents N`` (cap the all-latent comparison), ``--skip-scale``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -37,9 +46,10 @@ from pathlib import Path
 
 import torch
 from scipy.stats import spearmanr
+from sidevenv import SideVenvError, run_in_venv
 
 from saebook.attribution import ablation_effects, attribution_patching
-from saebook.dashboards import latent_dashboard
+from saebook.dashboards import write_dashboards
 from saebook.latent_stats import encode_at_hook, latent_stats
 
 N_LATENTS_NAIVE = 64
@@ -251,48 +261,23 @@ def measure(name: str, rows: int, repeats: int) -> dict:
     }
 
 
-SAE_DASHBOARD_VENV = ROOT / "benchmarks" / ".venv-sae-dashboard"  # git-ignored
-SAE_DASHBOARD = "sae-dashboard==0.8.0"
 SAE_DASHBOARD_FEATURE_BATCH = 2048  # its logit tables take features x d_vocab floats per batch
-SAE_DASHBOARD_MAX_LATENTS = 2048  # latents given to its runner in the "many" comparison
 
 
-def sae_dashboard_python() -> Path:
-    """The Python of a separate virtualenv with sae-dashboard, created on first use.
-
-    sae-dashboard 0.8 pins transformer-lens 2.x, transformers < 4.57, numpy 1.26 and
-    safetensors 0.4, so it cannot share the book's environment; torch is constrained to this
-    environment's version so pip never swaps in another build (on CPU machines: no CUDA
-    download).
-    """
-    python = SAE_DASHBOARD_VENV / "bin" / "python"
-    if not (SAE_DASHBOARD_VENV / ".installed").exists():
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(SAE_DASHBOARD_VENV)],
-                       check=True)  # fmt: skip
-        pin = f"torch=={torch.__version__.split('+')[0]}"
-        constraints = SAE_DASHBOARD_VENV / "constraints.txt"
-        # the newest pyarrow needs numpy >= 2, which sae-dashboard's numpy 1.26 is not
-        constraints.write_text(f"{pin}\npyarrow<20\n")
-        pip = [str(python), "-m", "pip"]
-        subprocess.run([*pip, "install", "-q", "-c", str(constraints), pin, SAE_DASHBOARD],
-                       check=True, capture_output=True, text=True)  # fmt: skip
-        # a dependency drags in torchvision/torchaudio built for another torch; transformers
-        # then fails on import. sae-dashboard needs neither.
-        subprocess.run([*pip, "uninstall", "-y", "-q", "torchvision", "torchaudio"],
-                       check=True, capture_output=True, text=True)  # fmt: skip
-        (SAE_DASHBOARD_VENV / ".installed").touch()
-    return python
+def ours_dashboards(model, sae, tokens, batch_size: int, latents: list[int], folder: Path):
+    """Our side of the comparison: the engine pass plus every page written to ``folder``."""
+    stats = latent_stats(model, sae, tokens, batch_size=batch_size, progress=False)
+    write_dashboards(model, sae, tokens, stats, latents, folder, batch_size=batch_size)
 
 
-def measure_sae_dashboard(name: str, rows: int, repeats: int) -> dict:
-    """sae-dashboard's runner vs ours on the same model weights, SAE and tokens.
+def measure_sae_dashboard(name: str, rows: int, repeats: int, max_latents: int | None) -> dict:
+    """sae-dashboard's runner vs our dashboards on the same model weights, SAE and tokens.
 
-    Ours: ``latent_stats`` (every latent, one pass), and ``latent_stats`` plus our HTML
-    dashboards for 64 live latents. Theirs (in its own virtualenv): ``SaeVisRunner.run`` for
-    the same 64 latents, and for the first ``SAE_DASHBOARD_MAX_LATENTS`` latents (every latent
-    of the tiny SAE; a twelfth of the gpt2-shaped one, whose all-latent run would take tens of
-    minutes on a CPU, so its ratio there is a lower bound), features in batches of
-    ``SAE_DASHBOARD_FEATURE_BATCH``.
+    Ours: :func:`latent_stats` (every latent, one pass) plus :func:`write_dashboards` (one HTML
+    page per latent written to disk). Theirs (in its own virtualenv): ``SaeVisRunner.run``,
+    which produces the data of its dashboards (no HTML), features in batches of
+    ``SAE_DASHBOARD_FEATURE_BATCH``. Both on 64 live latents and on every latent of the SAE
+    (the first ``max_latents`` when that is given).
     """
     import tempfile
 
@@ -301,22 +286,21 @@ def measure_sae_dashboard(name: str, rows: int, repeats: int) -> dict:
     live = torch.nonzero(stats.count > 0).flatten()
     latents = live[torch.randperm(live.numel(), generator=torch.Generator().manual_seed(0))]
     latents = latents[:N_LATENTS_NAIVE].tolist()
-
-    def engine():
-        return latent_stats(model, sae, tokens, batch_size=batch_size, progress=False)
-
-    def with_dashboards():
-        s = engine()
-        for latent in latents:
-            latent_dashboard(model, sae, tokens, s, latent)
-
-    with_dashboards()  # warm-up
-    t_engine = best_time(engine, repeats)
-    t_dashboards = best_time(with_dashboards, repeats)
-    many = min(sae.cfg.d_sae, SAE_DASHBOARD_MAX_LATENTS)
-    sets = {"64": (latents, repeats), "many": (list(range(many)), 1)}
+    many = min(sae.cfg.d_sae, max_latents or sae.cfg.d_sae)
+    sets = {"64": (latents, repeats), "all": (list(range(many)), 1)}
+    ours = {}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
+        ours_dashboards(model, sae, tokens, batch_size, latents[:4], folder / "warm")
+        for key, (chosen, reps) in sets.items():
+            ours[key] = best_time(
+                lambda c=chosen, k=key: ours_dashboards(model, sae, tokens, batch_size, c,
+                                                        folder / k),
+                reps,
+            )  # fmt: skip
+            pages = list((folder / key).glob("latent_*.html"))
+            if len(pages) != len(set(chosen)):
+                raise RuntimeError(f"wrote {len(pages)} pages for {len(set(chosen))} latents")
         torch.save({"cfg": model.cfg.to_dict(), "state_dict": model.state_dict()},
                    folder / "model.pt")  # fmt: skip
         sae.save_model(str(folder / "sae"))
@@ -324,10 +308,8 @@ def measure_sae_dashboard(name: str, rows: int, repeats: int) -> dict:
                   "feature_batch": SAE_DASHBOARD_FEATURE_BATCH}  # fmt: skip
         torch.save(inputs, folder / "inputs.pt")
         child = ROOT / "benchmarks" / "sae_dashboard_child.py"
-        args = [str(child), str(folder), str(torch.get_num_threads())]
-        out = subprocess.run([str(sae_dashboard_python()), *args], capture_output=True,
-                             text=True, check=True)  # fmt: skip
-    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+        out = run_in_venv([str(child), str(folder), str(torch.get_num_threads())])
+    theirs = json.loads(out.strip().splitlines()[-1])
     with torch.no_grad():
         expected = model(tokens[:1])[0, -1, :8]
     if not torch.allclose(torch.tensor(theirs["logits"]), expected, atol=1e-3):
@@ -337,26 +319,34 @@ def measure_sae_dashboard(name: str, rows: int, repeats: int) -> dict:
         "model": name,
         "tokens": tokens.numel(),
         "d_sae": sae.cfg.d_sae,
-        "engine_s": t_engine,
-        "ours_64_s": t_dashboards,
+        "all": many,
+        "ours_64_s": ours["64"],
         "theirs_64_s": seconds["64"],
-        "many": many,
-        "theirs_many_s": seconds["many"],
-        "stats_vs_sae_dashboard": seconds["many"] / t_engine,
-        "stats_vs_sae_dashboard_64": seconds["64"] / t_engine,
-        "dashboards_vs_sae_dashboard_64": seconds["64"] / t_dashboards,
+        "ours_all_s": ours["all"],
+        "theirs_all_s": seconds["all"],
+        "dashboards_vs_sae_dashboard_64": seconds["64"] / ours["64"],
+        "dashboards_vs_sae_dashboard_all": seconds["all"] / ours["all"],
     }
 
 
 def measure_attribution(name: str, repeats: int) -> dict:
     """Attribution patching (all latents, one backward pass) vs exact ablation of each
-    latent active at the last position: time ratio and the rank correlation of the effects."""
+    latent active at the last position: time ratio, rank correlation and scale of the effects.
+
+    ``attribution_patching`` gives each prompt's own estimate (truth-core's fix: the sum of
+    the logit differences is back-propagated), so their mean over prompts estimates the
+    change of the mean logit difference that ``ablation_effects`` measures exactly. The slope
+    is the least-squares slope of estimate on exact effect (1 when the scale is right).
+    """
     model, sae, _, _ = WORKLOADS[name](1)
     task = TASKS[name](model, TASK_PROMPTS[name])
     latents, ablation = ablation_effects(model, sae, task)  # also warms up
     t_ablation = best_time(lambda: ablation_effects(model, sae, task, latents), repeats)
     t_attribution = best_time(lambda: attribution_patching(model, sae, task), repeats)
-    estimate = attribution_patching(model, sae, task)[:, -1].mean(0)[latents]
+    estimate = attribution_patching(model, sae, task)[:, -1].mean(0)[latents].double()
+    exact = ablation.double()
+    centred = exact - exact.mean()
+    slope = float((centred * (estimate - estimate.mean())).sum() / (centred**2).sum())
     return {
         "model": name,
         "latents": latents.numel(),
@@ -364,29 +354,82 @@ def measure_attribution(name: str, repeats: int) -> dict:
         "attribution_s": t_attribution,
         "attribution_vs_ablation_speed": t_ablation / t_attribution,
         "attribution_ablation_spearman": float(spearmanr(ablation, estimate).statistic),
+        "attribution_ablation_slope": slope,
+        "attribution_norm_ratio": float(estimate.norm() / exact.norm()),
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats")
-    parser.add_argument("--only", choices=sorted(WORKLOADS), help="one workload only")
-    parser.add_argument("--skip-sae-dashboard", action="store_true",
-                        help="do not build sae-dashboard's virtualenv or time it")  # fmt: skip
-    args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
-    rows = QUICK_ROWS if args.quick else ROWS
-    repeats = 2 if args.quick else 5
-    names = [args.only] if args.only else list(WORKLOADS)
-    results = []
-    for name in names:
-        print(f"measuring {name} ...", flush=True)
-        results.append(measure(name, rows[name], repeats))
+def wider_sae(sae, factor: int):
+    """A random SAE of the same kind at the same hook with ``factor`` times the latents."""
+    cfg = type(sae.cfg).from_dict({**sae.cfg.to_dict(), "d_sae": sae.cfg.d_sae * factor})
+    wide = type(sae)(cfg)
+    with torch.no_grad():  # realistic sparsity: tile the trained encoder, jitter the copies
+        for attr in ("W_enc", "b_enc", "W_dec", "threshold", "b_gate", "r_mag", "b_mag"):
+            old, new = getattr(sae, attr, None), getattr(wide, attr, None)
+            if isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor):
+                dim = 0 if attr == "W_dec" else -1
+                tiled = torch.cat([old] * factor, dim=dim) if old.ndim else old
+                new.copy_(tiled * (1 + 0.01 * torch.randn_like(tiled)))
+        for attr in ("b_dec",):
+            getattr(wide, attr).copy_(getattr(sae, attr))
+    return wide
 
+
+def measure_scale(name: str, rows: int, repeats: int) -> dict:
+    """Engine time and peak memory at 1x, 4x, 16x the tokens, and time at 1x, 4x d_sae."""
+    model, sae, tokens, batch_size = WORKLOADS[name](16 * rows)
+    latent_stats(model, sae, tokens[:batch_size], batch_size=batch_size, progress=False)
+    out = {"model": name, "tokens": {}, "d_sae": {}}
+    for factor in (1, 4, 16):
+        part = tokens[: factor * rows]
+        reps = repeats if factor < 16 else 1
+        t = best_time(lambda p=part: latent_stats(model, sae, p, batch_size=batch_size,
+                                                  progress=False), reps)  # fmt: skip
+        mem = child_peak(name, factor * rows)
+        out["tokens"][factor] = (part.numel(), t, mem["rise_mb"])
+    part = tokens[:rows]
+    for factor in (1, 4):
+        wide = sae if factor == 1 else wider_sae(sae, factor)
+        t = best_time(lambda w=wide: latent_stats(model, w, part, batch_size=batch_size,
+                                                  progress=False), repeats)  # fmt: skip
+        out["d_sae"][factor] = (wide.cfg.d_sae, t)
+    (_, t1, m1), (_, t16, m16) = out["tokens"][1], out["tokens"][16]
+    out["time_growth_16x_tokens"] = t16 / t1  # linear: 16
+    out["mem_growth_16x_tokens"] = max(m16, 1e-3) / max(m1, 1e-3)  # flat: 1
+    out["time_growth_4x_d_sae"] = out["d_sae"][4][1] / out["d_sae"][1][1]
+    return out
+
+
+TARGETS = {  # name: (comparison, bound, what it means)
+    "stats_vs_forward": ("<=", 1.10, "engine time / forward+encode time"),
+    "stats_vs_per_latent": (">=", 30.0, "per-latent loop (64 latents) / engine"),
+    "stats_peak_mem_growth": ("<=", 1.5, "peak memory rise at 4x tokens / 1x"),
+    "dashboards_vs_sae_dashboard_64": (">=", 2.0, "sae-dashboard runner / our engine+64 pages"),
+    "dashboards_vs_sae_dashboard_all": (">=", 2.0, "sae-dashboard runner / engine+all pages"),
+    "attribution_vs_ablation_speed": (">=", 1.0, "exact ablation / attribution patching"),
+    "attribution_ablation_spearman": (">=", 0.5, "rank agreement with exact ablation"),
+    "attribution_ablation_slope": ("in", (0.5, 2.0), "scale of estimate vs exact (ideal 1)"),
+    "time_growth_16x_tokens": ("in", (8.0, 24.0), "engine time at 16x tokens / 1x (linear: 16)"),
+    "mem_growth_16x_tokens": ("<=", 1.5, "peak memory at 16x tokens / 1x (flat: 1)"),
+}
+
+
+def verdict(key: str, value: float) -> str:
+    """``key=value (target ...: met|NOT met)``."""
+    op, bound, _ = TARGETS[key]
+    if op == "in":
+        ok, text = bound[0] <= value <= bound[1], f"in [{bound[0]:g}, {bound[1]:g}]"
+    elif op == "<=":
+        ok, text = value <= bound, f"<= {bound:g}"
+    else:
+        ok, text = value >= bound, f">= {bound:g}"
+    return f"{key}={value:.3f} (target {text}: {'met' if ok else 'NOT met'})"
+
+
+def print_engine(results: list[dict]) -> None:
     header = (f"{'model':<6} {'tokens':>7} {'fwd+enc s':>9} {'engine s':>9} {'ratio':>6} "
               f"{'naive(n) s':>12} {'speedup':>8} {'peak+ 1x MB':>11} {'peak+ 4x MB':>11} "
               f"{'growth':>6}")  # fmt: skip
-    print()
     print(f"latent statistics engine, torch threads {torch.get_num_threads()}, "
           f"cpu count {os.cpu_count()}, device cpu")  # fmt: skip
     print(header)
@@ -398,71 +441,96 @@ def main() -> None:
             f"{r['stats_vs_per_latent']:>8.1f} {r['peak_inc_1x_mb']:>11.1f} "
             f"{r['peak_inc_4x_mb']:>11.1f} {r['stats_peak_mem_growth']:>6.2f}"
         )
-    print("(peak+: rise of the process's peak RSS during latent_stats, in a fresh process;")
-    print(" engine-reported working set 1x/4x: "
-          + ", ".join(f"{r['model']} {r['buffers_1x_mb']:.1f}/{r['buffers_4x_mb']:.1f} MB"
-                      for r in results) + ")")  # fmt: skip
     print()
 
-    attribution = [measure_attribution(name, repeats) for name in names]
+
+def print_scale(scale: list[dict]) -> None:
+    print("scale curve of the engine (time in s, peak = rise of a fresh process's RSS in MB)")
+    for r in scale:
+        cells = "  ".join(f"{f}x: {n} tok {t:.2f} s {m:.0f} MB"
+                          for f, (n, t, m) in r["tokens"].items())  # fmt: skip
+        print(f"{r['model']:<6} tokens  {cells}")
+        cells = "  ".join(f"{f}x: d_sae {d} {t:.2f} s" for f, (d, t) in r["d_sae"].items())
+        slope = math.log(r["time_growth_4x_d_sae"]) / math.log(4)
+        print(f"{r['model']:<6} d_sae   {cells}  -> time ~ d_sae^{slope:.2f}")
+    print()
+
+
+def print_attribution(attribution: list[dict]) -> None:
     print("attribution patching (one backward pass) vs exact ablation of each active latent")
     print(f"{'model':<6} {'latents':>7} {'ablation s':>10} {'attrib s':>9} {'speedup':>8} "
-          f"{'spearman':>8}")  # fmt: skip
+          f"{'spearman':>8} {'slope':>6} {'|est|/|ex|':>10}")  # fmt: skip
     for r in attribution:
         print(f"{r['model']:<6} {r['latents']:>7} {r['ablation_s']:>10.3f} "
               f"{r['attribution_s']:>9.3f} {r['attribution_vs_ablation_speed']:>8.1f} "
-              f"{r['attribution_ablation_spearman']:>8.3f}")  # fmt: skip
+              f"{r['attribution_ablation_spearman']:>8.3f} "
+              f"{r['attribution_ablation_slope']:>6.3f} "
+              f"{r['attribution_norm_ratio']:>10.3f}")  # fmt: skip
     print()
 
-    dashboard, dashboard_error = [], None
-    if args.skip_sae_dashboard:
-        dashboard_error = "skipped with --skip-sae-dashboard"
-    else:
-        try:
-            dashboard = [measure_sae_dashboard(name, rows[name], repeats) for name in names]
-        except subprocess.CalledProcessError as exc:
-            tail = (exc.stderr or "").strip().splitlines()[-1:] or [str(exc)]
-            dashboard_error = f"sae-dashboard could not be installed or run: {tail[0]}"
-    if dashboard:
-        print("sae-dashboard 0.8 runner (its own virtualenv) vs ours, same weights/SAE/tokens")
-        print(f"{'model':<6} {'tokens':>7} {'d_sae':>6} {'engine s':>9} {'latents':>7} "
-              f"{'theirs s':>9} {'speedup':>8} | {'theirs 64 s':>11} {'vs engine':>9} | "
-              f"{'ours 64+html s':>14} {'vs ours':>7}")  # fmt: skip
-        for r in dashboard:
-            print(f"{r['model']:<6} {r['tokens']:>7} {r['d_sae']:>6} {r['engine_s']:>9.2f} "
-                  f"{r['many']:>7} {r['theirs_many_s']:>9.2f} "
-                  f"{r['stats_vs_sae_dashboard']:>8.1f} | "
-                  f"{r['theirs_64_s']:>11.2f} {r['stats_vs_sae_dashboard_64']:>9.2f} | "
-                  f"{r['ours_64_s']:>14.2f} "
-                  f"{r['dashboards_vs_sae_dashboard_64']:>7.2f}")  # fmt: skip
-        print(
-            "(engine: every latent in one pass; theirs: the runner on `latents` latents (all of "
-            "tiny's; 2048 of the gpt2-shaped SAE's 24576, so that speedup is a lower bound); "
-            "64: the runner on 64 live latents; ours 64+html: engine plus 64 HTML dashboards)"
-        )
-        print()
 
-    for r in results:
-        for key in ("stats_vs_forward", "stats_vs_per_latent", "stats_peak_mem_growth"):
-            print(f"{key}_{r['model']}={r[key]:.3f}")
+def print_dashboards(dashboard: list[dict]) -> None:
+    print("sae-dashboard 0.8 runner (its own virtualenv, data only) vs ours (engine pass + one "
+          "HTML page per latent written), same weights/SAE/tokens")  # fmt: skip
+    print(f"{'model':<6} {'tokens':>7} {'d_sae':>6} | {'theirs 64':>9} {'ours 64':>8} "
+          f"{'ratio':>6} | {'latents':>7} {'theirs all':>10} {'ours all':>8} "
+          f"{'ratio':>6}")  # fmt: skip
     for r in dashboard:
-        for key in ("stats_vs_sae_dashboard", "stats_vs_sae_dashboard_64"):
-            print(f"{key}_{r['model']}={r[key]:.3f}")
-    for r in attribution:
-        for key in ("attribution_vs_ablation_speed", "attribution_ablation_spearman"):
-            print(f"{key}_{r['model']}={r[key]:.3f}")
-    # unsuffixed: the worse of the workloads
-    print(f"stats_vs_forward={max(r['stats_vs_forward'] for r in results):.3f}")
-    print(f"stats_vs_per_latent={min(r['stats_vs_per_latent'] for r in results):.3f}")
-    if dashboard:
-        print(f"stats_vs_sae_dashboard={min(r['stats_vs_sae_dashboard'] for r in dashboard):.3f}")
-    else:
-        print(f"stats_vs_sae_dashboard=not measured ({dashboard_error})")
-    speed = min(r["attribution_vs_ablation_speed"] for r in attribution)
-    print(f"attribution_vs_ablation_speed={speed:.3f}")
-    rho = min(r["attribution_ablation_spearman"] for r in attribution)
-    print(f"attribution_ablation_spearman={rho:.3f}")
-    print(f"stats_peak_mem_growth={max(r['stats_peak_mem_growth'] for r in results):.3f}")
+        print(f"{r['model']:<6} {r['tokens']:>7} {r['d_sae']:>6} | {r['theirs_64_s']:>9.2f} "
+              f"{r['ours_64_s']:>8.2f} {r['dashboards_vs_sae_dashboard_64']:>6.2f} | "
+              f"{r['all']:>7} {r['theirs_all_s']:>10.2f} {r['ours_all_s']:>8.2f} "
+              f"{r['dashboards_vs_sae_dashboard_all']:>6.2f}")  # fmt: skip
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer tokens and repeats")
+    parser.add_argument("--only", choices=sorted(WORKLOADS), help="one workload only")
+    parser.add_argument("--skip-sae-dashboard", action="store_true",
+                        help="do not build sae-dashboard's virtualenv or time it")  # fmt: skip
+    parser.add_argument("--max-latents", type=int, default=None,
+                        help="cap the all-latent comparison (default: every latent)")  # fmt: skip
+    parser.add_argument("--skip-scale", action="store_true", help="no scale curve")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = QUICK_ROWS if args.quick else ROWS
+    repeats = 2 if args.quick else 5
+    names = [args.only] if args.only else list(WORKLOADS)
+    started = time.perf_counter()
+    results = []
+    for name in names:
+        print(f"measuring {name} ...", flush=True)
+        results.append(measure(name, rows[name], repeats))
+    print()
+    print_engine(results)
+    attribution = [measure_attribution(name, repeats) for name in names]
+    print_attribution(attribution)
+    scale = [] if args.skip_scale else [measure_scale(n, rows[n], 2) for n in names]
+    if scale:
+        print_scale(scale)
+    dashboard = []
+    if not args.skip_sae_dashboard:
+        try:
+            dashboard = [measure_sae_dashboard(name, rows[name], min(repeats, 2),
+                                               args.max_latents) for name in names]  # fmt: skip
+        except SideVenvError as exc:
+            sys.exit(
+                f"dashboards_vs_sae_dashboard=not measured: {exc}\n(pass --skip-sae-dashboard "
+                "to run the other benchmarks without it)"
+            )
+        print_dashboards(dashboard)
+
+    lines = []
+    for group in (results, attribution, scale, dashboard):
+        for r in group:
+            lines += [verdict(f"{key}", r[key]) + f"  [{r['model']}]"
+                      for key in TARGETS if key in r]  # fmt: skip
+    for line in lines:
+        print(line)
+    if args.skip_sae_dashboard:
+        print("dashboards_vs_sae_dashboard=not measured (skipped with --skip-sae-dashboard)")
+    print(f"(whole benchmark: {time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import html
 import re
 import socket
 
+import pandas as pd
 import pytest
 import torch
 
@@ -153,3 +154,70 @@ def test_neuronpedia_online_is_an_iframe(setup, monkeypatch):
     monkeypatch.setattr(saes["resid"].cfg.metadata, "neuronpedia_id", "gpt2-small/8-res-jb")
     frame = neuronpedia_embed(saes["resid"], 3)
     assert frame.startswith("<iframe") and "gpt2-small/8-res-jb/3?embed=true" in frame
+
+
+def _same_page(a: str, b: str) -> bool:
+    """Equal up to the per-call element ids, from the examples on (the logit figures above
+    them hold float32 products whose last bit depends on how many latents share a matmul)."""
+
+    def part(page: str) -> str:
+        return re.sub(r"sbd\d+-", "sbd-", page[page.index("<h5>Top") :])
+
+    return part(a) == part(b)
+
+
+def test_batched_dashboards_equal_single_ones(setup, tmp_path):
+    model, saes, tokens, stats = setup
+    sae, st = saes["resid"], stats["resid"]
+    latents = torch.nonzero(st.count > 0).flatten()[:6].tolist() + st.dead()[:1].tolist()
+    many = dashboards.latent_dashboards(model, sae, tokens, st, latents, n_top=4)
+    assert [d.latent for d in many] == latents
+    for dash in many:
+        one = latent_dashboard(model, sae, tokens, st, dash.latent, n_top=4)
+        assert _same_page(one.html, dash.html)
+        pd.testing.assert_frame_equal(one.logits, dash.logits, rtol=1e-5)  # batched matmul
+    paths = dashboards.write_dashboards(model, sae, tokens, st, latents, tmp_path, chunk=3,
+                                        n_top=4)  # fmt: skip
+    assert [p.name for p in paths] == [f"latent_{i}.html" for i in latents]
+    for path, dash in zip(paths, many, strict=True):
+        page = path.read_text(encoding="utf-8")
+        assert page.startswith("<!DOCTYPE html>")
+        body = page[page.index("<body>") + 6 : page.index("</body>")]
+        assert _same_page(body, dash.html)
+    with pytest.raises(ValueError, match="latents must name"):
+        dashboards.latent_dashboards(model, sae, tokens, st, [])
+    with pytest.raises(IndexError, match="latents"):
+        dashboards.latent_dashboards(model, sae, tokens, st, [0, sae.cfg.d_sae])
+    with pytest.raises(ValueError, match="chunk"):
+        dashboards.write_dashboards(model, sae, tokens, st, [0], tmp_path, chunk=0)
+
+
+def test_window_activations_match_a_full_pass(setup):
+    """The activation windows around examples equal a full pass over every row."""
+    from saebook.latent_stats import latent_activations
+
+    model, saes, tokens, _ = setup
+    sae = saes["attn"]
+    full = latent_activations(model, sae, tokens)
+    wanted = torch.tensor([[3, 5, 0], [7, 5, 31], [1, 20, 10], [3, 0, 2]])
+    got = dashboards._window_activations(model, sae, tokens, wanted, (2, 3), batch_size=2)
+    for (lat, row, pos), window in zip(wanted.tolist(), got, strict=True):
+        for j, p in enumerate(range(pos - 2, pos + 4)):
+            expected = float(full[row, p, lat]) if 0 <= p < tokens.shape[1] else 0.0
+            assert float(window[j]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_logit_summaries_match_per_latent_logits(setup):
+    model, saes, _, _ = setup
+    sae = saes["transcoder"]
+    latents = [0, 4, 9]
+    summaries = dashboards._logit_summaries(model, sae, latents, 5, chunk=2)
+    for latent, summary in zip(latents, summaries, strict=True):
+        up, up_ids, down, down_ids, counts, lo, hi = summary
+        logits = latent_logits(model, sae, latent)
+        assert up == pytest.approx(logits.topk(5).values.tolist(), abs=1e-5)
+        assert down == pytest.approx(logits.topk(5, largest=False).values.tolist(), abs=1e-5)
+        assert (lo, hi) == pytest.approx((float(logits.min()), float(logits.max())), abs=1e-5)
+        ref = torch.histc(logits, bins=len(counts), min=lo, max=hi)
+        assert sum(counts) == logits.numel()
+        assert (torch.tensor(counts) - ref).abs().sum() <= 2  # rounding at a bin edge

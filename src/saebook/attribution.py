@@ -17,8 +17,8 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
-from saebook.directions import decoder_directions, effective_unembedding
-from saebook.metrics import check_sae_hooks
+from saebook.directions import check_latents, decoder_directions, effective_unembedding
+from saebook.hooks import check_sae_hooks, sae_hooks
 from saebook.tasks import LogitDiffTask
 from saebook.validate import check_int
 
@@ -68,7 +68,7 @@ def direct_logit_attribution(
 
 def _with_latent_edit(sae: SAE, edit):
     """A forward hook on the SAE's latents applying ``edit(acts) -> acts``."""
-    name = f"{sae.cfg.metadata.hook_name_out or sae.cfg.metadata.hook_name}.hook_sae_acts_post"
+    name = f"{sae_hooks(sae)[1]}.hook_sae_acts_post"
     return name, lambda acts, hook: edit(acts)
 
 
@@ -93,11 +93,7 @@ def ablation_effects(
             latent_activations_at_last(model, sae, task.clean).amax(0) > 0
         ).flatten()
     check_int("chunk", chunk)
-    latents = torch.as_tensor(latents, dtype=torch.long)
-    if latents.numel() and (latents.min() < 0 or latents.max() >= sae.cfg.d_sae):
-        raise IndexError(
-            f"latents must lie in [0, {sae.cfg.d_sae}), got {latents.min()}..{latents.max()}"
-        )
+    latents = check_latents(sae, latents, allow_empty=True)
     batch = task.clean.shape[0]
     with model.saes(saes=[sae], use_error_term=True):
         base = task.logit_diff(model(task.clean)).mean()

@@ -36,8 +36,9 @@ from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 from tqdm import tqdm
 
+from saebook.directions import check_latent
+from saebook.hooks import check_sae_hooks, encode, sae_hooks, starts_with_bos
 from saebook.latent_gradients import pre_activations
-from saebook.metrics import check_sae_hooks
 from saebook.validate import check_prompt
 
 __all__ = [
@@ -161,14 +162,13 @@ def attribution_graph(
     # every attention pattern and every normalisation scale (LayerNorm/RMSNorm, pre and post)
     frozen = [h for h in model.hook_dict if h.endswith(("attn.hook_pattern", "hook_scale"))]
     has_pos = "hook_pos_embed" in model.hook_dict
-    reads = [tc.cfg.metadata.hook_name for tc in by_layer.values()]
+    reads = [sae_hooks(tc)[0] for tc in by_layer.values()]
     outs = [f"blocks.{li}.hook_mlp_out" for li in range(n_layers)]
     wanted = set(frozen + reads + outs + ["hook_embed", "hook_pos_embed"])  # pos: if present
     with torch.no_grad():
         model_logits, cache = model.run_with_cache(tokens[None], names_filter=lambda n: n in wanted)
     model_logits = model_logits[0]
-    bos = model.tokenizer.bos_token_id if model.tokenizer is not None else None
-    skip = skip_bos and bos is not None and int(tokens[0]) == bos
+    skip = skip_bos and starts_with_bos(model, tokens)
 
     # Node values (leaves of the replacement model).
     embed = cache["hook_embed"][0]  # (seq, d_model); plus positions when they are embedded
@@ -177,7 +177,7 @@ def attribution_graph(
     errors: dict[int, Tensor] = {}
     for layer, tc in by_layer.items():
         with torch.no_grad():
-            acts = tc.encode(cache[tc.cfg.metadata.hook_name][0])
+            acts = encode(tc, cache[sae_hooks(tc)[0]][0], batched=False)
             if skip:
                 acts[0] = 0
             latents[layer] = acts
@@ -239,7 +239,7 @@ def attribution_graph(
                 def write(a, hook, layer=layer, tc=tc):
                     return tc.decode(leaves[f"lat{layer}"]) + leaves[f"err{layer}"]
 
-                hooks += [(tc.cfg.metadata.hook_name, read), (outs[layer], write)]
+                hooks += [(sae_hooks(tc)[0], read), (outs[layer], write)]
             else:
                 hooks.append((outs[layer], lambda a, hook, layer=layer: leaves[f"mlp{layer}"]))
         logits = model.run_with_hooks(tokens[None].expand(batch, -1), fwd_hooks=hooks)
@@ -470,7 +470,6 @@ def prune_graph(
     )
 
 
-_ROW = {"embedding": 0, "latent": 1, "error": 1, "mlp": 1, "logit": 2}
 _COLOURS = {
     "embedding": "#7f8c8d",
     "latent": "#2e86de",
@@ -579,8 +578,7 @@ def edit_latents(
     for edit in edits:
         if len(edit) != 4:
             raise ValueError(f"each edit must be (pos, latent, value or None, scale), got {edit!r}")
-        if not 0 <= int(edit[1]) < transcoder.cfg.d_sae:
-            raise IndexError(f"edit latent must be in [0, {transcoder.cfg.d_sae}), got {edit[1]}")
+        check_latent(transcoder, int(edit[1]), arg="edit latent")
 
     def apply(acts: Tensor, hook: object) -> Tensor:
         acts = acts.clone()

@@ -34,9 +34,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -49,6 +47,8 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
+
+from saebook.hooks import reachable
 
 __all__ = [
     "Context",
@@ -496,16 +496,6 @@ class OpenAISimulator(OpenAIChat):
         return list(self._cache[key])
 
 
-def _reachable(url: str, timeout: float = 2.0) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def make_explainer(
     model: str = "gpt-4o-mini", offline: OfflineExplainer | None = None
 ) -> Explainer:
@@ -519,7 +509,7 @@ def make_explainer(
         print(f"No ${KEY_VAR} in the environment: using the offline explainer.")
         return offline
     online = OpenAIExplainer(model=model)
-    if not _reachable(online.base_url):
+    if not reachable(online.base_url):
         print(f"{online.base_url} is unreachable: using the offline explainer.")
         return offline
     return online
@@ -534,7 +524,7 @@ def make_simulator(model: str = "gpt-4o-mini") -> Simulator:
         print(f"No ${KEY_VAR} in the environment: using the keyword simulator.")
         return KeywordSimulator()
     online = OpenAISimulator(model=model)
-    if not _reachable(online.base_url):
+    if not reachable(online.base_url):
         print(f"{online.base_url} is unreachable: using the keyword simulator.")
         return KeywordSimulator()
     return online

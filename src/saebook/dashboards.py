@@ -14,8 +14,11 @@ A dashboard for one latent combines
 :func:`latent_dashboard` returns a :class:`Dashboard` whose :meth:`~Dashboard.to_html` is one
 self-contained HTML fragment (inline CSS; the two small figures are drawn by the page's
 ``Plotly`` global when there is one, otherwise by an inline SVG fallback), typically
-40-80 kB. Nothing here runs the model once per latent: the only forward pass a dashboard
-makes is over the few rows that hold its examples.
+40-80 kB. Nothing here runs the model once per latent: :func:`latent_dashboards` (and
+:func:`write_dashboards`, which writes one page per latent without keeping them) sends the
+example rows of all requested latents through the model in one pass, and computes their logit
+effects as one matrix product per chunk of latents; :func:`latent_dashboard` is the same for
+one latent.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import html
 import itertools
 import json
 import math
-import socket
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
@@ -34,8 +39,14 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
-from saebook.directions import check_latent, decoder_directions, logit_effects
-from saebook.latent_stats import Example, LatentStats, latent_activations
+from saebook.directions import (
+    check_latent,
+    decoder_directions,
+    effective_unembedding,
+    logit_effects,
+)
+from saebook.hooks import reachable
+from saebook.latent_stats import Example, Interval, LatentStats, encode_at_hook
 from saebook.validate import check_int
 
 __all__ = [
@@ -44,6 +55,8 @@ __all__ = [
     "top_logits",
     "logit_table",
     "latent_dashboard",
+    "latent_dashboards",
+    "write_dashboards",
     "show_dashboard",
     "density_histogram",
     "neuronpedia_embed",
@@ -78,27 +91,26 @@ def top_logits(
     return values, ids
 
 
-_TOKEN_CACHE: dict[tuple[object, int], str] = {}  # (tokenizer, id) -> text; holds the tokenizer
-
-
-def _token_str(model: HookedSAETransformer, token: int) -> str:
+def _token_strings(model: HookedSAETransformer, ids: Iterable[int]) -> dict[int, str]:
+    """The text of each token id decoded on its own (the id itself without a tokenizer)."""
+    ids = sorted(set(ids))
     tok = model.tokenizer
-    key = (tok, token)
-    if key not in _TOKEN_CACHE:
-        text = None if tok is None else tok.decode([token], clean_up_tokenization_spaces=False)
-        _TOKEN_CACHE[key] = str(token) if text is None else text
-    return _TOKEN_CACHE[key]
+    if tok is None:
+        return {i: str(i) for i in ids}
+    texts = tok.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
+    return {i: str(i) if t is None else t for i, t in zip(ids, texts, strict=True)}
 
 
 def logit_table(model: HookedSAETransformer, sae: SAE, latent: int, k: int = 10) -> pd.DataFrame:
     """The ``k`` tokens whose logits ``latent`` raises most and lowers most, side by side."""
     up, up_ids = top_logits(model, sae, latent, k, largest=True)
     down, down_ids = top_logits(model, sae, latent, k, largest=False)
+    text = _token_strings(model, up_ids.tolist() + down_ids.tolist())
     return pd.DataFrame(
         {
-            "promoted": [_token_str(model, int(i)) for i in up_ids],
+            "promoted": [text[int(i)] for i in up_ids],
             "logit +": up.numpy(),
-            "suppressed": [_token_str(model, int(i)) for i in down_ids],
+            "suppressed": [text[int(i)] for i in down_ids],
             "logit -": down.numpy(),
         }
     )
@@ -183,18 +195,16 @@ def _activation_plot(stats: LatentStats, latent: int) -> tuple[dict, dict, list,
     return data, layout, heights, labels
 
 
-def _logit_plot(logits: Tensor, n_bins: int = 50) -> tuple[dict, dict, list, list]:
-    lo, hi = float(logits.min()), float(logits.max())
-    if hi <= lo:
-        hi = lo + 1e-6
-    counts = torch.histc(logits.float(), bins=n_bins, min=lo, max=hi)
+def _logit_plot(counts: list[int], lo: float, hi: float) -> tuple[dict, dict, list, list]:
+    """(data, layout, heights, labels) of the histogram of one latent's logit effects."""
+    n_bins = len(counts)
     width = (hi - lo) / n_bins
     centers = [lo + (i + 0.5) * width for i in range(n_bins)]
     colours = ["#c0392b" if c < 0 else "#2e86c1" for c in centers]
     data = {
         "type": "bar",
         "x": [_r(c) for c in centers],
-        "y": [int(c) for c in counts.tolist()],
+        "y": list(counts),
         "marker": {"color": colours},
         "hovertemplate": "logit effect ≈ %{x}<br>%{y} tokens<extra></extra>",
     }
@@ -316,11 +326,25 @@ class Dashboard:
     density: float
     mean_activation: float
     max_activation: float
-    logits: pd.DataFrame
     top: list[Example]
-    intervals: list
+    intervals: list[Interval]
     html: str = field(repr=False)
     figure_specs: dict[str, tuple[dict, dict]] = field(repr=False, default_factory=dict)
+    logit_columns: dict[str, list] = field(repr=False, default_factory=dict)
+
+    @property
+    def logits(self) -> pd.DataFrame:
+        """The promoted and suppressed tokens with their direct logit effects (see
+        :func:`logit_table`); built on access, like :attr:`figures`."""
+        cols = self.logit_columns
+        return pd.DataFrame(
+            {
+                "promoted": cols["promoted"],
+                "logit +": np.asarray(cols["logit +"], dtype=np.float32),
+                "suppressed": cols["suppressed"],
+                "logit -": np.asarray(cols["logit -"], dtype=np.float32),
+            }
+        )
 
     @property
     def figures(self) -> dict[str, go.Figure]:
@@ -366,109 +390,178 @@ def _check_stats(model, sae: SAE, tokens: Tensor, stats: LatentStats) -> None:
         )
 
 
-def latent_dashboard(
+@dataclass(frozen=True)
+class _Options:
+    """The layout options of :func:`latent_dashboards`, checked once."""
+
+    n_top: int = 10
+    n_intervals: int = 4
+    per_interval: int = 4
+    context: tuple[int, int] = (12, 4)
+    n_logits: int = 10
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        ctx = self.context
+        if (
+            not isinstance(ctx, tuple | list)
+            or len(ctx) != 2
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in ctx)
+        ):
+            raise ValueError(f"context must be two non-negative ints (before, after), got {ctx!r}")
+        check_int("n_top", self.n_top, minimum=0)
+        check_int("n_intervals", self.n_intervals)
+        check_int("per_interval", self.per_interval)
+        check_int("n_logits", self.n_logits)
+        check_int("batch_size", self.batch_size)
+
+
+# --- data: examples, the activations around them, logit effects ------------------------------
+
+
+def _examples(stats: LatentStats, latent: int, opt: _Options):
+    """(top examples, [(interval, its shown examples)]) of one latent."""
+    top = stats.top_examples(latent, opt.n_top)
+    intervals = []
+    for interval in stats.quantile_examples(latent, opt.n_intervals):
+        ex = interval.examples
+        step = max(1, len(ex) // opt.per_interval)
+        intervals.append((interval, ex[::step][: opt.per_interval]))
+    return top, intervals
+
+
+@torch.no_grad()
+def _window_activations(
     model: HookedSAETransformer,
     sae: SAE,
-    tokens: Int[Tensor, "rows seq"],
-    stats: LatentStats,
-    latent: int,
-    *,
-    n_top: int = 10,
-    n_intervals: int = 4,
-    per_interval: int = 4,
-    context: tuple[int, int] = (12, 4),
-    n_logits: int = 10,
-) -> Dashboard:
-    """The dashboard of ``latent``, from ``stats`` computed by ``latent_stats`` on ``tokens``.
+    tokens: Tensor,
+    wanted: Int[Tensor, "n 3"],
+    context: tuple[int, int],
+    batch_size: int,
+) -> Float[Tensor, "n window"]:
+    """Activation of latent ``l`` at positions ``pos - before .. pos + after`` of row ``r``
+    for each ``(l, r, pos)`` row of ``wanted`` (0 outside the sequence).
 
-    Args:
-        n_top: top activating examples shown (at most the ``k`` of the stats).
-        n_intervals: quantile slices of the activation distribution to sample from.
-        per_interval: examples shown per slice.
-        context: tokens shown before and after each example's token.
-        n_logits: promoted and suppressed tokens listed.
+    One pass over the rows that hold any example, ``batch_size`` rows at a time: every
+    requested latent shares it, so N dashboards cost one forward pass, not N.
     """
-    latent = check_latent(sae, latent)
-    _check_stats(model, sae, tokens, stats)
     before, after = context
-    if min(before, after) < 0:
-        raise ValueError(f"context must be two non-negative ints (before, after), got {context!r}")
-    check_int("n_top", n_top, minimum=0)
-    check_int("n_intervals", n_intervals)
-    check_int("per_interval", per_interval)
-    check_int("n_logits", n_logits)
+    n, seq = wanted.shape[0], tokens.shape[1]
+    out = torch.zeros(n, before + after + 1)
+    if n == 0:
+        return out
+    lat, row, pos = wanted.unbind(1)
+    cols = pos[:, None] + torch.arange(-before, after + 1)
+    inside = (cols >= 0) & (cols < seq)
+    cols = cols.clamp(0, seq - 1)
+    rows = torch.unique(row)
+    local = torch.full((tokens.shape[0],), -1, dtype=torch.long)
+    for start in range(0, rows.numel(), batch_size):
+        chunk = rows[start : start + batch_size]
+        acts = encode_at_hook(model, sae, tokens[chunk.to(tokens.device)])
+        local[chunk] = torch.arange(chunk.numel())
+        here = torch.nonzero(local[row] >= 0).squeeze(1)
+        r = local[row[here]].to(acts.device)
+        got = acts[r[:, None], cols[here].to(acts.device), lat[here, None].to(acts.device)]
+        out[here] = got.float().cpu()
+        local[chunk] = -1
+    return out * inside
 
-    top = stats.top_examples(latent, n_top)
-    intervals = []
-    for interval in stats.quantile_examples(latent, n_intervals):
-        ex = interval.examples
-        step = max(1, len(ex) // per_interval)
-        intervals.append((interval, ex[::step][:per_interval]))
-    shown = top + [e for _, ex in intervals for e in ex]
-    rows = sorted({e.row for e in shown})
-    acts = (
-        latent_activations(model, sae, tokens[rows], [latent])[..., 0]
-        if rows
-        else torch.zeros(0, tokens.shape[1])
-    )
-    row_of = {r: i for i, r in enumerate(rows)}
-    token_rows = tokens[rows].tolist() if rows else []
-    top_act = float(stats.max[latent])
 
-    def render(example: Example) -> str:
-        i = row_of[example.row]
-        lo, hi = max(0, example.pos - before), min(tokens.shape[1], example.pos + after + 1)
-        spans = []
-        for p in range(lo, hi):
-            tok = _token_str(model, token_rows[i][p])
-            a = float(acts[i, p])
-            cls = [f"a{_shade(a, top_act)}"] if a > 0 else []
-            if p == example.pos:
-                cls.append("hi")
-            tip = html.escape(f"{tok!r} · act {a:.3g} · row {example.row}, pos {p}", quote=True)
-            attr = f" class='{' '.join(cls)}'" if cls else ""
-            spans.append(f"<span{attr} title='{tip}'>{html.escape(_visible(tok))}</span>")
-        return f"<div class='ex'><span class='v'>{example.value:.3g}</span>{''.join(spans)}</div>"
+@torch.no_grad()
+def _logit_summaries(
+    model: HookedSAETransformer, sae: SAE, latents: list[int], k: int, n_bins: int = 50,
+    chunk: int = 256,
+) -> list[tuple[list, list, list, list, list[int], float, float]]:  # fmt: skip
+    """Per latent: top ``k`` logit effects and ids, bottom ``k`` and ids, a histogram of all
+    ``d_vocab`` effects in ``n_bins`` equal bins, and its range; ``chunk`` latents at a time
+    (a chunk holds ``chunk x d_vocab`` floats)."""
+    w_u = effective_unembedding(model)  # as latent_logits: see directions.logit_effects
+    out = []
+    for start in range(0, len(latents), chunk):
+        group = latents[start : start + chunk]
+        logits = decoder_directions(model, sae, group).to(w_u.device) @ w_u
+        up, down = logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)
+        lo, hi = logits.amin(1), logits.amax(1)
+        hi = torch.where(hi > lo, hi, lo + 1e-6)
+        bins = ((logits - lo[:, None]) / (hi - lo)[:, None] * n_bins).long().clamp_(0, n_bins - 1)
+        counts = torch.zeros(len(group), n_bins, dtype=torch.long, device=bins.device)
+        counts.scatter_add_(1, bins, torch.ones_like(bins))
+        out.extend(zip(up.values.tolist(), up.indices.tolist(), down.values.tolist(),
+                       down.indices.tolist(), counts.tolist(), lo.tolist(), hi.tolist(),
+                       strict=True))  # fmt: skip
+    return out
 
-    logits = latent_logits(model, sae, latent)
-    k_logits = min(n_logits, logits.numel())
-    table = logit_table(model, sae, latent, k_logits)
-    act_data, act_layout, act_h, act_l = _activation_plot(stats, latent)
-    lg_data, lg_layout, lg_h, lg_l = _logit_plot(logits)
-    specs = {
-        "activations": (act_data, {**act_layout, "height": 300}),
-        "logits": (lg_data, {**lg_layout, "height": 300}),
-    }
 
-    uid = f"sbd{next(_IDS)}-{latent}"
-    density = float(stats.density[latent])
-    mean = float(stats.mean_activation[latent])
+# --- HTML ------------------------------------------------------------------------------------
+
+
+class _Tokens:
+    """Escaped text and tooltip prefix of every token id a batch of dashboards shows."""
+
+    def __init__(self, model: HookedSAETransformer, ids: Iterable[int]) -> None:
+        self.text = _token_strings(model, ids)
+        self.shown = {i: html.escape(_visible(t)) for i, t in self.text.items()}
+        self.tip = {i: html.escape(repr(t), quote=True) for i, t in self.text.items()}
+
+
+def _example_html(example: Example, acts: list[float], token_row: list[int],
+                  toks: _Tokens, before: int, top_act: float) -> str:  # fmt: skip
+    """One example: its context tokens, each shaded by the latent's activation there."""
+    seq = len(token_row)
+    lo, hi = max(0, example.pos - before), min(seq, example.pos + len(acts) - before)
+    spans = []
+    for p in range(lo, hi):
+        tok, a = token_row[p], acts[p - example.pos + before]
+        cls = f"a{_shade(a, top_act)}" if a > 0 else ""
+        if p == example.pos:
+            cls = f"{cls} hi" if cls else "hi"
+        attr = f" class='{cls}'" if cls else ""
+        tip = f"{toks.tip[tok]} · act {a:.3g} · row {example.row}, pos {p}"
+        spans.append(f"<span{attr} title='{tip}'>{toks.shown[tok]}</span>")
+    return f"<div class='ex'><span class='v'>{example.value:.3g}</span>{''.join(spans)}</div>"
+
+
+def _logit_rows_html(cols: dict[str, list]) -> str:
     esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(repr(p))}</td><td class='n up'>{u:+.3f}</td>"
+        f"<td>{esc(repr(s))}</td><td class='n dn'>{d:+.3f}</td></tr>"
+        for p, u, s, d in zip(cols["promoted"], cols["logit +"], cols["suppressed"],
+                              cols["logit -"], strict=True)
+    )  # fmt: skip
+    return (
+        "<h5>Direct logit effects (decoder direction · W_U)</h5><table><tr><th>promoted</th>"
+        f"<th></th><th>suppressed</th><th></th></tr>{rows}</table>"
+    )
+
+
+def _dashboard_html(
+    stats: LatentStats, latent: int, plots: dict, cols: dict[str, list], top: list[str],
+    intervals: list[tuple[Interval, list[str]]],
+) -> str:  # fmt: skip
+    """The HTML fragment of one dashboard from its parts (examples already rendered)."""
+    uid = f"sbd{next(_IDS)}-{latent}"
+    esc = html.escape
+    (act_data, act_layout, act_h, act_l), (lg_data, lg_layout, lg_h, lg_l) = plots.values()
     parts = [
         f"<div class='sbd' id='{uid}'><style>{_CSS}</style>",
         f"<h4>Latent {latent}</h4>",
         f"<div class='sbd-meta'>{esc(stats.hook_name)} · d_sae {stats.d_sae:,} · fires on "
-        f"{int(stats.count[latent]):,} of {stats.n_tokens:,} positions ({density:.3%}) · "
-        f"mean {mean:.3g} · max {top_act:.3g}</div>",
+        f"{int(stats.count[latent]):,} of {stats.n_tokens:,} positions "
+        f"({float(stats.density[latent]):.3%}) · mean {float(stats.mean_activation[latent]):.3g}"
+        f" · max {float(stats.max[latent]):.3g}</div>",
         "<div class='sbd-row'>",
         _figure_html(f"{uid}-a", act_data, act_layout,
                      _svg_bars(act_h, act_l, "#e67e22"), act_layout["title"]["text"]),
         _figure_html(f"{uid}-l", lg_data, lg_layout,
                      _svg_bars(lg_h, lg_l, "#7f8c8d"), lg_layout["title"]["text"]),
         "</div>",
+        _logit_rows_html(cols),
+        f"<h5>Top {len(top)} activations</h5>",
     ]  # fmt: skip
-    rows_html = "".join(
-        f"<tr><td>{esc(repr(r['promoted']))}</td><td class='n up'>{r['logit +']:+.3f}</td>"
-        f"<td>{esc(repr(r['suppressed']))}</td><td class='n dn'>{r['logit -']:+.3f}</td></tr>"
-        for r in table.to_dict("records")
-    )
-    parts.append(
-        "<h5>Direct logit effects (decoder direction · W_U)</h5><table><tr><th>promoted</th>"
-        f"<th></th><th>suppressed</th><th></th></tr>{rows_html}</table>"
-    )
-    parts.append(f"<h5>Top {len(top)} activations</h5>")
     if top:
-        parts.extend(render(e) for e in top)
+        parts.extend(top)
     else:
         parts.append(
             f"<div class='sbd-note'>This latent never fired on the {stats.n_tokens:,} "
@@ -481,20 +574,165 @@ def latent_dashboard(
                 f"<div class='sbd-meta'>quantiles {interval.q_lo:.0%}–{interval.q_hi:.0%} of "
                 f"firings: activations {interval.lo:.3g}–{interval.hi:.3g}</div>"
             )
-            parts.extend(render(e) for e in examples)
+            parts.extend(examples)
     parts.append(_plot_script(uid) + "</div>")
+    return "".join(parts)
+
+
+# --- assembling ------------------------------------------------------------------------------
+
+
+def _iter_dashboards(model, sae, tokens, stats, latents, opt: _Options,
+                     chunk: int = 1024) -> Iterator[Dashboard]:  # fmt: skip
+    """Dashboards of ``latents`` in order: one model pass for all their examples, then logit
+    effects and HTML ``chunk`` latents at a time (memory: one chunk's pages)."""
+    _check_stats(model, sae, tokens, stats)
+    if isinstance(latents, Tensor):
+        latents = latents.flatten().tolist()
+    if isinstance(latents, int) or not isinstance(latents, Iterable):
+        raise TypeError(f"latents must be a list of latent indices, got {type(latents).__name__}")
+    latents = [check_latent(sae, latent, "latents[i]") for latent in latents]
+    if not latents:
+        raise ValueError("latents must name at least one latent, got an empty list")
+    chosen = [_examples(stats, latent, opt) for latent in latents]
+    wanted = [(lat, e.row, e.pos) for lat, (top, iv) in zip(latents, chosen, strict=True)
+              for e in top + [e for _, ex in iv for e in ex]]  # fmt: skip
+    windows = _window_activations(model, sae, tokens, torch.tensor(wanted, dtype=torch.long)
+                                  .view(-1, 3), opt.context, opt.batch_size).tolist()  # fmt: skip
+    rows = sorted({r for _, r, _ in wanted})
+    token_rows = dict(zip(rows, tokens[rows].tolist(), strict=True)) if rows else {}
+    k_logits = min(opt.n_logits, model.cfg.d_vocab)
+    done = 0
+    for start in range(0, len(latents), chunk):
+        group = latents[start : start + chunk]
+        summaries = _logit_summaries(model, sae, group, k_logits)
+        ids = {t for s in summaries for t in s[1] + s[3]}
+        ids |= {t for r in rows for t in token_rows[r]}
+        toks = _Tokens(model, ids)
+        for latent, picked, summary in zip(group, chosen[start : start + chunk], summaries,
+                                           strict=True):  # fmt: skip
+            n_shown = len(picked[0]) + sum(len(ex) for _, ex in picked[1])
+            acts = windows[done : done + n_shown]
+            done += n_shown
+            yield _one_dashboard(stats, latent, picked, acts, summary, token_rows, toks, opt)
+
+
+def _one_dashboard(stats: LatentStats, latent: int, picked: tuple, acts: list[list[float]],
+                   summary: tuple, token_rows: dict[int, list[int]], toks: _Tokens,
+                   opt: _Options) -> Dashboard:  # fmt: skip
+    """Assemble one dashboard from its examples, their activation windows (in the order top,
+    then each interval's) and its logit summary."""
+    top, iv = picked
+    top_act = float(stats.max[latent])
+
+    def render(e: Example, a: list[float]) -> str:
+        return _example_html(e, a, token_rows[e.row], toks, opt.context[0], top_act)
+
+    html_top = [render(e, a) for e, a in zip(top, acts, strict=False)]
+    rest, html_iv = acts[len(top) :], []
+    for interval, ex in iv:
+        html_iv.append((interval, [render(e, a) for e, a in zip(ex, rest, strict=False)]))
+        rest = rest[len(ex) :]
+    up, up_ids, down, down_ids, counts, lo, hi = summary
+    cols = {"promoted": [toks.text[i] for i in up_ids], "logit +": up,
+            "suppressed": [toks.text[i] for i in down_ids], "logit -": down}  # fmt: skip
+    act_plot, lg_plot = _activation_plot(stats, latent), _logit_plot(counts, lo, hi)
+    page = _dashboard_html(stats, latent, {"a": act_plot, "l": lg_plot}, cols, html_top, html_iv)
     return Dashboard(
         latent=latent,
         hook_name=stats.hook_name,
-        density=density,
-        mean_activation=mean,
+        density=float(stats.density[latent]),
+        mean_activation=float(stats.mean_activation[latent]),
         max_activation=top_act,
-        logits=table,
         top=top,
-        intervals=[i for i, _ in intervals],
-        html="".join(parts),
-        figure_specs=specs,
+        intervals=[i for i, _ in iv],
+        html=page,
+        figure_specs={
+            "activations": (act_plot[0], {**act_plot[1], "height": 300}),
+            "logits": (lg_plot[0], {**lg_plot[1], "height": 300}),
+        },
+        logit_columns=cols,
     )
+
+
+def latent_dashboards(
+    model: HookedSAETransformer,
+    sae: SAE,
+    tokens: Int[Tensor, "rows seq"],
+    stats: LatentStats,
+    latents: list[int] | Int[Tensor, " n"],
+    *,
+    n_top: int = 10,
+    n_intervals: int = 4,
+    per_interval: int = 4,
+    context: tuple[int, int] = (12, 4),
+    n_logits: int = 10,
+    batch_size: int = 32,
+) -> list[Dashboard]:
+    """The dashboards of ``latents``, from ``stats`` computed by ``latent_stats`` on ``tokens``.
+
+    The example rows of all the latents go through the model together (one pass over the
+    rows that hold any example, ``batch_size`` rows at a time), and the logit effects are one
+    matrix product per chunk of latents, so N dashboards cost far less than N single ones.
+    For many latents prefer :func:`write_dashboards`, which does not keep every page.
+
+    Args:
+        n_top: top activating examples shown (at most the ``k`` of the stats).
+        n_intervals: quantile slices of the activation distribution to sample from.
+        per_interval: examples shown per slice.
+        context: tokens shown before and after each example's token.
+        n_logits: promoted and suppressed tokens listed.
+        batch_size: rows per forward pass over the example rows.
+    """
+    opt = _Options(n_top, n_intervals, per_interval, tuple(context), n_logits, batch_size)
+    return list(_iter_dashboards(model, sae, tokens, stats, latents, opt))
+
+
+def latent_dashboard(
+    model: HookedSAETransformer,
+    sae: SAE,
+    tokens: Int[Tensor, "rows seq"],
+    stats: LatentStats,
+    latent: int,
+    **options,
+) -> Dashboard:
+    """The dashboard of one ``latent``; ``options`` as for :func:`latent_dashboards`."""
+    latent = check_latent(sae, latent)
+    return latent_dashboards(model, sae, tokens, stats, [latent], **options)[0]
+
+
+def write_dashboards(
+    model: HookedSAETransformer,
+    sae: SAE,
+    tokens: Int[Tensor, "rows seq"],
+    stats: LatentStats,
+    latents: list[int] | Int[Tensor, " n"],
+    folder: str | Path,
+    *,
+    chunk: int = 1024,
+    **options,
+) -> list[Path]:
+    """Write one standalone HTML page per latent (``latent_<i>.html``) into ``folder``.
+
+    Same work as :func:`latent_dashboards` (``options`` as there), but each page is written as
+    soon as it is built, so memory holds ``chunk`` pages at most. Returns the paths, in the
+    order of ``latents``.
+    """
+    check_int("chunk", chunk)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    opt = _Options(**{**options, "context": tuple(options.get("context", (12, 4)))})
+    paths = []
+    for dash in _iter_dashboards(model, sae, tokens, stats, latents, opt, chunk):
+        path = folder / f"latent_{dash.latent}.html"
+        path.write_text(
+            "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>Latent {dash.latent} · {html.escape(dash.hook_name)}</title></head>"
+            f"<body>{dash.html}</body></html>",
+            encoding="utf-8",
+        )
+        paths.append(path)
+    return paths
 
 
 def show_dashboard(
@@ -527,11 +765,8 @@ def show_dashboard(
 
 
 def _reachable(host: tuple[str, int], timeout: float = 2.0) -> bool:
-    try:
-        socket.create_connection(host, timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    """:func:`saebook.hooks.reachable` (a name the tests and :mod:`saebook.steering` patch)."""
+    return reachable(host, timeout)
 
 
 def neuronpedia_embed(sae: SAE, latent: int, height: int = 360) -> str:

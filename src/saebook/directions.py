@@ -24,7 +24,13 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
-__all__ = ["check_latent", "decoder_directions", "effective_unembedding", "logit_effects"]
+__all__ = [
+    "check_latent",
+    "check_latents",
+    "decoder_directions",
+    "effective_unembedding",
+    "logit_effects",
+]
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
@@ -40,6 +46,34 @@ def check_latent(sae: SAE, latent: object, arg: str = "latent") -> int:
     return latent
 
 
+def check_latents(
+    sae: SAE, latents: object, arg: str = "latents", allow_empty: bool = False
+) -> Int[Tensor, " n"]:
+    """``latents`` as a flat int64 tensor after checking each indexes one of ``sae``'s latents.
+
+    Accepts a list, tuple or tensor of ints; an empty one is an error unless ``allow_empty``.
+    """
+    try:
+        index = torch.as_tensor(latents).flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"{arg} must be a list or tensor of int latent indices, got {type(latents).__name__}"
+        ) from None
+    if index.numel() and (
+        index.is_floating_point() or index.is_complex() or index.dtype == torch.bool
+    ):
+        raise TypeError(f"{arg} must hold int latent indices, got dtype {index.dtype}")
+    index = index.long()
+    if index.numel() == 0 and not allow_empty:
+        raise ValueError(f"{arg} must name at least one latent, got an empty list")
+    bad = index[(index < 0) | (index >= sae.cfg.d_sae)]
+    if bad.numel():
+        raise IndexError(
+            f"{arg} must be in [0, {sae.cfg.d_sae}) (sae.cfg.d_sae), got {bad.tolist()}"
+        )
+    return index
+
+
 @torch.no_grad()
 def decoder_directions(
     model: HookedSAETransformer,
@@ -52,13 +86,7 @@ def decoder_directions(
     """
     w = sae.W_dec.float()
     if latents is not None:
-        index = torch.as_tensor(latents, dtype=torch.long).flatten()
-        bad = index[(index < 0) | (index >= sae.cfg.d_sae)]
-        if bad.numel():
-            raise IndexError(
-                f"latents must be in [0, {sae.cfg.d_sae}) (sae.cfg.d_sae), got {bad.tolist()}"
-            )
-        w = w[index.to(w.device)]
+        w = w[check_latents(sae, latents, allow_empty=True).to(w.device)]
     hook = str(sae.cfg.metadata.hook_name_out or sae.cfg.metadata.hook_name)
     layer = _LAYER.match(hook)
     d_model = model.cfg.d_model

@@ -35,7 +35,15 @@ from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 from torch.func import jacrev, jvp, vmap
 
-from saebook.metrics import check_sae_hooks
+from saebook.directions import check_latent
+from saebook.hooks import (
+    check_sae_hooks,
+    encode,
+    flatten_heads,
+    sae_hooks,
+    starts_with_bos,
+    stop_layer,
+)
 from saebook.validate import check_prompt
 
 __all__ = [
@@ -98,12 +106,6 @@ def hook_order(hook: str) -> tuple[int, int]:
     )
 
 
-def _hooks(sae: SAE) -> tuple[str, str]:
-    """(input hook, output hook) of an SAE or transcoder."""
-    hook_in = str(sae.cfg.metadata.hook_name)
-    return hook_in, str(sae.cfg.metadata.hook_name_out or hook_in)
-
-
 def ordered_pairs(saes: dict[str, SAE]) -> list[tuple[str, str]]:
     """``(earlier, later)`` role pairs where the earlier SAE writes before the later one reads.
 
@@ -114,13 +116,14 @@ def ordered_pairs(saes: dict[str, SAE]) -> list[tuple[str, str]]:
     pairs = []
     for up_role, up in saes.items():
         for down_role, down in saes.items():
-            if up_role != down_role and hook_order(_hooks(up)[1]) < hook_order(_hooks(down)[0]):
+            writes, reads = sae_hooks(up)[1], sae_hooks(down)[0]
+            if up_role != down_role and hook_order(writes) < hook_order(reads):
                 pairs.append((up_role, down_role))
     return sorted(
         pairs,
         key=lambda p: (
-            hook_order(_hooks(saes[p[1]])[0]),
-            [-x for x in hook_order(_hooks(saes[p[0]])[1])],
+            hook_order(sae_hooks(saes[p[1]])[0]),
+            [-x for x in hook_order(sae_hooks(saes[p[0]])[1])],
         ),
     )
 
@@ -152,18 +155,6 @@ def _positions(arg: str, positions: object, seq: int, skip: set[int]) -> Tensor:
     return (raw % seq).unique()
 
 
-def _stop_layer(hook: str) -> int | None:
-    match = _BLOCK.match(hook)
-    return int(match.group(1)) + 1 if match else None
-
-
-def _encode(sae: SAE, x: Tensor) -> Tensor:
-    """``sae.encode`` on a cached activation (``hook_z`` flattened unless the SAE does it)."""
-    if x.ndim == 4 and sae.cfg.reshape_activations != "hook_z":
-        x = x.flatten(-2)
-    return sae.encode(x)
-
-
 _SMOOTH = {
     "standard",
     "topk",
@@ -190,9 +181,8 @@ def pre_activations(
     arch = sae.cfg.architecture()
     if arch not in _SMOOTH:
         raise ValueError(f"sae architecture must be one of {sorted(_SMOOTH)}, got {arch!r}")
-    if x.ndim == 3 and sae.cfg.reshape_activations != "hook_z":
-        x = x.flatten(-2)
-    sae_in = sae.process_sae_in(x)  # (seq, d_in): reshape, normalisation, b_dec
+    # (seq, d_in) after SAELens' reshape, normalisation and b_dec
+    sae_in = sae.process_sae_in(flatten_heads(sae, x, batched=False))
     rescale = getattr(sae.cfg, "rescale_acts_by_decoder_norm", False)
     if pos is None:
         pre = sae_in @ sae.W_enc + sae.b_enc
@@ -267,30 +257,46 @@ def latent_map(
         )
     tokens = check_prompt(tokens, model)[None]
     seq = tokens.shape[1]
-    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
-    skip = {0} if skip_bos and bos is not None and int(tokens[0, 0]) == bos else set()
+    skip = {0} if skip_bos and starts_with_bos(model, tokens) else set()
     up_pos = _positions("up_positions", up_positions, seq, skip)
     down_pos = _positions("down_positions", down_positions, seq, skip)
 
     with torch.no_grad():
         names = {up_in, up_out, down_in}
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
-        x_up = cache[up_in][0]
         x_out = cache[up_out][0]  # where up_sae's reconstruction is patched in
-        up_acts = _encode(up_sae, x_up).detach()  # (seq, d_up)
-        down_acts = _encode(down_sae, cache[down_in][0]).detach()  # (seq, d_down)
-    d_up, d_down = up_acts.shape[-1], down_acts.shape[-1]
-    up_mask = torch.zeros_like(up_acts, dtype=torch.bool)
-    up_mask[up_pos.to(up_mask.device)] = up_acts[up_pos.to(up_acts.device)] != 0
-    pos, lat = torch.nonzero(up_mask, as_tuple=True)
-    up = ActiveLatents(pos.cpu(), lat.cpu(), up_acts[pos, lat].cpu())
-    down_mask = torch.zeros_like(down_acts, dtype=torch.bool)
-    down_mask[down_pos.to(down_mask.device)] = down_acts[down_pos.to(down_acts.device)] != 0
-    dpos, dlat = torch.nonzero(down_mask, as_tuple=True)
-    down = ActiveLatents(dpos.cpu(), dlat.cpu(), down_acts[dpos, dlat].cpu())
+        up_acts = encode(up_sae, cache[up_in][0], batched=False).detach()  # (seq, d_up)
+        down_acts = encode(down_sae, cache[down_in][0], batched=False).detach()  # (seq, d_down)
+    up = _active(up_acts, up_pos)
+    down = _active(down_acts, down_pos)
+    run = _patched_run(model, tokens, up_out, down_in)
+    if dense:
+        fn, inputs, up_index, down_index = _dense_map(
+            up_sae, down_sae, run, x_out, up_acts, down_acts.shape[-1], up, down, up_pos, down_pos
+        )
+    else:
+        fn, inputs = _sparse_map(up_sae, down_sae, run, x_out, up, down)
+        up_index, down_index = torch.arange(len(up)), torch.arange(len(down))
+    return LatentMap(fn, inputs, up, down, up_index, down_index, up_out, down_in, dense)
+
+
+def _active(acts: Float[Tensor, "seq d_sae"], positions: Tensor) -> ActiveLatents:
+    """The non-zero entries of ``acts`` at ``positions``, in (position, latent) order."""
+    mask = torch.zeros_like(acts, dtype=torch.bool)
+    mask[positions.to(mask.device)] = acts[positions.to(acts.device)] != 0
+    pos, lat = torch.nonzero(mask, as_tuple=True)
+    return ActiveLatents(pos.cpu(), lat.cpu(), acts[pos, lat].cpu())
+
+
+def _patched_run(
+    model: HookedSAETransformer, tokens: Tensor, up_out: str, down_in: str
+) -> Callable[[Tensor], Tensor]:
+    """A function: ``x_patched`` at ``up_out`` -> the activation at ``down_in`` (every position).
+
+    The model stops as soon as ``down_in`` ran.
+    """
 
     def run(x_patched: Tensor) -> Tensor:
-        """down_sae's input (every position) with ``x_patched`` at up_sae's output hook."""
         box: dict[str, Tensor] = {}
 
         def patch(act: Tensor, hook: object) -> Tensor:
@@ -302,55 +308,79 @@ def latent_map(
         model.run_with_hooks(
             tokens,
             fwd_hooks=[(up_out, patch), (down_in, capture)],
-            stop_at_layer=_stop_layer(down_in),
+            stop_at_layer=stop_layer(down_in),
         )
         return box["x"][0]
 
-    if dense:
-        up_row = {p: i for i, p in enumerate(up_pos.tolist())}
-        down_row = {p: i for i, p in enumerate(down_pos.tolist())}
-        up_index = torch.tensor(
-            [
-                up_row[p] * d_up + i
-                for p, i in zip(up.pos.tolist(), up.latent.tolist(), strict=True)
-            ],
-            dtype=torch.long,
-        )
-        down_index = torch.tensor(
-            [
-                down_row[p] * d_down + i
-                for p, i in zip(down.pos.tolist(), down.latent.tolist(), strict=True)
-            ],
-            dtype=torch.long,
-        )
-        up_pos_d, down_pos_d = up_pos.to(x_out.device), down_pos.to(x_out.device)
-        clean_full = up_acts[up_pos_d]
-        recon_clean = up_sae.decode(clean_full).detach()
+    return run
 
-        def fn(latents: Tensor) -> Tensor:
-            full = latents.view(len(up_pos_d), d_up)
-            delta = up_sae.decode(full) - recon_clean  # changes at the up positions only
-            x = x_out.index_add(0, up_pos_d, delta.reshape(len(up_pos_d), *x_out.shape[1:]))
-            return pre_activations(down_sae, run(x))[down_pos_d].reshape(-1)
 
-        inputs = clean_full.reshape(-1)
-    else:
-        up_index = torch.arange(len(up))
-        down_index = torch.arange(len(down))
-        columns = _decoder_columns(up_sae, lat)  # (n_up, *hook shape per position)
-        columns = columns.reshape(len(up), *x_out.shape[1:])
-        base = x_out - torch.zeros_like(x_out).index_add(
-            0, pos, up.value.to(columns.device).view(-1, *[1] * (columns.ndim - 1)) * columns
-        )
-        dpos_d, dlat_d = dpos.to(x_out.device), dlat.to(x_out.device)
-        shape = [1] * (columns.ndim - 1)
+def _dense_map(
+    up_sae: SAE,
+    down_sae: SAE,
+    run: Callable[[Tensor], Tensor],
+    x_out: Tensor,
+    up_acts: Tensor,
+    d_down: int,
+    up: ActiveLatents,
+    down: ActiveLatents,
+    up_pos: Tensor,
+    down_pos: Tensor,
+) -> tuple[Callable[[Tensor], Tensor], Tensor, Tensor, Tensor]:
+    """The map on every latent at the chosen positions: ``(fn, inputs, up_index, down_index)``.
 
-        def fn(values: Tensor) -> Tensor:
-            x = base.index_add(0, pos, values.view(-1, *shape) * columns)
-            return pre_activations(down_sae, run(x), dpos_d, dlat_d)
+    ``up_index``/``down_index`` locate the active latents in the flattened full vectors.
+    """
+    d_up = up_acts.shape[-1]
+    up_row = {p: i for i, p in enumerate(up_pos.tolist())}
+    down_row = {p: i for i, p in enumerate(down_pos.tolist())}
+    up_index = torch.tensor(
+        [up_row[p] * d_up + i for p, i in zip(up.pos.tolist(), up.latent.tolist(), strict=True)],
+        dtype=torch.long,
+    )
+    down_index = torch.tensor(
+        [
+            down_row[p] * d_down + i
+            for p, i in zip(down.pos.tolist(), down.latent.tolist(), strict=True)
+        ],
+        dtype=torch.long,
+    )
+    up_pos_d, down_pos_d = up_pos.to(x_out.device), down_pos.to(x_out.device)
+    clean_full = up_acts[up_pos_d]
+    recon_clean = up_sae.decode(clean_full).detach()
 
-        inputs = up.value.to(x_out.device)
-    return LatentMap(fn, inputs, up, down, up_index, down_index, up_out, down_in, dense)
+    def fn(latents: Tensor) -> Tensor:
+        full = latents.view(len(up_pos_d), d_up)
+        delta = up_sae.decode(full) - recon_clean  # changes at the up positions only
+        x = x_out.index_add(0, up_pos_d, delta.reshape(len(up_pos_d), *x_out.shape[1:]))
+        return pre_activations(down_sae, run(x))[down_pos_d].reshape(-1)
+
+    return fn, clean_full.reshape(-1), up_index, down_index
+
+
+def _sparse_map(
+    up_sae: SAE,
+    down_sae: SAE,
+    run: Callable[[Tensor], Tensor],
+    x_out: Tensor,
+    up: ActiveLatents,
+    down: ActiveLatents,
+) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+    """The map on the active latents' values only: ``(fn, inputs)`` (see the module doc)."""
+    pos, lat = up.pos.to(x_out.device), up.latent.to(x_out.device)
+    columns = _decoder_columns(up_sae, lat)  # (n_up, *hook shape per position)
+    columns = columns.reshape(len(up), *x_out.shape[1:])
+    shape = [1] * (columns.ndim - 1)
+    base = x_out - torch.zeros_like(x_out).index_add(
+        0, pos, up.value.to(columns.device).view(-1, *shape) * columns
+    )
+    dpos_d, dlat_d = down.pos.to(x_out.device), down.latent.to(x_out.device)
+
+    def fn(values: Tensor) -> Tensor:
+        x = base.index_add(0, pos, values.view(-1, *shape) * columns)
+        return pre_activations(down_sae, run(x), dpos_d, dlat_d)
+
+    return fn, up.value.to(x_out.device)
 
 
 @dataclass
@@ -485,8 +515,7 @@ def token_attribution(
     seq = tokens.shape[1]
     if not -seq <= pos < seq:
         raise IndexError(f"pos must be in [-{seq}, {seq}), got {pos}")
-    if not 0 <= latent < sae.cfg.d_sae:
-        raise IndexError(f"latent must be in [0, {sae.cfg.d_sae}) (sae.cfg.d_sae), got {latent}")
+    latent = check_latent(sae, latent)
     box: dict[str, Tensor] = {}
 
     def keep_embed(act: Tensor, hook: object) -> Tensor:
@@ -501,9 +530,9 @@ def token_attribution(
         model.run_with_hooks(
             tokens,
             fwd_hooks=[("hook_embed", keep_embed), (hook_in, capture)],
-            stop_at_layer=_stop_layer(hook_in),
+            stop_at_layer=stop_layer(hook_in),
         )
-        value = _encode(sae, box["x"][0])[pos, latent]
+        value = encode(sae, box["x"][0], batched=False)[pos, latent]
         (grad,) = torch.autograd.grad(value, box["embed"], allow_unused=True)
     if grad is None:
         return torch.zeros(seq)
@@ -537,13 +566,12 @@ def latent_logit_jacobian(
     if not -seq <= pos < seq:
         raise IndexError(f"pos must be in [-{seq}, {seq}), got {pos}")
     # Reuse the latent map machinery with "the logits" as the later side.
-    hook_in = sae.cfg.metadata.hook_name
+    hook_in, _ = sae_hooks(sae)
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in (hook_in, hook_out))
-        acts = _encode(sae, cache[hook_in][0]).detach()
+        acts = encode(sae, cache[hook_in][0], batched=False).detach()
         x_out = cache[hook_out][0]
-    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
-    if skip_bos and bos is not None and int(tokens[0, 0]) == bos:
+    if skip_bos and starts_with_bos(model, tokens):
         acts[0] = 0
     acts[pos % seq + 1 :] = 0  # later positions cannot affect the logits at pos
     p_idx, l_idx = torch.nonzero(acts, as_tuple=True)
@@ -576,8 +604,8 @@ def residual_connected(up_sae: SAE, down_sae: SAE) -> bool:
     ``hook_resid_post``; ``hook_attn_out`` and ``hook_resid_mid`` only if no MLP follows)
     read at ``blocks.{L+1}.hook_resid_pre`` or ``blocks.{L}.hook_resid_post``.
     """
-    _, up_out = _hooks(up_sae)
-    down_in, _ = _hooks(down_sae)
+    _, up_out = sae_hooks(up_sae)
+    down_in, _ = sae_hooks(down_sae)
     match = _RESID_WRITE.match(up_out)
     if not match:
         return False

@@ -22,7 +22,6 @@ rows. The result, :class:`LatentStats`, knows how to turn its buffers into examp
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -31,6 +30,7 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
+from saebook.hooks import bos_mask, check_sae_hooks, stop_layer
 from saebook.validate import check_int, check_sae_input, check_tokens
 
 __all__ = [
@@ -135,11 +135,9 @@ class LatentStats:
         rows = self.top_rows[latent]
         used = int((rows >= 0).sum())
         used = used if n is None else min(used, n)
-        return [
-            Example(int(self.top_rows[latent, i]), int(self.top_pos[latent, i]),
-                    float(self.top_values[latent, i]))
-            for i in range(used)
-        ]  # fmt: skip
+        rows, pos = self.top_rows[latent, :used].tolist(), self.top_pos[latent, :used].tolist()
+        values = self.top_values[latent, :used].tolist()
+        return [Example(r, p, v) for r, p, v in zip(rows, pos, values, strict=True)]
 
     def sample_examples(self, latent: int) -> list[Example]:
         """The uniform sample of firing positions of ``latent``, by activation, largest first."""
@@ -149,8 +147,8 @@ class LatentStats:
         order = vals.argsort(descending=True, stable=True)
         rows, pos = self.sample_rows[latent][used][order], self.sample_pos[latent][used][order]
         return [
-            Example(int(r), int(p), float(v))
-            for r, p, v in zip(rows, pos, vals[order], strict=True)
+            Example(r, p, v)
+            for r, p, v in zip(rows.tolist(), pos.tolist(), vals[order].tolist(), strict=True)
         ]
 
     def quantile_examples(self, latent: int, n_intervals: int = 4) -> list[Interval]:
@@ -212,30 +210,11 @@ def _split_even(items: list, n: int) -> list[list]:
 # Input checks
 # ---------------------------------------------------------------------------------------------
 
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
-
 
 def _check_hook(model: HookedSAETransformer, sae: SAE) -> str:
     if not isinstance(sae, SAE):
         raise TypeError(f"sae must be a sae_lens SAE, got {type(sae).__name__}")
-    hook = sae.cfg.metadata.hook_name
-    if hook not in model.hook_dict:
-        near = [h for h in model.hook_dict if h.split(".")[-1] == str(hook).split(".")[-1]][:4]
-        hint = f" (hooks with that suffix: {near})" if near else ""
-        raise ValueError(
-            f"sae.cfg.metadata.hook_name must be a hook of the model, got {hook!r}{hint}"
-        )
-    return hook
-
-
-def _stop_layer(hook: str) -> int | None:
-    """The ``stop_at_layer`` that still runs ``hook`` (None: the full model)."""
-    match = _BLOCK_HOOK.match(hook)
-    if match:
-        return int(match.group(1)) + 1
-    if hook in ("hook_embed", "hook_pos_embed", "hook_tokens"):
-        return 0
-    return None
+    return check_sae_hooks(model, sae)[0]
 
 
 class _Captured(Exception):
@@ -251,7 +230,7 @@ def _activation_at(model: HookedSAETransformer, batch: Tensor, hook: str) -> Ten
         raise _Captured
 
     try:
-        model.run_with_hooks(batch, fwd_hooks=[(hook, grab)], stop_at_layer=_stop_layer(hook))
+        model.run_with_hooks(batch, fwd_hooks=[(hook, grab)], stop_at_layer=stop_layer(hook))
     except _Captured:
         pass
     if "x" not in box:
@@ -277,19 +256,6 @@ def encode_at_hook(
         )
     acts = sae.encode(x)
     return acts.to_dense() if acts.is_sparse else acts
-
-
-def _bos_mask(model: HookedSAETransformer, tokens: Tensor, exclude_bos: bool) -> Tensor:
-    """True at the positions to count: all, or all but the BOS token (column 0 if unknown)."""
-    keep = torch.ones_like(tokens, dtype=torch.bool)
-    if not exclude_bos:
-        return keep
-    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
-    if bos is None:
-        keep[:, 0] = False
-    else:
-        keep &= tokens != bos
-    return keep
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +325,122 @@ def _log_edges(values: Tensor, n_bins: int) -> Tensor:
     return torch.logspace(math.log10(lo), math.log10(hi), n_bins + 1, dtype=torch.float64)
 
 
+class _Accumulator:
+    """The running state of :func:`latent_stats`: per-latent count, sum, maximum, histogram,
+    top-k buffer and reservoir sample, updated from each batch's firings."""
+
+    def __init__(self, d: int, k: int, n_samples: int, n_bins: int, edges: Tensor | None,
+                 device: torch.device, seed: int) -> None:  # fmt: skip
+        self.d, self.n_bins, self.edges, self.device = d, n_bins, edges, device
+        self.count = torch.zeros(d, dtype=torch.int64, device=device)
+        self.total = torch.zeros(d, dtype=torch.float64, device=device)
+        self.peak = torch.zeros(d, dtype=torch.float32, device=device)
+        self.hist = torch.zeros(d * n_bins, dtype=torch.int64, device=device)
+        # Top-k and sample buffers hold flat positions (row * seq + pos), -1 when unused.
+        self.top_keys = torch.full((d, k), _EMPTY, dtype=torch.int64, device=device)
+        self.top_vals = torch.zeros((d, k), device=device)
+        self.top_at = torch.full((d, k), -1, dtype=torch.int64, device=device)
+        self.smp_keys = torch.full((d, n_samples), _EMPTY, dtype=torch.int64, device=device)
+        self.smp_vals = torch.zeros((d, n_samples), device=device)
+        self.smp_at = torch.full((d, n_samples), -1, dtype=torch.int64, device=device)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    @property
+    def state_bytes(self) -> int:
+        state = [self.count, self.total, self.peak, self.hist, self.top_keys, self.top_vals,
+                 self.top_at, self.smp_keys, self.smp_vals, self.smp_at]  # fmt: skip
+        return sum(t.numel() * t.element_size() for t in state)
+
+    def add(self, where: Tensor, lat: Tensor, vals: Tensor) -> None:
+        """Fold in firings: flat positions ``where``, latents ``lat``, values ``vals`` > 0."""
+        if lat.numel() == 0:
+            return
+        d = self.d
+        self.count += torch.bincount(lat, minlength=d)
+        self.total += torch.bincount(lat, weights=vals.double(), minlength=d)
+        self.peak.scatter_reduce_(0, lat, vals, reduce="amax", include_self=True)
+        if self.edges is None:
+            self.edges = _log_edges(vals, self.n_bins).to(self.device)
+        bins = torch.bucketize(vals.double(), self.edges[1:-1])
+        self.hist.scatter_add_(0, lat * self.n_bins + bins, torch.ones_like(bins))
+        _merge_smallest(self.top_keys, [self.top_vals, self.top_at], lat, _value_key(vals),
+                        [vals, where])  # fmt: skip
+        rand = torch.randint(0, 1 << 31, (lat.numel(),), generator=self.generator,
+                             device=self.device)  # fmt: skip
+        _merge_smallest(self.smp_keys, [self.smp_vals, self.smp_at], lat, rand, [vals, where])
+
+    def result(self, hook: str, n_positions: int, tokens: Tensor, working: int) -> LatentStats:
+        """The :class:`LatentStats` on the CPU."""
+        seq = int(tokens.shape[1])
+        edges = self.edges
+        if edges is None:  # nothing fired at all: any edges will do
+            edges = torch.logspace(-3, 3, self.n_bins + 1, dtype=torch.float64)
+
+        def split(at: Tensor) -> tuple[Tensor, Tensor]:
+            at = at.cpu()
+            used = at >= 0
+            return torch.where(used, at // seq, -1), torch.where(used, at % seq, -1)
+
+        top_rows, top_pos = split(self.top_at)
+        smp_rows, smp_pos = split(self.smp_at)
+        return LatentStats(
+            hook_name=hook,
+            n_tokens=n_positions,
+            n_rows=int(tokens.shape[0]),
+            seq_len=seq,
+            count=self.count.cpu(),
+            sum=self.total.cpu(),
+            max=self.peak.cpu(),
+            hist=self.hist.view(self.d, self.n_bins).cpu(),
+            hist_edges=edges.cpu(),
+            top_values=self.top_vals.cpu(),
+            top_rows=top_rows,
+            top_pos=top_pos,
+            sample_values=self.smp_vals.cpu(),
+            sample_rows=smp_rows,
+            sample_pos=smp_pos,
+            peak_buffer_bytes=int(working + self.state_bytes),
+        )
+
+
+def _batch_firings(
+    model: HookedSAETransformer, sae: SAE, batch: Tensor, offset: int, keep_flat: Tensor
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """The firings of one batch: flat positions (``offset`` added), latents, values, leaving
+    out positions not kept; and the bytes the batch's dense activations took."""
+    acts = encode_at_hook(model, sae, batch)
+    flat = acts.view(-1, acts.shape[-1])
+    where, lat = torch.nonzero(flat, as_tuple=True)  # one pass over the dense batch
+    vals = flat[where, lat].float()
+    working = acts.numel() * acts.element_size() + lat.numel() * 48
+    where += offset
+    fired = (vals > 0) & keep_flat.index_select(0, where)  # firing, not at BOS
+    if not bool(fired.all()):
+        where, lat, vals = where[fired], lat[fired], vals[fired]
+    return where, lat, vals, working
+
+
+def _check_options(tokens: Tensor, keep: Tensor, batch_size: int, k: int, n_samples: int,
+                   n_bins: int, bin_range: tuple[float, float] | None) -> int:  # fmt: skip
+    """Check :func:`latent_stats`'s sizes; return the number of positions counted."""
+    for name, value in (("batch_size", batch_size), ("k", k), ("n_samples", n_samples),
+                        ("n_bins", n_bins)):  # fmt: skip
+        check_int(name, value)
+    if bin_range is not None and not (0 < bin_range[0] < bin_range[1]):
+        raise ValueError(f"bin_range must be (lo, hi) with 0 < lo < hi, got {bin_range!r}")
+    n_positions = int(keep.sum())
+    if n_positions == 0:
+        raise ValueError(
+            "tokens must contain at least one non-BOS position to count, got only BOS tokens "
+            f"(shape {tuple(tokens.shape)}); pass exclude_bos=False to count them"
+        )
+    if k > n_positions:
+        raise ValueError(
+            f"k must be at most the number of positions counted ({n_positions}), got {k}"
+        )
+    return n_positions
+
+
 @torch.no_grad()
 def latent_stats(
     model: HookedSAETransformer,
@@ -399,107 +481,28 @@ def latent_stats(
 
     hook = _check_hook(model, sae)
     tokens = check_tokens(tokens, model)
-    batch_size = check_int("batch_size", batch_size)
-    k = check_int("k", k)
-    n_samples = check_int("n_samples", n_samples)
-    n_bins = check_int("n_bins", n_bins)
-    if bin_range is not None and not (0 < bin_range[0] < bin_range[1]):
-        raise ValueError(f"bin_range must be (lo, hi) with 0 < lo < hi, got {bin_range!r}")
     device = torch.device(model.cfg.device) if model.cfg.device is not None else tokens.device
     tokens = tokens.to(device)
-    keep = _bos_mask(model, tokens, exclude_bos)
-    keep_flat = keep.flatten()
-    n_positions = int(keep.sum())
-    if n_positions == 0:
-        raise ValueError(
-            "tokens must contain at least one non-BOS position to count, got only BOS tokens "
-            f"(shape {tuple(tokens.shape)}); pass exclude_bos=False to count them"
-        )
-    if k > n_positions:
-        raise ValueError(
-            f"k must be at most the number of positions counted ({n_positions}), got {k}"
-        )
-
-    d = sae.cfg.d_sae
-    seq = int(tokens.shape[1])
-    count = torch.zeros(d, dtype=torch.int64, device=device)
-    total = torch.zeros(d, dtype=torch.float64, device=device)
-    peak = torch.zeros(d, dtype=torch.float32, device=device)
-    hist = torch.zeros(d * n_bins, dtype=torch.int64, device=device)
+    keep = bos_mask(model, tokens, exclude_bos)
+    n_positions = _check_options(tokens, keep, batch_size, k, n_samples, n_bins, bin_range)
     edges = (
         torch.logspace(math.log10(bin_range[0]), math.log10(bin_range[1]), n_bins + 1,
                        dtype=torch.float64).to(device)
         if bin_range is not None else None
     )  # fmt: skip
-    # Top-k and sample buffers hold flat positions (row * seq + pos), -1 when unused.
-    top_keys = torch.full((d, k), _EMPTY, dtype=torch.int64, device=device)
-    top_vals = torch.zeros((d, k), device=device)
-    top_at = torch.full((d, k), -1, dtype=torch.int64, device=device)
-    smp_keys = torch.full((d, n_samples), _EMPTY, dtype=torch.int64, device=device)
-    smp_vals = torch.zeros((d, n_samples), device=device)
-    smp_at = torch.full((d, n_samples), -1, dtype=torch.int64, device=device)
-    state = [count, total, peak, hist, top_keys, top_vals, top_at, smp_keys, smp_vals, smp_at]
-    state_bytes = sum(t.numel() * t.element_size() for t in state)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    working = 0
-
+    acc = _Accumulator(sae.cfg.d_sae, k, n_samples, n_bins, edges, device, seed)
+    keep_flat, seq, working = keep.flatten(), int(tokens.shape[1]), 0
     bar = tqdm(total=tokens.shape[0], unit="row", desc=f"latent stats @ {hook}",
                disable=not progress, leave=False)  # fmt: skip
     for start in range(0, tokens.shape[0], batch_size):
         batch = tokens[start : start + batch_size]
-        acts = encode_at_hook(model, sae, batch)
-        flat = acts.view(-1, d)
-        where, lat = torch.nonzero(flat, as_tuple=True)  # one pass over the dense batch
-        vals = flat[where, lat].float()
-        working = max(working, acts.numel() * acts.element_size() + lat.numel() * 48)
-        del acts, flat
-        where += start * seq  # flat position in tokens
-        fired = (vals > 0) & keep_flat.index_select(0, where)  # firing, not at BOS
-        if not bool(fired.all()):
-            where, lat, vals = where[fired], lat[fired], vals[fired]
-        if lat.numel():
-            count += torch.bincount(lat, minlength=d)
-            total += torch.bincount(lat, weights=vals.double(), minlength=d)
-            peak.scatter_reduce_(0, lat, vals, reduce="amax", include_self=True)
-            if edges is None:
-                edges = _log_edges(vals, n_bins).to(device)
-            bins = torch.bucketize(vals.double(), edges[1:-1])
-            hist.scatter_add_(0, lat * n_bins + bins, torch.ones_like(bins))
-            _merge_smallest(top_keys, [top_vals, top_at], lat, _value_key(vals), [vals, where])
-            rand = torch.randint(0, 1 << 31, (lat.numel(),), generator=generator, device=device)
-            _merge_smallest(smp_keys, [smp_vals, smp_at], lat, rand, [vals, where])
+        where, lat, vals, used = _batch_firings(model, sae, batch, start * seq, keep_flat)
+        working = max(working, used)
+        acc.add(where, lat, vals)
         del where, lat, vals
         bar.update(batch.shape[0])
     bar.close()
-
-    if edges is None:  # nothing fired at all: any edges will do
-        edges = torch.logspace(-3, 3, n_bins + 1, dtype=torch.float64)
-
-    def split(at: Tensor) -> tuple[Tensor, Tensor]:
-        at = at.cpu()
-        used = at >= 0
-        return torch.where(used, at // seq, -1), torch.where(used, at % seq, -1)
-
-    top_rows, top_pos = split(top_at)
-    smp_rows, smp_pos = split(smp_at)
-    return LatentStats(
-        hook_name=hook,
-        n_tokens=n_positions,
-        n_rows=int(tokens.shape[0]),
-        seq_len=seq,
-        count=count.cpu(),
-        sum=total.cpu(),
-        max=peak.cpu(),
-        hist=hist.view(d, n_bins).cpu(),
-        hist_edges=edges.cpu(),
-        top_values=top_vals.cpu(),
-        top_rows=top_rows,
-        top_pos=top_pos,
-        sample_values=smp_vals.cpu(),
-        sample_rows=smp_rows,
-        sample_pos=smp_pos,
-        peak_buffer_bytes=int(working + state_bytes),
-    )
+    return acc.result(hook, n_positions, tokens, working)
 
 
 @torch.no_grad()

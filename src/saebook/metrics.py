@@ -13,6 +13,7 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
+from saebook.hooks import bos_mask, check_sae_hooks, exclude_special_tokens, stop_layer
 from saebook.validate import check_sae_input, check_tensor, check_tokens
 
 __all__ = [
@@ -26,19 +27,6 @@ __all__ = [
 ]
 
 
-def check_sae_hooks(model: HookedSAETransformer, sae: SAE) -> tuple[str, str]:
-    """The SAE's input and output hook names, after checking the model has both."""
-    hook_in = sae.cfg.metadata.hook_name
-    hook_out = sae.cfg.metadata.hook_name_out or hook_in
-    for arg, hook in (
-        ("sae.cfg.metadata.hook_name", hook_in),
-        ("sae.cfg.metadata.hook_name_out", hook_out),
-    ):
-        if hook not in model.hook_dict:
-            raise ValueError(f"{arg} must be a hook of the model, got {hook!r}")
-    return hook_in, hook_out
-
-
 @torch.no_grad()
 def sae_input_and_target(
     model: HookedSAETransformer, sae: SAE, tokens: Int[Tensor, "batch seq"]
@@ -50,7 +38,11 @@ def sae_input_and_target(
     """
     hook_in, hook_out = check_sae_hooks(model, sae)
     tokens = check_tokens(tokens, model)
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in (hook_in, hook_out))
+    _, cache = model.run_with_cache(
+        tokens,
+        names_filter=lambda n: n in (hook_in, hook_out),
+        stop_at_layer=stop_layer(hook_in, hook_out),
+    )
     x_in, target = cache[hook_in], cache[hook_out]
     check_sae_input(sae, x_in, hook_in)
     width = target.shape[-2] * target.shape[-1] if target.ndim == 4 else target.shape[-1]
@@ -144,8 +136,7 @@ def reconstruction_metrics(
     """
     _, hook_out = check_sae_hooks(model, sae)
     tokens = check_tokens(tokens, model)
-    bos = model.tokenizer.bos_token_id
-    keep = tokens != bos
+    keep = bos_mask(model, tokens)
     x_in, target = sae_input_and_target(model, sae, tokens)
     acts = sae.encode(x_in)
     recon = sae.decode(acts)
@@ -164,7 +155,7 @@ def reconstruction_metrics(
 
     clean_logits, ce_clean = model(tokens, return_type="both")
     sae_logits, ce_sae = model.run_with_saes(
-        tokens, saes=[sae], return_type="both", exclude_special_tokens=[bos]
+        tokens, saes=[sae], return_type="both", exclude_special_tokens=exclude_special_tokens(model)
     )
     return ReconstructionMetrics(
         explained_variance=explained_variance(tgt, rec),

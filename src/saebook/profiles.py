@@ -12,7 +12,6 @@ token source. This module is the only place that knows model names, SAE releases
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
 from saebook.errors import HubUnavailableError, MissingArtifactError, UnknownProfileError
+from saebook.hooks import reachable
 from saebook.tasks import LogitDiffTask, ioi_task
 
 __all__ = [
@@ -239,13 +239,11 @@ def _require_hub(profile: str, timeout: float = 3.0) -> None:
     """Fail fast, in one sentence, when the Hugging Face hub is unreachable."""
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return  # the reader asked for the local cache only; loading will say what is missing
-    try:
-        socket.create_connection(HUB_HOST, timeout=timeout).close()
-    except OSError:
+    if not reachable(HUB_HOST, timeout=timeout):
         raise HubUnavailableError(
             f"Profile {profile!r} downloads its model and SAEs from the Hugging Face hub, which "
             f"this machine cannot reach; set {ENV_VAR}=tiny (the default) to run offline."
-        ) from None
+        ) from None  # one sentence, no traceback of the refused connection
 
 
 def resolve_sae_id(release: str, sae_id: str) -> str:

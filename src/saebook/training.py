@@ -44,6 +44,7 @@ from torch import Tensor
 from tqdm import tqdm
 from transformer_lens import HookedTransformer
 
+from saebook.hooks import bos_mask, stop_layer
 from saebook.validate import check_int, check_tensor, check_tokens
 
 __all__ = [
@@ -93,15 +94,8 @@ def collect_activations(
         raise KeyError(f"hook_names must be hooks of the model, got {missing} (not in hook_dict)")
     tokens = check_tokens(tokens, model)
     batch_size = check_int("batch_size", batch_size)
-    # stop the forward pass after the last block a hook lives in (None: run the whole model)
-    stop = (
-        max(int(h.split(".")[1]) for h in hook_names) + 1
-        if all(h.startswith("blocks.") for h in hook_names)
-        else None
-    )
-    keep = (
-        (tokens != model.tokenizer.bos_token_id) if exclude_bos else torch.ones_like(tokens).bool()
-    )
+    stop = stop_layer(*hook_names)  # the last block a hook lives in (None: the whole model)
+    keep = bos_mask(model, tokens, exclude_bos)
     chunks: dict[str, list[Tensor]] = {h: [] for h in hook_names}
     starts = range(0, tokens.shape[0], batch_size)
     for start in tqdm(starts, desc="Caching activations", disable=not progress):

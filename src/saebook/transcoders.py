@@ -30,9 +30,10 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
+from saebook.directions import check_latents
+from saebook.hooks import bos_mask, check_sae_hooks, exclude_special_tokens, stop_layer
 from saebook.latent_gradients import pre_activations
 from saebook.latent_stats import LatentStats
-from saebook.metrics import check_sae_hooks
 
 __all__ = [
     "SpliceReport",
@@ -45,11 +46,6 @@ __all__ = [
     "sample_alive_latents",
     "fit_mlp_transcoder",
 ]
-
-
-def _bos(model: HookedSAETransformer) -> int | None:
-    tok = model.tokenizer
-    return None if tok is None else tok.bos_token_id
 
 
 @dataclass
@@ -92,12 +88,7 @@ def splice_report(
             "transcoder must read and write different hooks (cfg.metadata.hook_name_out), "
             f"got an SAE reading and writing {hook_in!r}"
         )
-    bos = _bos(model)
-    if bos is not None:
-        keep = tokens != bos
-    else:  # no BOS token: leave out the first column instead
-        keep = torch.ones_like(tokens, dtype=torch.bool)
-        keep[:, 0] = False
+    keep = bos_mask(model, tokens)  # no BOS token: the first column is left out instead
     target = tokens[:, 1:]
     mask = keep[:, :-1] & keep[:, 1:]  # predict a non-BOS token from a non-BOS position
 
@@ -114,8 +105,9 @@ def splice_report(
 
         return hook
 
-    exclude = [bos] if bos is not None else False
-    spliced_logits = model.run_with_saes(tokens, saes=[transcoder], exclude_special_tokens=exclude)
+    spliced_logits = model.run_with_saes(
+        tokens, saes=[transcoder], exclude_special_tokens=exclude_special_tokens(model)
+    )
     mean_logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_out, set_to(mean_out))])
     zero_logits = model.run_with_hooks(
         tokens, fwd_hooks=[(hook_out, set_to(torch.zeros_like(mean_out)))]
@@ -134,11 +126,6 @@ def splice_report(
             (clean_logits.argmax(-1) == spliced_logits.argmax(-1))[pos].float().mean()
         ),
     )
-
-
-def _stop_layer(hook: str) -> int | None:
-    parts = hook.split(".")
-    return int(parts[1]) + 1 if parts[0] == "blocks" else None
 
 
 @torch.no_grad()
@@ -172,7 +159,7 @@ def attention_free_inputs(
     out = []
     vocab = torch.arange(model.cfg.d_vocab, device=model.cfg.device)
     for chunk in vocab.split(batch_size):
-        model.run_with_hooks(chunk[:, None], fwd_hooks=hooks, stop_at_layer=_stop_layer(hook))
+        model.run_with_hooks(chunk[:, None], fwd_hooks=hooks, stop_at_layer=stop_layer(hook))
         out.append(box.pop("x"))
     return torch.cat(out)
 
@@ -205,12 +192,7 @@ def de_embedding(
     embedding).
     """
     hook_in, _ = check_sae_hooks(model, sae)
-    index = torch.arange(sae.cfg.d_sae) if latents is None else torch.as_tensor(latents).flatten()
-    index = index.long()
-    if index.numel() == 0 or index.min() < 0 or index.max() >= sae.cfg.d_sae:
-        raise IndexError(
-            f"latents must be in [0, {sae.cfg.d_sae}) (sae.cfg.d_sae), got {index.tolist()}"
-        )
+    index = torch.arange(sae.cfg.d_sae) if latents is None else check_latents(sae, latents)
     index = index.to(sae.W_enc.device)
     if path == "direct":
         if sae.cfg.d_in != model.cfg.d_model:
@@ -258,7 +240,7 @@ def de_embedding_overlap(
     unrelated to this latent scores on its activating tokens (it accounts for frequent
     tokens). ``scores`` may pass precomputed :func:`de_embedding` rows for ``latents``.
     """
-    index = torch.as_tensor(latents, dtype=torch.long).flatten()
+    index = check_latents(sae, latents)
     if index.numel() < 2:
         raise ValueError(
             f"latents must hold at least 2 latents (for the chance level), got {index.tolist()}"

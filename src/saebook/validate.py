@@ -3,13 +3,15 @@
 Every check raises with one message format, ``<argument> must be <expected>, got <actual>``,
 so a reader sees which argument is wrong, what was wanted and what was passed. Checks that
 need an SAE live beside the code that reads it: :func:`saebook.directions.check_latent`
-(a latent index) and :func:`saebook.metrics.check_sae_hooks` (an SAE's hooks in a model).
+(a latent index) and :func:`saebook.hooks.check_sae_hooks` (an SAE's hooks in a model).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from saebook.hooks import flatten_heads
 
 __all__ = ["check_int", "check_prompt", "check_sae_input", "check_tensor", "check_tokens"]
 
@@ -117,12 +119,8 @@ def check_sae_input(sae: object, x: Tensor, hook: str) -> Tensor:
     A ``(batch, seq, heads, d_head)`` activation (``hook_z`` and friends) counts
     ``heads * d_head`` wide; it is flattened unless the SAE reshapes ``hook_z`` itself.
     """
-    if x.ndim == 4:
-        width = x.shape[-2] * x.shape[-1]
-        if sae.cfg.reshape_activations != "hook_z":
-            x = x.flatten(-2)
-    else:
-        width = x.shape[-1]
+    width = x.shape[-2] * x.shape[-1] if x.ndim == 4 else x.shape[-1]
+    x = flatten_heads(sae, x)
     if width != sae.cfg.d_in:
         raise ValueError(
             f"sae.cfg.d_in must equal the width of hook {hook!r} ({width}), got {sae.cfg.d_in}"

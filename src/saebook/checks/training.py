@@ -50,10 +50,11 @@ def check_diagnosis(answers: Mapping[str, str]) -> None:
 
 
 def reference_l2_ratio(x: Tensor, x_hat: Tensor) -> Tensor:
-    """Mean over rows of ``||x_hat|| / ||x||``, dividing by 1 where ``||x|| < 1e-4``."""
-    norm_in = x.norm(dim=-1)
-    norm_in = torch.where(norm_in < 1e-4, torch.ones_like(norm_in), norm_in)
-    return (x_hat.norm(dim=-1) / norm_in).mean()
+    """Mean over rows of ``||x_hat|| / ||x||``, dividing by 1 where ``||x|| < 1e-4``
+    (:func:`saebook.metrics.l2_ratio`, as a tensor)."""
+    from saebook.metrics import l2_ratio
+
+    return torch.tensor(l2_ratio(x, x_hat), dtype=x.dtype)
 
 
 def check_l2_ratio(fn: Callable[[Tensor, Tensor], Tensor]) -> None:

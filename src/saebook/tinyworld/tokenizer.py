@@ -17,17 +17,10 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from saebook.files import atomic_write_dir
 
-from .grammar import generate_stories
 from .labels import EOT
 
 DEFAULT_VOCAB_SIZE = 2048
 """Vocabulary size of the shipped tokenizer (special token and 256 bytes included)."""
-
-TOKENIZER_CORPUS_STORIES = 20_000
-"""Number of stories the shipped tokenizer is trained on."""
-
-TOKENIZER_SEED = 0
-"""Seed of the stories the shipped tokenizer is trained on."""
 
 DEFAULT_TOKENIZER_DIR = Path(__file__).parent / "data" / "tokenizer"
 """Where the shipped tokenizer lives."""
@@ -104,20 +97,6 @@ def _checked_texts(texts: Iterable[str]) -> Iterable[str]:
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
         yield text
-
-
-def build_tokenizer(
-    out_dir: Path = DEFAULT_TOKENIZER_DIR,
-    n_stories: int = TOKENIZER_CORPUS_STORIES,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
-) -> PreTrainedTokenizerFast:
-    """Train the world's tokenizer on ``n_stories`` stories of seed 0 and save it to ``out_dir``.
-
-    Deterministic: the same arguments give the same vocabulary and merges.
-    Returns the trained tokenizer.
-    """
-    stories = generate_stories(n_stories, TOKENIZER_SEED)
-    return train_tokenizer(stories, vocab_size, Path(out_dir))
 
 
 def load_tokenizer(path: Path | None = None) -> PreTrainedTokenizerFast:
