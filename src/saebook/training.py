@@ -181,13 +181,12 @@ def train_topk_sae(
     inference, *_ = _fit(
         sae,
         activations,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        progress=True,
-        total_training_samples=total_samples,
-        lr=lr,
-        lr_end=lr / 10,
+        total_samples,
+        batch_size,
+        lr,
+        seed,
+        device,
+        True,
         lr_scheduler_name="cosineannealing",
         lr_warm_up_steps=50,
         dead_feature_window=200,
@@ -425,13 +424,12 @@ def train_sae(
     inference, history, seconds, trainer_cfg = _fit(
         sae,
         activations,
-        batch_size=batch_size,
-        seed=seed,
-        device=device,
-        progress=progress,
-        total_training_samples=total_samples,
-        lr=lr,
-        lr_end=lr / 10,
+        total_samples,
+        batch_size,
+        lr,
+        seed,
+        device,
+        progress,
         lr_scheduler_name=lr_scheduler_name,
         lr_warm_up_steps=warm,
         dead_feature_window=dead_feature_window,
@@ -453,7 +451,9 @@ def train_sae(
 def _fit(
     sae: TrainingSAE,
     activations: Tensor,
+    total_samples: int,
     batch_size: int,
+    lr: float,
     seed: int,
     device: str | None,
     progress: bool,
@@ -461,14 +461,18 @@ def _fit(
 ) -> tuple[SAE, list[dict[str, float]], float, SAETrainerConfig]:
     """The one SAELens training set-up: fit ``sae`` on shuffled batches of ``activations``.
 
-    ``trainer_options`` go to ``SAETrainerConfig`` (no wandb logging); ``device`` (default: the
+    The learning rate decays to ``lr / 10``; ``trainer_options`` (schedule, windows,
+    checkpoints) go to ``SAETrainerConfig`` (no wandb logging); ``device`` (default: the
     activations' device) is where the trainer puts the SAE and every batch. Returns the
     inference SAE after a save/load round trip through SAELens' format (on ``device``), the
     per-step history of :class:`RecordingTrainer`, the seconds ``fit()`` took and the config.
     """
     device = str(activations.device) if device is None else str(device)
     trainer_cfg = SAETrainerConfig(
+        total_training_samples=total_samples,
         train_batch_size_samples=batch_size,
+        lr=lr,
+        lr_end=lr / 10,
         device=device,
         logger=LoggingConfig(log_to_wandb=False),
         **trainer_options,
