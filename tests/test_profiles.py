@@ -90,6 +90,7 @@ def test_hub_profile_loads_what_its_spec_names(monkeypatch, micro_model):
     assert len(loaded.width_family) == len(spec.width_family[1])
     with pytest.raises(KeyError, match="transcoder"):
         loaded.sae("transcoder")
+    assert loaded.labeled_tokens(2, 8) is None  # no ground truth on a hub profile
 
 
 def test_hub_token_source_packs_rows(monkeypatch, micro_model):
@@ -124,3 +125,22 @@ def test_tiny_profile_loads_quickly_with_every_role():
         tiny.tokens(2, 10_000)
     with pytest.raises(ValueError, match="n_seqs"):
         tiny.tokens(0)
+
+
+def test_tiny_labeled_tokens_label_the_profiles_rows():
+    """labeled_tokens labels exactly the rows tokens() gives (recomputed by label_tokens)."""
+    from saebook.tinyworld import label_tokens
+    from saebook.tinyworld.corpus import token_strings
+
+    tiny = profiles.load("tiny", device="cpu")
+    toks = tiny.tokens(3, 16, seed=5)
+    labels = tiny.labeled_tokens(3, 16, seed=5)
+    assert labels and all(v.shape == toks.shape and v.dtype == torch.bool for v in labels.values())
+    strings = token_strings(tiny.model.tokenizer)
+    for r, row in enumerate(toks.tolist()):
+        expected = label_tokens([strings[i] for i in row])
+        for name, flags in expected.items():
+            assert labels[name][r].tolist() == list(flags), (name, r)
+    assert any(bool(v.any()) for v in labels.values())
+    with pytest.raises(ValueError, match="n_seqs"):
+        tiny.labeled_tokens(0)

@@ -50,6 +50,18 @@ def test_topk_l0_is_k_and_matryoshka_widths():
     assert mat.matryoshka_widths == [8, 16, 32, 64]
 
 
+def test_trainer_runs_on_the_requested_device():
+    """The trainer config carries the device (default: the activations'), so a GPU profile
+    trains on the GPU (issue 15); the CUDA branch runs on a GPU machine."""
+    cfg = training_sae_config("topk", 8, 32, 3)
+    run = train_sae(_acts(), cfg, total_samples=128 * 2, batch_size=128, progress=False)
+    assert run.trainer_config.device == "cpu" and run.sae.W_enc.device.type == "cpu"
+    if torch.cuda.is_available():
+        run = train_sae(_acts().cuda(), cfg, total_samples=128 * 2, batch_size=128, progress=False)
+        assert run.trainer_config.device.startswith("cuda")
+        assert run.sae.W_enc.device.type == "cuda"
+
+
 def test_checkpoints_reload(tmp_path):
     cfg = training_sae_config("standard", 8, 16, 1.0, metadata={"hook_name": "h"})
     run = train_sae(

@@ -123,6 +123,232 @@ def _node_label(kind: str, layer: int, pos: int, feature: int, tok: str, model) 
     return f"logit {model.to_string([feature])!r}"
 
 
+def _transcoders_by_layer(model: HookedSAETransformer, transcoders: list[SAE]) -> dict[int, SAE]:
+    """The transcoders keyed by the layer whose ``blocks.L.hook_mlp_out`` they write."""
+    by_layer: dict[int, SAE] = {}
+    for tc in transcoders:
+        _, hook_out = check_sae_hooks(model, tc)
+        parts = hook_out.split(".")
+        if len(parts) != 3 or parts[0] != "blocks" or parts[2] != "hook_mlp_out":
+            raise ValueError(
+                f"each transcoder must write blocks.L.hook_mlp_out, got one writing {hook_out!r}"
+            )
+        if int(parts[1]) in by_layer:
+            raise ValueError(
+                f"transcoders must cover each layer once, got two for layer {parts[1]}"
+            )
+        by_layer[int(parts[1])] = tc
+    return by_layer
+
+
+class _ReplacementModel:
+    """The local replacement model of one prompt (see the module docstring).
+
+    Holds the frozen attention patterns and normalisation scales and the value of every leaf
+    on the prompt: ``embed`` (token plus position), each transcoder layer's ``latents`` and
+    ``errors``, and each other layer's MLP output (``mlp_nodes``).
+    """
+
+    def __init__(
+        self,
+        model: HookedSAETransformer,
+        by_layer: dict[int, SAE],
+        tokens: Tensor,
+        skip_bos: bool,
+    ) -> None:
+        self.model, self.by_layer, self.tokens = model, by_layer, tokens
+        self.n_layers = n_layers = model.cfg.n_layers
+        # every attention pattern and every normalisation scale (LayerNorm/RMSNorm, pre and post)
+        self.frozen = [
+            h for h in model.hook_dict if h.endswith(("attn.hook_pattern", "hook_scale"))
+        ]
+        self.has_pos = "hook_pos_embed" in model.hook_dict
+        reads = [sae_hooks(tc)[0] for tc in by_layer.values()]
+        self.outs = outs = [f"blocks.{li}.hook_mlp_out" for li in range(n_layers)]
+        wanted = set(self.frozen + reads + outs + ["hook_embed", "hook_pos_embed"])
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(tokens[None], names_filter=lambda n: n in wanted)
+        self.model_logits, self.cache = logits[0], cache
+        skip = skip_bos and starts_with_bos(model, tokens)
+        embed = cache["hook_embed"][0]  # (seq, d_model); plus positions when they are embedded
+        self.embed = embed + cache["hook_pos_embed"][0] if self.has_pos else embed
+        self.latents: dict[int, Tensor] = {}
+        self.errors: dict[int, Tensor] = {}
+        for layer, tc in by_layer.items():
+            with torch.no_grad():
+                acts = encode(tc, cache[sae_hooks(tc)[0]][0], batched=False)
+                if skip:
+                    acts[0] = 0
+                self.latents[layer] = acts
+                self.errors[layer] = cache[outs[layer]][0] - tc.decode(acts)
+        self.mlp_nodes = {li: cache[outs[li]][0] for li in range(n_layers) if li not in by_layer}
+
+    def leaves(self, batch: int, scale: float = 1.0) -> dict[str, Tensor]:
+        """``batch`` copies of every leaf times ``scale``, each requiring grad."""
+        leaves = {"embed": self.embed * scale}
+        for layer in range(self.n_layers):
+            if layer in self.by_layer:
+                leaves[f"lat{layer}"] = self.latents[layer] * scale
+                leaves[f"err{layer}"] = self.errors[layer] * scale
+            else:
+                leaves[f"mlp{layer}"] = self.mlp_nodes[layer] * scale
+        return {
+            k: v.detach().expand(batch, *v.shape).clone().requires_grad_(True)
+            for k, v in leaves.items()
+        }
+
+    def run(self, leaves: dict[str, Tensor], batch: int) -> tuple[Tensor, dict[int, Tensor]]:
+        """Run the replacement model on ``batch`` copies; returns logits and transcoder inputs."""
+        reads_out: dict[int, Tensor] = {}
+        hooks = [("hook_embed", lambda a, hook: leaves["embed"])]
+        if self.has_pos:  # the embedding node holds token + position
+            hooks.append(("hook_pos_embed", lambda a, hook: torch.zeros_like(a)))
+        for name in self.frozen:
+            value = self.cache[name]
+            hooks.append((name, lambda a, hook, v=value: v.expand_as(a)))
+        for layer in range(self.n_layers):
+            if layer in self.by_layer:
+                tc = self.by_layer[layer]
+
+                def read(a, hook, layer=layer):
+                    reads_out[layer] = a
+
+                def write(a, hook, layer=layer, tc=tc):
+                    return tc.decode(leaves[f"lat{layer}"]) + leaves[f"err{layer}"]
+
+                hooks += [(sae_hooks(tc)[0], read), (self.outs[layer], write)]
+            else:
+                hooks.append((self.outs[layer], lambda a, hook, layer=layer: leaves[f"mlp{layer}"]))
+        logits = self.model.run_with_hooks(self.tokens[None].expand(batch, -1), fwd_hooks=hooks)
+        return logits, reads_out
+
+    def target_values(
+        self, nodes: pd.DataFrame, logits: Tensor, reads_out: dict[int, Tensor], rows: Tensor
+    ) -> Tensor:
+        """Value of target node ``rows[b]`` in batch row ``b``: a latent's pre-activation, or
+        a logit minus the mean logit."""
+        out = []
+        for b, t in enumerate(rows.tolist()):
+            r = nodes.iloc[t]
+            if r.kind == "latent":
+                x = reads_out[int(r.layer)][b]
+                p, i = torch.tensor([int(r.pos)]), torch.tensor([int(r.feature)])
+                out.append(
+                    pre_activations(self.by_layer[int(r.layer)], x, p.to(x.device), i.to(x.device))[
+                        0
+                    ]
+                )
+            else:
+                last = logits[b, -1]
+                out.append(last[int(r.feature)] - last.mean())
+        return torch.stack(out)
+
+
+def _node_table(
+    rm: _ReplacementModel, strings: list[str], max_logits: int, prob_mass: float
+) -> tuple[pd.DataFrame, Tensor]:
+    """The graph's nodes in :data:`KINDS` order, and the probabilities of the logit nodes."""
+    seq, n_layers = rm.tokens.numel(), rm.n_layers
+    rows = [("embedding", -1, p, -1, float(rm.embed[p].norm())) for p in range(seq)]
+    for layer in range(n_layers):
+        if layer in rm.by_layer:
+            latents = rm.latents[layer]
+            pos, lat = torch.nonzero(latents, as_tuple=True)
+            vals = latents[pos, lat].tolist()
+            rows += [
+                ("latent", layer, int(p), int(i), v)
+                for p, i, v in zip(pos.tolist(), lat.tolist(), vals, strict=True)
+            ]
+            rows += [("error", layer, p, -1, float(rm.errors[layer][p].norm())) for p in range(seq)]
+        else:
+            rows += [
+                ("mlp", layer, p, -1, float(rm.mlp_nodes[layer][p].norm())) for p in range(seq)
+            ]
+    logit_ids, logit_probs = salient_logits(rm.model_logits[-1], max_logits, prob_mass)
+    rows += [
+        ("logit", n_layers, seq - 1, int(t), float(q))
+        for t, q in zip(logit_ids, logit_probs, strict=True)
+    ]
+    nodes = pd.DataFrame(rows, columns=["kind", "layer", "pos", "feature", "activation"])
+    order = {k: i for i, k in enumerate(KINDS)}
+    nodes = nodes.assign(_k=nodes["kind"].map(order)).sort_values(
+        ["_k", "layer", "pos", "feature"], kind="stable"
+    )
+    nodes = nodes.drop(columns="_k").reset_index(drop=True)
+    nodes["label"] = [
+        _node_label(r.kind, r.layer, r.pos, r.feature, strings[r.pos], rm.model)
+        for r in nodes.itertuples()
+    ]
+    return nodes, logit_probs
+
+
+def _direct_effects(
+    rm: _ReplacementModel,
+    nodes: pd.DataFrame,
+    targets: Tensor,
+    batch_size: int,
+    progress: bool,
+) -> Tensor:
+    """``adjacency[t, s] = value_s * d(target_t)/d(value_s)`` for every target row ``t``,
+    one batched backward pass per ``batch_size`` targets."""
+    n = len(nodes)
+    kind = nodes["kind"].to_numpy()
+    emb_idx = torch.tensor(nodes.index[kind == "embedding"].tolist(), dtype=torch.long)
+    adjacency = torch.zeros(n, n)
+    latent_slot = {}
+    for layer in rm.by_layer:
+        sel = nodes[(nodes["kind"] == "latent") & (nodes["layer"] == layer)]
+        latent_slot[layer] = (
+            torch.tensor(sel.index.tolist()),
+            torch.tensor(sel["pos"].tolist()),
+            torch.tensor(sel["feature"].tolist()),
+        )
+    err_slot = {
+        li: torch.tensor(
+            nodes.index[(kind == "error") & (nodes["layer"] == li).to_numpy()].tolist()
+        )
+        for li in rm.by_layer
+    }
+    mlp_slot = {
+        li: torch.tensor(nodes.index[(kind == "mlp") & (nodes["layer"] == li).to_numpy()].tolist())
+        for li in rm.mlp_nodes
+    }
+    bar = tqdm(
+        total=len(targets),
+        desc="attribution graph",
+        unit="target",
+        disable=not progress,
+        leave=False,
+    )
+    for chunk in targets.split(batch_size):
+        leaves = rm.leaves(len(chunk))
+        with torch.enable_grad():
+            logits, reads_out = rm.run(leaves, len(chunk))
+            values = rm.target_values(nodes, logits, reads_out, chunk)
+            names = list(leaves)
+            grads = torch.autograd.grad(values.sum(), [leaves[k] for k in names], allow_unused=True)
+        grads = {
+            k: (g if g is not None else torch.zeros_like(leaves[k]))
+            for k, g in zip(names, grads, strict=True)
+        }
+        rows_t = chunk
+        adjacency[rows_t[:, None], emb_idx[None, :]] = (
+            (grads["embed"] * rm.embed).sum(-1).detach().cpu()
+        )
+        for layer in rm.by_layer:
+            slot, pos, lat = latent_slot[layer]
+            g = grads[f"lat{layer}"][:, pos, lat] * rm.latents[layer][pos, lat]
+            adjacency[rows_t[:, None], slot[None, :]] = g.detach().cpu()
+            e = (grads[f"err{layer}"] * rm.errors[layer]).sum(-1)
+            adjacency[rows_t[:, None], err_slot[layer][None, :]] = e.detach().cpu()
+        for layer, value in rm.mlp_nodes.items():
+            e = (grads[f"mlp{layer}"] * value).sum(-1)
+            adjacency[rows_t[:, None], mlp_slot[layer][None, :]] = e.detach().cpu()
+        bar.update(len(chunk))
+    bar.close()
+    return adjacency
+
+
 def attribution_graph(
     model: HookedSAETransformer,
     transcoders: list[SAE],
@@ -145,200 +371,24 @@ def attribution_graph(
         batch_size: targets per batched backward pass.
     """
     tokens = check_prompt(tokens, model, min_len=2)
-    seq, n_layers = tokens.numel(), model.cfg.n_layers
-    by_layer: dict[int, SAE] = {}
-    for tc in transcoders:
-        hook_in, hook_out = check_sae_hooks(model, tc)
-        parts = hook_out.split(".")
-        if len(parts) != 3 or parts[0] != "blocks" or parts[2] != "hook_mlp_out":
-            raise ValueError(
-                f"each transcoder must write blocks.L.hook_mlp_out, got one writing {hook_out!r}"
-            )
-        if int(parts[1]) in by_layer:
-            raise ValueError(
-                f"transcoders must cover each layer once, got two for layer {parts[1]}"
-            )
-        by_layer[int(parts[1])] = tc
-    # every attention pattern and every normalisation scale (LayerNorm/RMSNorm, pre and post)
-    frozen = [h for h in model.hook_dict if h.endswith(("attn.hook_pattern", "hook_scale"))]
-    has_pos = "hook_pos_embed" in model.hook_dict
-    reads = [sae_hooks(tc)[0] for tc in by_layer.values()]
-    outs = [f"blocks.{li}.hook_mlp_out" for li in range(n_layers)]
-    wanted = set(frozen + reads + outs + ["hook_embed", "hook_pos_embed"])  # pos: if present
-    with torch.no_grad():
-        model_logits, cache = model.run_with_cache(tokens[None], names_filter=lambda n: n in wanted)
-    model_logits = model_logits[0]
-    skip = skip_bos and starts_with_bos(model, tokens)
-
-    # Node values (leaves of the replacement model).
-    embed = cache["hook_embed"][0]  # (seq, d_model); plus positions when they are embedded
-    embed = embed + cache["hook_pos_embed"][0] if has_pos else embed
-    latents: dict[int, Tensor] = {}
-    errors: dict[int, Tensor] = {}
-    for layer, tc in by_layer.items():
-        with torch.no_grad():
-            acts = encode(tc, cache[sae_hooks(tc)[0]][0], batched=False)
-            if skip:
-                acts[0] = 0
-            latents[layer] = acts
-            errors[layer] = cache[outs[layer]][0] - tc.decode(acts)
-    mlp_nodes = {li: cache[outs[li]][0] for li in range(n_layers) if li not in by_layer}
-
-    # Node table.
+    rm = _ReplacementModel(model, _transcoders_by_layer(model, transcoders), tokens, skip_bos)
     strings = model.to_str_tokens(tokens)
-    rows = [("embedding", -1, p, -1, float(embed[p].norm())) for p in range(seq)]
-    lat_rows: dict[int, tuple[Tensor, Tensor]] = {}
-    for layer in range(n_layers):
-        if layer in by_layer:
-            pos, lat = torch.nonzero(latents[layer], as_tuple=True)
-            lat_rows[layer] = (pos, lat)
-            vals = latents[layer][pos, lat].tolist()
-            rows += [
-                ("latent", layer, int(p), int(i), v)
-                for p, i, v in zip(pos.tolist(), lat.tolist(), vals, strict=True)
-            ]
-            rows += [("error", layer, p, -1, float(errors[layer][p].norm())) for p in range(seq)]
-        else:
-            rows += [("mlp", layer, p, -1, float(mlp_nodes[layer][p].norm())) for p in range(seq)]
-    logit_ids, logit_probs = salient_logits(model_logits[-1], max_logits, prob_mass)
-    rows += [
-        ("logit", n_layers, seq - 1, int(t), float(q))
-        for t, q in zip(logit_ids, logit_probs, strict=True)
-    ]
-    nodes = pd.DataFrame(rows, columns=["kind", "layer", "pos", "feature", "activation"])
-    order = {k: i for i, k in enumerate(KINDS)}
-    nodes = nodes.assign(_k=nodes["kind"].map(order)).sort_values(
-        ["_k", "layer", "pos", "feature"], kind="stable"
-    )
-    nodes = nodes.drop(columns="_k").reset_index(drop=True)
-    nodes["label"] = [
-        _node_label(r.kind, r.layer, r.pos, r.feature, strings[r.pos], model)
-        for r in nodes.itertuples()
-    ]
+    nodes, logit_probs = _node_table(rm, strings, max_logits, prob_mass)
     n = len(nodes)
     kind = nodes["kind"].to_numpy()
-    # Where each node's value sits among the leaves.
     idx = {k: torch.tensor(nodes.index[kind == k].tolist(), dtype=torch.long) for k in KINDS}
-
-    def replacement(leaves: dict[str, Tensor], batch: int) -> tuple[Tensor, dict[int, Tensor]]:
-        """Run the replacement model on ``batch`` copies; returns logits and transcoder inputs."""
-        reads_out: dict[int, Tensor] = {}
-        hooks = [("hook_embed", lambda a, hook: leaves["embed"])]
-        if has_pos:  # the embedding node holds token + position
-            hooks.append(("hook_pos_embed", lambda a, hook: torch.zeros_like(a)))
-        for name in frozen:
-            value = cache[name]
-            hooks.append((name, lambda a, hook, v=value: v.expand_as(a)))
-        for layer in range(n_layers):
-            if layer in by_layer:
-                tc = by_layer[layer]
-
-                def read(a, hook, layer=layer):
-                    reads_out[layer] = a
-
-                def write(a, hook, layer=layer, tc=tc):
-                    return tc.decode(leaves[f"lat{layer}"]) + leaves[f"err{layer}"]
-
-                hooks += [(sae_hooks(tc)[0], read), (outs[layer], write)]
-            else:
-                hooks.append((outs[layer], lambda a, hook, layer=layer: leaves[f"mlp{layer}"]))
-        logits = model.run_with_hooks(tokens[None].expand(batch, -1), fwd_hooks=hooks)
-        return logits, reads_out
-
-    def make_leaves(batch: int, scale: float = 1.0) -> dict[str, Tensor]:
-        leaves = {"embed": embed * scale}
-        for layer in range(n_layers):
-            if layer in by_layer:
-                leaves[f"lat{layer}"] = latents[layer] * scale
-                leaves[f"err{layer}"] = errors[layer] * scale
-            else:
-                leaves[f"mlp{layer}"] = mlp_nodes[layer] * scale
-        return {
-            k: v.detach().expand(batch, *v.shape).clone().requires_grad_(True)
-            for k, v in leaves.items()
-        }
-
     targets = torch.cat([idx["latent"], idx["logit"]])
-
-    def target_values(logits: Tensor, reads_out: dict[int, Tensor], rows: Tensor) -> Tensor:
-        """Value of target node ``rows[b]`` in batch row ``b``."""
-        out = []
-        for b, t in enumerate(rows.tolist()):
-            r = nodes.iloc[t]
-            if r.kind == "latent":
-                x = reads_out[int(r.layer)][b]
-                p, i = torch.tensor([int(r.pos)]), torch.tensor([int(r.feature)])
-                out.append(
-                    pre_activations(by_layer[int(r.layer)], x, p.to(x.device), i.to(x.device))[0]
-                )
-            else:
-                last = logits[b, -1]
-                out.append(last[int(r.feature)] - last.mean())
-        return torch.stack(out)
-
     with torch.no_grad():
-        logits0, reads0 = replacement(make_leaves(1), 1)
-        zero_logits, zero_reads = replacement(make_leaves(len(targets), 0.0), len(targets))
-        bias_t = target_values(zero_logits, zero_reads, targets)
-        clean_t = target_values(logits0.expand(len(targets), -1, -1),
-                                {k: v.expand(len(targets), *v.shape[1:])
-                                 for k, v in reads0.items()},
-                                targets)  # fmt: skip
-
-    adjacency = torch.zeros(n, n)
-    latent_slot = {}
-    for layer in lat_rows:
-        sel = nodes[(nodes["kind"] == "latent") & (nodes["layer"] == layer)]
-        latent_slot[layer] = (
-            torch.tensor(sel.index.tolist()),
-            torch.tensor(sel["pos"].tolist()),
-            torch.tensor(sel["feature"].tolist()),
+        logits0, reads0 = rm.run(rm.leaves(1), 1)
+        zero_logits, zero_reads = rm.run(rm.leaves(len(targets), 0.0), len(targets))
+        bias_t = rm.target_values(nodes, zero_logits, zero_reads, targets)
+        clean_t = rm.target_values(
+            nodes,
+            logits0.expand(len(targets), -1, -1),
+            {k: v.expand(len(targets), *v.shape[1:]) for k, v in reads0.items()},
+            targets,
         )
-    err_slot = {
-        li: torch.tensor(
-            nodes.index[(kind == "error") & (nodes["layer"] == li).to_numpy()].tolist()
-        )
-        for li in by_layer
-    }
-    mlp_slot = {
-        li: torch.tensor(nodes.index[(kind == "mlp") & (nodes["layer"] == li).to_numpy()].tolist())
-        for li in mlp_nodes
-    }
-
-    bar = tqdm(
-        total=len(targets),
-        desc="attribution graph",
-        unit="target",
-        disable=not progress,
-        leave=False,
-    )
-    for chunk in targets.split(batch_size):
-        leaves = make_leaves(len(chunk))
-        with torch.enable_grad():
-            logits, reads_out = replacement(leaves, len(chunk))
-            values = target_values(logits, reads_out, chunk)
-            names = list(leaves)
-            grads = torch.autograd.grad(values.sum(), [leaves[k] for k in names], allow_unused=True)
-        grads = {
-            k: (g if g is not None else torch.zeros_like(leaves[k]))
-            for k, g in zip(names, grads, strict=True)
-        }
-        rows_t = chunk
-        adjacency[rows_t[:, None], idx["embedding"][None, :]] = (
-            (grads["embed"] * embed).sum(-1).detach().cpu()
-        )
-        for layer in by_layer:
-            slot, pos, lat = latent_slot[layer]
-            g = grads[f"lat{layer}"][:, pos, lat] * latents[layer][pos, lat]
-            adjacency[rows_t[:, None], slot[None, :]] = g.detach().cpu()
-            e = (grads[f"err{layer}"] * errors[layer]).sum(-1)
-            adjacency[rows_t[:, None], err_slot[layer][None, :]] = e.detach().cpu()
-        for layer, value in mlp_nodes.items():
-            e = (grads[f"mlp{layer}"] * value).sum(-1)
-            adjacency[rows_t[:, None], mlp_slot[layer][None, :]] = e.detach().cpu()
-        bar.update(len(chunk))
-    bar.close()
-
+    adjacency = _direct_effects(rm, nodes, targets, batch_size, progress)
     target_vals = torch.zeros(n)
     bias = torch.zeros(n)
     target_vals[targets] = clean_t.detach().cpu()
@@ -354,7 +404,7 @@ def attribution_graph(
         tokens=tokens.cpu(),
         token_strings=strings,
         replacement_logits=logits0[0].detach().cpu(),
-        model_logits=model_logits.detach().cpu(),
+        model_logits=rm.model_logits.detach().cpu(),
     )
 
 

@@ -198,24 +198,17 @@ def best_matching_labels(
     return table.sort_values("f1", ascending=False, ignore_index=True)
 
 
-def latent_contexts(
+def _checked_context_inputs(
     str_tokens: Sequence[Sequence[str]],
-    acts: Float[Tensor, "rows seq"],
-    latent: int = 0,
-    token_labels: Mapping[str, Bool[Tensor, "rows seq"]] | None = None,
-    n_top: int = 10,
-    n_held_out: int = 20,
-    window: int = 8,
-    seed: int = 0,
-) -> LatentContexts:
-    """Cut one latent's activations into explanation and scoring contexts.
-
-    Rows are split in two halves at random (``seed``): the first half gives the ``n_top``
-    contexts around the strongest activations (one per row), the second gives up to
-    ``n_held_out`` firing contexts (windows around random firing positions) and as many silent
-    windows (where the latent is 0 at every token). A window holds ``window`` tokens ending
-    two tokens after its centre. ``token_labels`` attaches each token's ground-truth labels.
-    """
+    acts: object,
+    token_labels: Mapping[str, Tensor] | None,
+    *,
+    n_top: int,
+    n_held_out: int,
+    window: int,
+) -> tuple[Tensor, list[str], Tensor | None]:
+    """The checked arguments of :func:`latent_contexts`: activations as float on the CPU, the
+    label names (sorted) and the labels stacked as ``(rows, seq, n_labels)`` (or None)."""
     if not isinstance(acts, Tensor) or acts.ndim != 2:
         shape = tuple(acts.shape) if isinstance(acts, Tensor) else type(acts).__name__
         raise ValueError(f"acts must be a 2-D tensor (rows, seq), got {shape}")
@@ -236,6 +229,31 @@ def latent_contexts(
         raise ValueError(
             f"token_labels must have shape ({rows}, {seq}), got {tuple(stacked.shape[:2])}"
         )
+    return acts, names, stacked
+
+
+def latent_contexts(
+    str_tokens: Sequence[Sequence[str]],
+    acts: Float[Tensor, "rows seq"],
+    latent: int = 0,
+    token_labels: Mapping[str, Bool[Tensor, "rows seq"]] | None = None,
+    n_top: int = 10,
+    n_held_out: int = 20,
+    window: int = 8,
+    seed: int = 0,
+) -> LatentContexts:
+    """Cut one latent's activations into explanation and scoring contexts.
+
+    Rows are split in two halves at random (``seed``): the first half gives the ``n_top``
+    contexts around the strongest activations (one per row), the second gives up to
+    ``n_held_out`` firing contexts (windows around random firing positions) and as many silent
+    windows (where the latent is 0 at every token). A window holds ``window`` tokens ending
+    two tokens after its centre. ``token_labels`` attaches each token's ground-truth labels.
+    """
+    acts, names, stacked = _checked_context_inputs(
+        str_tokens, acts, token_labels, n_top=n_top, n_held_out=n_held_out, window=window
+    )
+    rows, seq = acts.shape
 
     def ctx(row: int, centre: int) -> Context:
         end = min(seq, max(window, centre + 3))

@@ -20,6 +20,7 @@ from sae_lens.evals import EvalConfig, run_evals
 from sae_lens.training.activation_scaler import ActivationScaler
 from torch import Tensor
 
+from saebook.hooks import bos_token_id
 from saebook.metrics import ReconstructionMetrics
 
 __all__ = ["saelens_evals", "compare_with_saelens", "max_correlations", "pareto_front"]
@@ -44,8 +45,8 @@ def saelens_evals(
         raise ValueError(
             f"tokens must be a non-empty (batch, seq) tensor, got {tuple(tokens.shape)}"
         )
-    bos = model.tokenizer.bos_token_id
-    if not bool((tokens[:, 0] == bos).all()):
+    bos = bos_token_id(model)
+    if bos is None or not bool((tokens[:, 0] == bos).all()):
         raise ValueError("tokens must start every row with the model's BOS token")
     n_rows, seq_len = tokens.shape
     dataset = Dataset.from_dict({"input_ids": tokens.cpu().tolist()})

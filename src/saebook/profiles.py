@@ -132,19 +132,40 @@ class Profile:
     device: str
     task_name: str
     _token_source: Callable[[int, int, int], Tensor] = field(repr=False)
+    #: (n_seqs, seq_len, seed) -> labels of the token source's rows; None: no ground truth
+    _label_source: Callable[[int, int, int], dict[str, Tensor]] | None = field(
+        default=None, repr=False
+    )
 
-    def tokens(
-        self, n_seqs: int, seq_len: int | None = None, seed: int = 0
-    ) -> Int[Tensor, "n_seqs seq"]:
-        """``n_seqs`` rows of ``seq_len`` corpus tokens (default: the profile's), BOS first."""
+    def _rows_shape(self, n_seqs: object, seq_len: object) -> tuple[int, int]:
         seq_len = self.sizes["seq_len"] if seq_len is None else seq_len
-        if not isinstance(n_seqs, int) or n_seqs < 1:
+        if isinstance(n_seqs, bool) or not isinstance(n_seqs, int) or n_seqs < 1:
             raise ValueError(f"n_seqs must be a positive int, got {n_seqs!r}")
         if not isinstance(seq_len, int) or not 2 <= seq_len <= self.model.cfg.n_ctx:
             raise ValueError(
                 f"seq_len must be an int in [2, {self.model.cfg.n_ctx}], got {seq_len!r}"
             )
+        return n_seqs, seq_len
+
+    def tokens(
+        self, n_seqs: int, seq_len: int | None = None, seed: int = 0
+    ) -> Int[Tensor, "n_seqs seq"]:
+        """``n_seqs`` rows of ``seq_len`` corpus tokens (default: the profile's), BOS first."""
+        n_seqs, seq_len = self._rows_shape(n_seqs, seq_len)
         return self._token_source(n_seqs, seq_len, seed).to(self.device)
+
+    def labeled_tokens(
+        self, n_seqs: int, seq_len: int | None = None, seed: int = 0
+    ) -> dict[str, Tensor] | None:
+        """Ground-truth labels of exactly the rows ``tokens(n_seqs, seq_len, seed)`` returns.
+
+        A dict from label name to a bool tensor shaped like those rows (on the CPU), or None
+        on a profile without ground truth (only the tiny world has token labels).
+        """
+        n_seqs, seq_len = self._rows_shape(n_seqs, seq_len)
+        if self._label_source is None:
+            return None
+        return self._label_source(n_seqs, seq_len, seed)
 
     def task(self, n: int = 16, seed: int = 0) -> LogitDiffTask:
         """A logit-difference task this profile's model solves (clean/corrupted prompt pairs)."""
@@ -214,7 +235,7 @@ def load(name: str | None = None, device: str | None = None) -> Profile:
 
 
 def _load_tiny(device: str) -> Profile:
-    from saebook.tinyworld import corpus_rows
+    from saebook.tinyworld import corpus_rows, labeled_batch
     from saebook.tinyworld.shipped import load_shipped
 
     spec = PROFILES["tiny"]
@@ -229,7 +250,13 @@ def _load_tiny(device: str) -> Profile:
         device=device,
         task_name=spec.task,
         _token_source=lambda n, s, seed: corpus_rows(n, s, seed=seed, tokenizer=model.tokenizer),
+        _label_source=lambda n, s, seed: _labels_only(labeled_batch, n, s, seed, model),
     )
+
+
+def _labels_only(labeled_batch: Callable, n: int, s: int, seed: int, model) -> dict[str, Tensor]:
+    """The labels of :func:`saebook.tinyworld.labeled_batch` (its rows are the token source's)."""
+    return labeled_batch(n, s, seed=seed, tokenizer=model.tokenizer)[1]
 
 
 HUB_HOST = ("huggingface.co", 443)

@@ -617,6 +617,39 @@ def plot_dimensionality(
     return fig
 
 
+def _feature_segment(i: int, fx: float, fy: float, show_legend: bool) -> go.Scatter:
+    """A grey segment from the origin to true feature ``i``."""
+    return go.Scatter(
+        x=[0, fx],
+        y=[0, fy],
+        mode="lines+markers",
+        line={"color": "rgba(120,120,120,0.55)", "width": 7},
+        marker={"size": [0, 10], "color": "rgba(120,120,120,0.8)"},
+        name="true feature",
+        legendgroup="feature",
+        showlegend=show_legend,
+        hovertemplate=f"feature {i}<extra></extra>",
+    )
+
+
+def _latent_segment(j: int, dx: float, dy: float, is_dead: bool) -> go.Scatter:
+    """A unit segment along latent ``j``'s decoder row: blue, or red dotted when dead."""
+    return go.Scatter(
+        x=[0, dx],
+        y=[0, dy],
+        mode="lines",
+        line={
+            "color": "#d62728" if is_dead else "#1f77b4",
+            "width": 2,
+            "dash": "dot" if is_dead else "solid",
+        },
+        name="dead latent" if is_dead else "latent (decoder row)",
+        legendgroup="dead" if is_dead else "latent",
+        showlegend=False,
+        hovertemplate=f"latent {j}" + (" (dead)" if is_dead else "") + "<extra></extra>",
+    )
+
+
 def plot_latent_directions(
     features: Float[Tensor, "features 2"],
     decoders: Float[Tensor, "instances d_sae 2"],
@@ -652,43 +685,10 @@ def plot_latent_directions(
     for k in range(n_inst):
         row, col = k // cols + 1, k % cols + 1
         for i, (fx, fy) in enumerate(feats.tolist()):
-            fig.add_trace(
-                go.Scatter(
-                    x=[0, fx],
-                    y=[0, fy],
-                    mode="lines+markers",
-                    line={"color": "rgba(120,120,120,0.55)", "width": 7},
-                    marker={"size": [0, 10], "color": "rgba(120,120,120,0.8)"},
-                    name="true feature",
-                    legendgroup="feature",
-                    showlegend=k == 0 and i == 0,
-                    hovertemplate=f"feature {i}<extra></extra>",
-                ),
-                row=row,
-                col=col,
-            )
+            fig.add_trace(_feature_segment(i, fx, fy, k == 0 and i == 0), row=row, col=col)
         for j, (dx, dy) in enumerate(unit[k].tolist()):
             is_dead = dead is not None and bool(dead[k, j])
-            fig.add_trace(
-                go.Scatter(
-                    x=[0, dx],
-                    y=[0, dy],
-                    mode="lines",
-                    line={
-                        "color": "#d62728" if is_dead else "#1f77b4",
-                        "width": 2,
-                        "dash": "dot" if is_dead else "solid",
-                    },
-                    name="dead latent" if is_dead else "latent (decoder row)",
-                    legendgroup="dead" if is_dead else "latent",
-                    showlegend=False,
-                    hovertemplate=f"latent {j}"
-                    + (" (dead)" if is_dead else "")
-                    + "<extra></extra>",
-                ),
-                row=row,
-                col=col,
-            )
+            fig.add_trace(_latent_segment(j, dx, dy, is_dead), row=row, col=col)
         axis = str(k + 1) if k else ""
         fig.update_xaxes(range=[-limit, limit], showticklabels=False, row=row, col=col)
         fig.update_yaxes(

@@ -577,6 +577,16 @@ def _reset_optimizer_state(
                 target.zero_()
 
 
+def _record(
+    logged: dict[str, list[Tensor]], loss: Tensor, mse: Tensor, active: Tensor, dead: Tensor
+) -> None:
+    """Append one logged step (per instance) of :func:`train_sae`'s statistics to ``logged``."""
+    logged["loss"].append(loss)
+    logged["mse"].append(mse)
+    logged["l0"].append(active.sum(-1).float().mean(0))
+    logged["dead"].append(dead.sum(-1).float())
+
+
 def train_sae(
     sae: ToySAE,
     data: Callable[[int], Float[Tensor, "batch instances d_in"]],
@@ -641,10 +651,7 @@ def train_sae(
             dead = dead_latents(last_fired, step, dead_window)
         if step % log_every == 0:
             log_steps.append(step)
-            logged["loss"].append(out.loss.detach())
-            logged["mse"].append(out.terms["mse"].detach())
-            logged["l0"].append(active.sum(-1).float().mean(0))
-            logged["dead"].append(dead.sum(-1).float())
+            _record(logged, out.loss.detach(), out.terms["mse"].detach(), active, dead)
             bar.set_postfix(loss=f"{out.loss.mean().item():.4g}", refresh=False)
         if (
             resample_every is not None

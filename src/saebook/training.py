@@ -153,12 +153,14 @@ def train_topk_sae(
     lr: float = 1e-3,
     seed: int = 0,
     reshape_hook_z: bool = False,
+    device: str | None = None,
 ) -> SAE:
     """Train a TopK SAE with SAELens' ``SAETrainer`` and return it as an inference SAE.
 
     ``metadata`` goes into ``sae.cfg.metadata`` (``hook_name``, ``model_name`` and friends).
     With ``reshape_hook_z`` the SAE reads a ``hook_z`` tensor of shape (..., heads, d_head)
-    when spliced into a model, while training on its flattened rows.
+    when spliced into a model, while training on its flattened rows. ``device`` is where it
+    trains and is returned (default: the device of ``activations``).
     """
     check_tensor("activations", activations, ndim=2, floating=True, finite=True)
     check_int("d_sae", d_sae)
@@ -176,26 +178,21 @@ def train_topk_sae(
         metadata=SAEMetadata(**metadata),
     )
     sae = TopKTrainingSAE(cfg)
-    trainer = SAETrainer(
-        cfg=SAETrainerConfig(
-            total_training_samples=total_samples,
-            train_batch_size_samples=batch_size,
-            lr=lr,
-            lr_end=lr / 10,
-            lr_scheduler_name="cosineannealing",
-            lr_warm_up_steps=50,
-            dead_feature_window=200,
-            feature_sampling_window=500,
-            logger=LoggingConfig(log_to_wandb=False),
-        ),
-        sae=sae,
-        data_provider=activation_batches(activations, batch_size=batch_size, seed=seed),
+    inference, *_ = _fit(
+        sae,
+        activations,
+        total_samples,
+        batch_size,
+        lr,
+        seed,
+        device,
+        True,
+        lr_scheduler_name="cosineannealing",
+        lr_warm_up_steps=50,
+        dead_feature_window=200,
+        feature_sampling_window=500,
     )
-    trained = trainer.fit()
-    # Round-trip through SAELens' inference save format: what is shipped is what is loaded.
-    with tempfile.TemporaryDirectory() as tmp:
-        trained.save_inference_model(tmp)
-        return SAE.load_from_disk(tmp)
+    return inference
 
 
 def train_transcoder(
@@ -208,6 +205,7 @@ def train_transcoder(
     batch_size: int = 1024,
     lr: float = 3e-3,
     seed: int = 0,
+    device: str | None = None,
 ) -> Transcoder:
     """Train a ReLU transcoder mapping ``inputs`` (an MLP's input) to ``targets`` (its output).
 
@@ -215,7 +213,8 @@ def train_transcoder(
     norms. The L1 coefficient is steered multiplicatively towards ``target_l0`` during the
     first 80% of steps and then frozen, so the sparsity is a chosen number rather than a
     side effect of a guessed coefficient. ``metadata`` needs ``hook_name`` (input hook) and
-    ``hook_name_out`` (output hook).
+    ``hook_name_out`` (output hook). ``device`` is where it trains and is returned (default:
+    the device of ``inputs``).
     """
     for key in ("hook_name", "hook_name_out"):
         if key not in metadata:
@@ -243,6 +242,8 @@ def train_transcoder(
         sae.W_dec.data = torch.randn(d_sae, targets.shape[1])
         sae.W_dec.data /= sae.W_dec.norm(dim=1, keepdim=True) * 10
         sae.b_dec.data = targets.mean(0)
+    device = str(inputs.device) if device is None else str(device)
+    sae.to(device)
     target_var = float((targets - targets.mean(0)).pow(2).sum(-1).mean())
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     steps = total_samples // batch_size
@@ -251,7 +252,7 @@ def train_transcoder(
     batches = activation_batches(inputs, targets, batch_size=batch_size, seed=seed)
     bar = tqdm(range(steps), desc="Training transcoder", unit="step")
     for step in bar:
-        x, y = next(batches)
+        x, y = (t.to(device) for t in next(batches))
         acts = sae.encode(x)
         recon = sae.decode(acts)
         mse = (recon - y).pow(2).sum(-1).mean() / target_var
@@ -272,7 +273,7 @@ def train_transcoder(
     sae.eval()
     with tempfile.TemporaryDirectory() as tmp:
         sae.save_model(Path(tmp))
-        return SAE.load_from_disk(tmp)
+        return SAE.load_from_disk(tmp, device=device)
 
 
 def training_sae_config(
@@ -396,6 +397,7 @@ def train_sae(
     n_checkpoints: int = 0,
     seed: int = 0,
     progress: bool = True,
+    device: str | None = None,
 ) -> TrainingRun:
     """Train the SAE described by ``config`` on rows of ``activations`` with SAELens.
 
@@ -404,7 +406,8 @@ def train_sae(
     ``checkpoint_path`` SAELens saves ``n_checkpoints`` intermediate checkpoints and the final
     one there (each loadable with ``SAE.load_from_disk``). Returns a :class:`TrainingRun` whose
     ``sae`` is the inference SAE after a save/load round trip through SAELens' format, so what
-    you evaluate is exactly what you would ship.
+    you evaluate is exactly what you would ship. ``device`` is where it trains and is
+    returned (default: the device of ``activations``, so a GPU profile trains on the GPU).
     """
     if activations.ndim != 2 or activations.shape[1] != config.d_in:
         raise ValueError(
@@ -418,11 +421,15 @@ def train_sae(
     warm = max(1, steps // 20) if lr_warm_up_steps is None else lr_warm_up_steps
     torch.manual_seed(seed)
     sae = TrainingSAE.from_dict(config.to_dict())
-    trainer_cfg = SAETrainerConfig(
-        total_training_samples=total_samples,
-        train_batch_size_samples=batch_size,
-        lr=lr,
-        lr_end=lr / 10,
+    inference, history, seconds, trainer_cfg = _fit(
+        sae,
+        activations,
+        total_samples,
+        batch_size,
+        lr,
+        seed,
+        device,
+        progress,
         lr_scheduler_name=lr_scheduler_name,
         lr_warm_up_steps=warm,
         dead_feature_window=dead_feature_window,
@@ -431,7 +438,44 @@ def train_sae(
         checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
         save_final_checkpoint=checkpoint_path is not None,
         n_batches_for_norm_estimate=min(50, max(1, activations.shape[0] // batch_size)),
+    )
+    return TrainingRun(
+        sae=inference,
+        curves=pd.DataFrame(history),
+        seconds=seconds,
+        config=config,
+        trainer_config=trainer_cfg,
+    )
+
+
+def _fit(
+    sae: TrainingSAE,
+    activations: Tensor,
+    total_samples: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: str | None,
+    progress: bool,
+    **trainer_options: Any,
+) -> tuple[SAE, list[dict[str, float]], float, SAETrainerConfig]:
+    """The one SAELens training set-up: fit ``sae`` on shuffled batches of ``activations``.
+
+    The learning rate decays to ``lr / 10``; ``trainer_options`` (schedule, windows,
+    checkpoints) go to ``SAETrainerConfig`` (no wandb logging); ``device`` (default: the
+    activations' device) is where the trainer puts the SAE and every batch. Returns the
+    inference SAE after a save/load round trip through SAELens' format (on ``device``), the
+    per-step history of :class:`RecordingTrainer`, the seconds ``fit()`` took and the config.
+    """
+    device = str(activations.device) if device is None else str(device)
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=total_samples,
+        train_batch_size_samples=batch_size,
+        lr=lr,
+        lr_end=lr / 10,
+        device=device,
         logger=LoggingConfig(log_to_wandb=False),
+        **trainer_options,
     )
     trainer = RecordingTrainer(
         cfg=trainer_cfg,
@@ -442,16 +486,11 @@ def train_sae(
     with _saelens_bars(progress):
         trained = trainer.fit()
     seconds = time.perf_counter() - start
+    # What is shipped is what is loaded: round-trip through SAELens' inference format.
     with tempfile.TemporaryDirectory() as tmp:
         trained.save_inference_model(tmp)
-        inference = SAE.load_from_disk(tmp)
-    return TrainingRun(
-        sae=inference,
-        curves=pd.DataFrame(trainer.history),
-        seconds=seconds,
-        config=config,
-        trainer_config=trainer_cfg,
-    )
+        inference = SAE.load_from_disk(tmp, device=device)
+    return inference, trainer.history, seconds, trainer_cfg
 
 
 # Planted faults for the "diagnose the run" exercise: fault -> changes to a healthy L1 run.

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from sae_lens import SAE, HookedSAETransformer
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
 from saebook.files import atomic_write_dir, atomic_write_text
 from saebook.groundtruth import label_recovery
@@ -103,6 +106,151 @@ def _log(msg: str) -> None:
     print(f"[tinyworld build {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _lm_metrics(
+    model: HookedSAETransformer,
+    train: Tensor,
+    val: Tensor,
+    token_pool: Tensor,
+    tokenizer: PreTrainedTokenizerBase,
+    scale: BuildScale,
+    n_story_rows: int,
+) -> dict:
+    """The language model's entry of the model card: loss, n-gram baselines, induction."""
+    baselines = ngram_baselines(train, val, len(tokenizer))
+    rep = repeated_tokens(
+        64,
+        (scale.seq_len - 1) // 2,
+        token_pool,
+        tokenizer.bos_token_id,
+        torch.Generator().manual_seed(SEEDS["evaluation"]),
+    )
+    induction = induction_report(model, rep)
+    layer, head, score = induction.best_head()
+    lm_metrics = {
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "train_tokens": scale.lm.steps * scale.lm.batch_size * scale.seq_len,
+        "train_story_rows": n_story_rows,
+        "train_config": asdict(scale.lm),
+        "val_loss": mean_loss(model, val),
+        "baselines": baselines,
+        "token_pool_size": int(token_pool.numel()),
+        "induction": {
+            "loss_first_half": induction.loss_first_half,
+            "loss_second_half": induction.loss_second_half,
+            "loss_ratio": induction.loss_ratio,
+            "head_scores": induction.head_scores.tolist(),
+            "best_head": {"layer": layer, "head": head, "score": score},
+        },
+    }
+    _log(
+        f"val loss {lm_metrics['val_loss']:.3f} (bigram {baselines['bigram']:.3f}); "
+        f"induction ratio {induction.loss_ratio:.3f}, best head L{layer}H{head} {score:.2f}"
+    )
+    return lm_metrics
+
+
+def _train_saes(
+    model: HookedSAETransformer,
+    tokenizer: PreTrainedTokenizerBase,
+    scale: BuildScale,
+    out_dir: Path,
+    timings: dict[str, float],
+) -> tuple[dict[str, SAE], list[str]]:
+    """Train every SAE of :data:`SAE_SPECS` on cached activations and save it under
+    ``out_dir/saes/<role>``; returns the SAEs by role and the hooks they read or write."""
+    t = time.time()
+    sae_tokens = corpus_rows(
+        scale.sae_rows, scale.seq_len, seed=SEEDS["sae_data"], tokenizer=tokenizer
+    )
+    hooks = sorted({s["hook"] for s in SAE_SPECS.values()} | {MLP_OUT_HOOK})
+    acts = collect_activations(model, sae_tokens, hooks)
+    timings["activations"] = time.time() - t
+    meta = dict(
+        model_name="saebook-tiny",
+        context_size=scale.seq_len,
+        prepend_bos=True,
+        dataset_path=f"saebook.tinyworld corpus_rows(seed={SEEDS['sae_data']})",
+    )
+    saes = {}
+    for role, spec in SAE_SPECS.items():
+        t = time.time()
+        width = spec["width"] // scale.width_divisor
+        k = min(spec["k"], width // 4)
+        _log(f"training {role}: width {width} on {spec['hook']}")
+        if "hook_out" in spec:
+            sae = train_transcoder(
+                acts[spec["hook"]],
+                acts[spec["hook_out"]],
+                width,
+                metadata={**meta, "hook_name": spec["hook"], "hook_name_out": spec["hook_out"]},
+                total_samples=scale.sae_samples,
+                target_l0=k,
+                batch_size=scale.transcoder_batch,
+            )
+        else:
+            sae = train_topk_sae(
+                acts[spec["hook"]],
+                width,
+                k,
+                metadata={**meta, "hook_name": spec["hook"]},
+                total_samples=scale.sae_samples,
+                batch_size=scale.sae_batch,
+                reshape_hook_z=spec["hook"].endswith("hook_z"),
+            )
+        with atomic_write_dir(out_dir / "saes" / role) as tmp:
+            sae.save_model(tmp)
+        saes[role] = sae
+        timings[f"sae_{role}"] = time.time() - t
+    del acts
+    return saes, hooks
+
+
+def _evaluate_saes(
+    model: HookedSAETransformer,
+    tokenizer: PreTrainedTokenizerBase,
+    saes: dict[str, SAE],
+    hooks: list[str],
+    scale: BuildScale,
+) -> tuple[dict, dict]:
+    """Reconstruction metrics and ground-truth label recovery of each SAE, by role."""
+    eval_tokens = corpus_rows(
+        scale.eval_rows, scale.seq_len, seed=SEEDS["evaluation"], tokenizer=tokenizer
+    )
+    label_tokens, labels = labeled_batch(
+        scale.eval_rows, scale.seq_len, seed=SEEDS["labels"], tokenizer=tokenizer
+    )
+    flat_labels = {name: lab.flatten() for name, lab in labels.items()}
+    _, label_cache = model.run_with_cache(label_tokens, names_filter=lambda n: n in hooks)
+    sae_metrics, recovery = {}, {}
+    for role, sae in saes.items():
+        rec = reconstruction_metrics(model, sae, eval_tokens).as_dict()
+        spec = SAE_SPECS[role]
+        sae_metrics[role] = {
+            "hook": spec["hook"],
+            "hook_out": spec.get("hook_out"),
+            "d_sae": sae.cfg.d_sae,
+            "architecture": sae.cfg.architecture(),
+            **rec,
+        }
+        latents = sae.encode(label_cache[spec["hook"]]).flatten(0, 1)
+        recovery[role] = label_recovery(latents, flat_labels).to_dict(orient="records")
+        _log(
+            f"{role}: EV {rec['explained_variance']:.3f}, L0 {rec['l0']:.1f}, "
+            f"CE recovered {rec['ce_loss_recovered']:.3f}, dead {rec['dead_fraction']:.2%}"
+        )
+    return sae_metrics, recovery
+
+
+def _environment() -> dict:
+    """What the build ran on: torch version, threads, Python and machine."""
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
 def build(
     out_dir: Path = DATA_DIR,
     scale: BuildScale = FULL,
@@ -156,111 +304,15 @@ def build(
 
     # 4. language-model quality
     t = time.time()
-    baselines = ngram_baselines(train, val, len(tokenizer))
-    rep = repeated_tokens(
-        64,
-        (scale.seq_len - 1) // 2,
-        token_pool,
-        tokenizer.bos_token_id,
-        torch.Generator().manual_seed(SEEDS["evaluation"]),
-    )
-    induction = induction_report(model, rep)
-    layer, head, score = induction.best_head()
-    lm_metrics = {
-        "n_params": sum(p.numel() for p in model.parameters()),
-        "train_tokens": scale.lm.steps * scale.lm.batch_size * scale.seq_len,
-        "train_story_rows": n_story_rows,
-        "train_config": asdict(scale.lm),
-        "val_loss": mean_loss(model, val),
-        "baselines": baselines,
-        "token_pool_size": int(token_pool.numel()),
-        "induction": {
-            "loss_first_half": induction.loss_first_half,
-            "loss_second_half": induction.loss_second_half,
-            "loss_ratio": induction.loss_ratio,
-            "head_scores": induction.head_scores.tolist(),
-            "best_head": {"layer": layer, "head": head, "score": score},
-        },
-    }
-    _log(
-        f"val loss {lm_metrics['val_loss']:.3f} (bigram {baselines['bigram']:.3f}); "
-        f"induction ratio {induction.loss_ratio:.3f}, best head L{layer}H{head} {score:.2f}"
-    )
+    lm_metrics = _lm_metrics(model, train, val, token_pool, tokenizer, scale, n_story_rows)
     timings["lm_eval"] = time.time() - t
 
     # 5. SAEs on cached activations
-    t = time.time()
-    sae_tokens = corpus_rows(
-        scale.sae_rows, scale.seq_len, seed=SEEDS["sae_data"], tokenizer=tokenizer
-    )
-    hooks = sorted({s["hook"] for s in SAE_SPECS.values()} | {MLP_OUT_HOOK})
-    acts = collect_activations(model, sae_tokens, hooks)
-    timings["activations"] = time.time() - t
-    meta = dict(
-        model_name="saebook-tiny",
-        context_size=scale.seq_len,
-        prepend_bos=True,
-        dataset_path=f"saebook.tinyworld corpus_rows(seed={SEEDS['sae_data']})",
-    )
-    saes = {}
-    for role, spec in SAE_SPECS.items():
-        t = time.time()
-        width = spec["width"] // scale.width_divisor
-        k = min(spec["k"], width // 4)
-        _log(f"training {role}: width {width} on {spec['hook']}")
-        if "hook_out" in spec:
-            sae = train_transcoder(
-                acts[spec["hook"]],
-                acts[spec["hook_out"]],
-                width,
-                metadata={**meta, "hook_name": spec["hook"], "hook_name_out": spec["hook_out"]},
-                total_samples=scale.sae_samples,
-                target_l0=k,
-                batch_size=scale.transcoder_batch,
-            )
-        else:
-            sae = train_topk_sae(
-                acts[spec["hook"]],
-                width,
-                k,
-                metadata={**meta, "hook_name": spec["hook"]},
-                total_samples=scale.sae_samples,
-                batch_size=scale.sae_batch,
-                reshape_hook_z=spec["hook"].endswith("hook_z"),
-            )
-        with atomic_write_dir(out_dir / "saes" / role) as tmp:
-            sae.save_model(tmp)
-        saes[role] = sae
-        timings[f"sae_{role}"] = time.time() - t
-    del acts
+    saes, hooks = _train_saes(model, tokenizer, scale, out_dir, timings)
 
     # 6. SAE quality and ground-truth recovery
     t = time.time()
-    eval_tokens = corpus_rows(
-        scale.eval_rows, scale.seq_len, seed=SEEDS["evaluation"], tokenizer=tokenizer
-    )
-    label_tokens, labels = labeled_batch(
-        scale.eval_rows, scale.seq_len, seed=SEEDS["labels"], tokenizer=tokenizer
-    )
-    flat_labels = {name: lab.flatten() for name, lab in labels.items()}
-    _, label_cache = model.run_with_cache(label_tokens, names_filter=lambda n: n in hooks)
-    sae_metrics, recovery = {}, {}
-    for role, sae in saes.items():
-        rec = reconstruction_metrics(model, sae, eval_tokens).as_dict()
-        spec = SAE_SPECS[role]
-        sae_metrics[role] = {
-            "hook": spec["hook"],
-            "hook_out": spec.get("hook_out"),
-            "d_sae": sae.cfg.d_sae,
-            "architecture": sae.cfg.architecture(),
-            **rec,
-        }
-        latents = sae.encode(label_cache[spec["hook"]]).flatten(0, 1)
-        recovery[role] = label_recovery(latents, flat_labels).to_dict(orient="records")
-        _log(
-            f"{role}: EV {rec['explained_variance']:.3f}, L0 {rec['l0']:.1f}, "
-            f"CE recovered {rec['ce_loss_recovered']:.3f}, dead {rec['dead_fraction']:.2%}"
-        )
+    sae_metrics, recovery = _evaluate_saes(model, tokenizer, saes, hooks, scale)
     timings["sae_eval"] = time.time() - t
     timings["total"] = time.time() - t0
     if reuse_model:
@@ -274,12 +326,7 @@ def build(
         "saes": sae_metrics,
         "label_recovery": recovery,
         "timings_s": timings,
-        "environment": {
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-        },
+        "environment": _environment(),
     }
     atomic_write_text(out_dir / "model_card.json", json.dumps(card, indent=1))
     _log(f"done in {timings['total'] / 60:.1f} min")
