@@ -37,6 +37,7 @@ from saebook.metrics import check_sae_hooks
 __all__ = [
     "SpliceReport",
     "splice_report",
+    "spliced_logits",
     "attention_free_inputs",
     "extended_embedding",
     "de_embedding",
@@ -72,6 +73,27 @@ class SpliceReport:
     def as_dict(self) -> dict[str, float]:
         """All fields plus ``loss_recovered``."""
         return {**asdict(self), "loss_recovered": self.loss_recovered}
+
+
+@torch.no_grad()
+def spliced_logits(
+    model: HookedSAETransformer, transcoder: SAE, tokens: Int[Tensor, "batch seq"]
+) -> Float[Tensor, "batch seq d_vocab"]:
+    """Logits of ``model`` with ``transcoder`` in place of the MLP it imitates.
+
+    The transcoder reads ``hook_name`` and its output (no error term) replaces
+    ``hook_name_out`` at every position except BOS tokens, where the model's own MLP output
+    is kept (SAELens' ``run_with_saes`` with ``exclude_special_tokens``).
+    """
+    hook_in, hook_out = check_sae_hooks(model, transcoder)
+    if hook_in == hook_out:
+        raise ValueError(
+            "transcoder must read and write different hooks (cfg.metadata.hook_name_out), "
+            f"got an SAE reading and writing {hook_in!r}"
+        )
+    bos = _bos(model)
+    exclude = [bos] if bos is not None else False
+    return model.run_with_saes(tokens, saes=[transcoder], exclude_special_tokens=exclude)
 
 
 @torch.no_grad()
@@ -114,25 +136,22 @@ def splice_report(
 
         return hook
 
-    exclude = [bos] if bos is not None else False
-    spliced_logits = model.run_with_saes(tokens, saes=[transcoder], exclude_special_tokens=exclude)
+    spliced = spliced_logits(model, transcoder, tokens)
     mean_logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_out, set_to(mean_out))])
     zero_logits = model.run_with_hooks(
         tokens, fwd_hooks=[(hook_out, set_to(torch.zeros_like(mean_out)))]
     )
     lp_clean = clean_logits.log_softmax(-1)
-    lp_spliced = spliced_logits.log_softmax(-1)
+    lp_spliced = spliced.log_softmax(-1)
     kl = (lp_clean.exp() * (lp_clean - lp_spliced)).sum(-1)
     pos = keep  # KL and agreement at every non-BOS position
     return SpliceReport(
         ce_clean=float(loss(clean_logits)[mask].mean()),
-        ce_spliced=float(loss(spliced_logits)[mask].mean()),
+        ce_spliced=float(loss(spliced)[mask].mean()),
         ce_mean_ablation=float(loss(mean_logits)[mask].mean()),
         ce_zero_ablation=float(loss(zero_logits)[mask].mean()),
         kl_spliced=float(kl[pos].mean()),
-        top1_agreement=float(
-            (clean_logits.argmax(-1) == spliced_logits.argmax(-1))[pos].float().mean()
-        ),
+        top1_agreement=float((clean_logits.argmax(-1) == spliced.argmax(-1))[pos].float().mean()),
     )
 
 
