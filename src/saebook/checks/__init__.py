@@ -27,8 +27,11 @@ from saebook.checks.circuits import (  # noqa: F401
     reference_latent_jacobian,
 )
 from saebook.checks.core import (  # noqa: F401
+    NOT_IMPLEMENTED,
     Case,
     check_function,
+    not_implemented_error,
+    require_answer,
 )
 from saebook.checks.deeper import (  # noqa: F401
     check_absorption_rate,
@@ -91,6 +94,9 @@ from saebook.checks.training import (  # noqa: F401
 __all__ = [
     "Case",
     "check_function",
+    "NOT_IMPLEMENTED",
+    "not_implemented_error",
+    "require_answer",
     "check_toy_forward",
     "check_feature_dimensionality",
     "check_sae_loss",

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saebook.checks.core import Case, _generator, check_function
+from saebook.checks.core import Case, _generator, check_function, require_answer
 
 # --- Part 4: training and evaluating SAEs (chapters 2 and 4) --------------------------------
 
@@ -31,6 +31,7 @@ def check_diagnosis(answers: Mapping[str, str]) -> None:
     """
     from saebook.training import FAULTS
 
+    require_answer(answers, "the diagnosis", "your diagnosis")
     got = {str(k).upper(): str(v).strip().lower() for k, v in answers.items()}
     missing = sorted(set(DIAGNOSIS_RUNS) - set(got))
     extra = sorted(set(got) - set(DIAGNOSIS_RUNS))
