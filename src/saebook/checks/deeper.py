@@ -409,8 +409,9 @@ def check_patch_scope(
 
     Each unit-normalised direction times each scale replaces the activation at ``hook`` and
     ``position``; the output is the next-token log-probabilities at the last position. Cases
-    use random directions of the model's width (unnormalised), one scale, several scales and
-    a negative position.
+    use random directions of the model's width (unnormalised), one scale, several scales,
+    the given position, the last two positions (where a patch always shows in the output)
+    and a negative position.
     """
     from saebook.patch_scoping import patch_scope
 
@@ -428,9 +429,10 @@ def check_patch_scope(
 
     cases: list[Case] = [
         ("three directions, one scale", (model, tokens, dirs, [10.0], hook, position), {}),
-        ("one direction, three scales",
-         (model, tokens, dirs[:1], [1.0, 10.0, 50.0], hook, position), {}),
-        ("negative position", (model, tokens, dirs[1:], [20.0, 5.0], hook, position - seq), {}),
+        ("the last position, three scales",
+         (model, tokens, dirs[:1], [1.0, 10.0, 50.0], hook, seq - 1), {}),
+        ("a negative position", (model, tokens, dirs[1:], [20.0, 5.0], hook, -1), {}),
+        ("the position before the last", (model, tokens, dirs[:2], [30.0], hook, seq - 2), {}),
     ]  # fmt: skip
     check_function(reader, reference, cases, atol=2e-3, rtol=1e-3)
 
