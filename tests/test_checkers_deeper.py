@@ -115,7 +115,7 @@ def coverage_per_child_over_all_positions(parent_fires, child_fires):
     covered = int((union & parent).sum())
     return {"per_child": per_child, "best_single": max(per_child, default=0.0),
             "union": covered / n_parent,
-            "union_precision": covered / int(union.sum()) if bool(union.any()) else 0.0}  # fmt: skip
+            "union_precision": covered / max(int(union.sum()), 1)}  # fmt: skip
 
 
 def coverage_precision_as_recall(parent_fires, child_fires):

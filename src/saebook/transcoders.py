@@ -38,6 +38,7 @@ __all__ = [
     "SpliceReport",
     "splice_report",
     "spliced_logits",
+    "prediction_overlap",
     "attention_free_inputs",
     "extended_embedding",
     "de_embedding",
@@ -291,24 +292,44 @@ def de_embedding_overlap(
             f"scores must have shape ({index.numel()}, {model.cfg.d_vocab}), "
             f"got {tuple(scores.shape)}"
         )
-    predicted = [set(row.tolist()) for row in scores.topk(k, dim=-1).indices]
     fired = [activating_tokens(stats, tokens, int(i), n_top) for i in index]
+    overlap, chance = prediction_overlap(scores, fired, k)
+    return pd.DataFrame(
+        {
+            "latent": index.tolist(),
+            "overlap": overlap,
+            "chance": chance,
+            "n_activations": [len(f) for f in fired],
+        }
+    )
+
+
+def prediction_overlap(
+    scores: Float[Tensor, "n d_vocab"], fired: list[list[int]], k: int
+) -> tuple[list[float], list[float]]:
+    """Overlap of each latent's top-``k`` scored tokens with the tokens it fired on.
+
+    ``scores[a]`` scores every token for latent ``a`` (e.g. its de-embedding), ``fired[a]``
+    lists the token ids at its top activating positions. ``overlap[a]`` is the share of
+    ``fired[a]`` that lies among latent ``a``'s ``k`` highest-scoring tokens; ``chance[a]``
+    is the mean of the same share computed with every *other* latent's top ``k`` (NaN for a
+    latent with no activation). Needs at least two latents.
+    """
+    if scores.ndim != 2 or scores.shape[0] != len(fired) or len(fired) < 2:
+        raise ValueError(
+            f"scores must be (n >= 2, d_vocab) with one row per entry of fired ({len(fired)}), "
+            f"got {tuple(scores.shape)}"
+        )
+    predicted = [set(row.tolist()) for row in scores.topk(k, dim=-1).indices]
 
     def share(pred: set[int], toks: list[int]) -> float:
         return sum(t in pred for t in toks) / len(toks) if toks else float("nan")
 
-    rows = []
-    for a, latent in enumerate(index.tolist()):
-        others = [share(predicted[b], fired[a]) for b in range(len(index)) if b != a]
-        rows.append(
-            {
-                "latent": latent,
-                "overlap": share(predicted[a], fired[a]),
-                "chance": sum(others) / len(others),
-                "n_activations": len(fired[a]),
-            }
-        )
-    return pd.DataFrame(rows)
+    n = len(fired)
+    overlap = [share(predicted[a], fired[a]) for a in range(n)]
+    chance = [sum(share(predicted[b], fired[a]) for b in range(n) if b != a) / (n - 1)
+              for a in range(n)]  # fmt: skip
+    return overlap, chance
 
 
 def sample_alive_latents(

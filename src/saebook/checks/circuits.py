@@ -246,3 +246,25 @@ def check_logit_influence(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         ("no logit weight", (dag, torch.zeros(6)), {}),
     ]
     check_function(fn, logit_influence, cases)
+
+
+def check_prediction_overlap(fn: Callable[..., tuple]) -> None:
+    """Check ``fn(scores, fired, k) -> (overlap, chance)`` (two lists) against
+    :func:`saebook.transcoders.prediction_overlap`: the share of each latent's activating
+    tokens among its own top-``k`` scored tokens, and the mean share under every other
+    latent's top ``k``."""
+    from saebook.transcoders import prediction_overlap
+
+    g = _generator(17)
+    scores = torch.randn(4, 30, generator=g)
+    top = scores.topk(5, dim=-1).indices
+    fired = [top[0, :3].tolist() + [29, 28], top[1].tolist(), [0, 1, 2], top[3, :1].tolist() * 4]
+    cases: list[Case] = [
+        ("k=5", (scores, fired, 5), {}),
+        ("k=1", (scores, fired, 1), {}),
+        ("k = d_vocab (every token predicted)", (scores, fired, 30), {}),
+        ("two latents", (scores[:2], fired[:2], 5), {}),
+        ("repeated tokens count each time",
+         (scores, [[top[0, 0].item()] * 3 + [29]] + fired[1:], 5), {}),
+    ]  # fmt: skip
+    check_function(lambda *a: tuple(fn(*a)), prediction_overlap, cases)

@@ -305,12 +305,13 @@ def check_most_frequent_sparse(fn: Callable[[Tensor, float], int]) -> None:
     ``0 < density < limit``, the densest (ties: the lowest index)."""
     from saebook.latent_selection import most_frequent_sparse
 
-    density = torch.tensor([0.5, 0.02, 0.0, 0.09, 0.1, 0.3, 0.09])
+    # values exact in binary, so "below the limit" is not blurred by float32 rounding
+    density = torch.tensor([0.5, 0.03125, 0.0, 0.125, 0.25, 0.375, 0.125])
     cases: list[Case] = [
-        ("limit 0.1", (density, 0.1), {}),
-        ("the limit itself is excluded", (density, 0.09), {}),
+        ("limit 0.25", (density, 0.25), {}),
+        ("the limit itself is excluded", (density, 0.125), {}),
         ("limit 0.4", (density, 0.4), {}),
-        ("ties go to the lowest index", (torch.tensor([0.2, 0.05, 0.05]), 0.1), {}),
+        ("ties go to the lowest index", (torch.tensor([0.5, 0.0625, 0.0625]), 0.25), {}),
         ("dead latents do not count", (torch.tensor([0.0, 0.0, 0.001]), 0.1), {}),
     ]
     check_function(lambda d, lim: int(fn(d, lim)), most_frequent_sparse, cases)
