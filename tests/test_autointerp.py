@@ -152,6 +152,25 @@ def test_detection_checker():
 # --- the online path, against a fake OpenAI-compatible server --------------------------------
 
 
+MAX_REQUESTS = 400  # the test server answers 429 after this many requests
+
+
+def _simulate_reply(messages: list[dict]) -> str:
+    """The test server's deterministic simulator: the indices of the listed tokens whose text
+    is one of the explanation's double-quoted words."""
+    import re
+
+    user = messages[-1]["content"]
+    explanation = user.split("\n", 1)[0]
+    words = {w.strip().lower() for w in re.findall(r'"([^"]+)"', explanation)}
+    hits = []
+    for line in user.split("Tokens:\n", 1)[1].splitlines():
+        index, sep, text = line.partition(": ")
+        if sep and index.isdigit() and json.loads(text).strip().lower() in words:
+            hits.append(int(index))
+    return f"The neuron fires at {json.dumps(hits)}."
+
+
 class _FakeChat(BaseHTTPRequestHandler):
     seen: list[dict] = []
 
@@ -159,15 +178,20 @@ class _FakeChat(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _FakeChat.seen.append({"path": self.path, "auth": self.headers.get("Authorization"),
                                "body": body})  # fmt: skip
-        if body.get("model") == "broken":
-            self.send_response(500)
+        if body.get("model") == "broken" or len(_FakeChat.seen) > MAX_REQUESTS:
+            self.send_response(500 if body.get("model") == "broken" else 429)
             self.end_headers()
             self.wfile.write(b'{"error": {"message": "boom"}}')
             return
+        messages = body["messages"]
+        if messages[0]["content"].startswith("You predict where a neuron"):
+            content = _simulate_reply(messages)
+        else:
+            content = 'Fires on animal words such as "cat" and "dog".'
         reply = {
             "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                "role": "assistant", "content": 'Fires on animal words such as "cat" and "dog".'}}],
+                "role": "assistant", "content": content}}],
         }  # fmt: skip
         data = json.dumps(reply).encode()
         self.send_response(200)
@@ -185,7 +209,7 @@ def fake_server(monkeypatch):
     for var in PROXIES:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    server = HTTPServer(("127.0.0.1", 0), _FakeChat)
+    server = HTTPServer(("127.0.0.1", 0), _FakeChat)  # loopback only: tests/netblock allows it
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     _FakeChat.seen.clear()
@@ -252,3 +276,113 @@ def test_explainer_prompt_shape():
     assert messages[1]["content"].count("<<") >= 3
     assert isinstance(autointerp.KeywordSimulator(), autointerp.Simulator)
     assert LatentContexts(0, [], [], []).top == []
+
+
+@pytest.mark.parametrize("client", ["openai", "urllib"])
+def test_llm_explain_and_simulate_end_to_end(fake_server, monkeypatch, capsys, client):
+    """Explainer and simulator both through the real client code and a local test server."""
+    if client == "urllib":
+        monkeypatch.setitem(sys.modules, "openai", None)
+    else:
+        pytest.importorskip("openai")
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_server)
+    rows, acts, labels = _world()
+    contexts = {lat: latent_contexts(rows, acts, lat, None, n_top=4, n_held_out=6, window=6,
+                                     seed=lat) for lat in (0, 1)}  # fmt: skip
+    explainer, simulator = make_explainer(model="fake-model"), autointerp.make_simulator("fake")
+    assert isinstance(simulator, autointerp.OpenAISimulator)
+    explanations = [explainer.explain(c) for c in contexts.values()]
+    scores = score_explanations(explanations, contexts, simulator, progress=False)
+    # the server's simulator marks exactly "cat" and "dog", where the latent fires
+    assert (scores["detection_balanced_accuracy"] == 1.0).all()
+    assert (scores["fuzzing_balanced_accuracy"] == 1.0).all()
+    sims = [r for r in _FakeChat.seen if r["body"]["messages"][0]["content"].startswith("You pre")]
+    n_contexts = sum(len(c.held_out_firing) + len(c.held_out_silent) for c in contexts.values())
+    assert 0 < len(sims) <= n_contexts  # one request per distinct context, cached for fuzzing
+    assert len(_FakeChat.seen) <= MAX_REQUESTS
+    assert explanations[0].text in sims[0]["body"]["messages"][-1]["content"]
+    assert sims[0]["body"]["temperature"] == 0.0 and sims[0]["auth"] == f"Bearer {SECRET}"
+    # a wrong explanation through the same path scores at chance on detection
+    wrong = Explanation(0, 'Fires on "ran".', frozenset({"ran"}))
+    assert detection_score(wrong, contexts[0], simulator)["recall"] < 1.0
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err + repr(simulator)
+
+
+def test_parse_simulation_and_prompt():
+    assert autointerp.parse_simulation("fires at [0, 2]", 4) == [True, False, True, False]
+    assert autointerp.parse_simulation("[] nothing", 3) == [False] * 3
+    assert autointerp.parse_simulation("no list", 2) == [False, False]
+    assert autointerp.parse_simulation("[9, 1] and [0]", 2) == [False, True]  # out of range
+    assert autointerp.parse_simulation('["a"] then [1]', 2) == [False, True]
+    ctx = Context((" cat", " sat"), (1.0, 0.0))
+    messages = autointerp.simulator_prompt(Explanation(0, 'Fires on "cat".'), ctx)
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert '0: " cat"' in messages[1]["content"] and 'Fires on "cat".' in messages[1]["content"]
+    assert isinstance(autointerp.OpenAISimulator(), autointerp.Simulator)
+
+
+def test_make_simulator_offline(monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert isinstance(autointerp.make_simulator(), KeywordSimulator)
+    assert capsys.readouterr().out.strip().count("\n") == 0
+
+
+class _NoisySimulator:
+    """Keyword predictions flipped at random (seeded): varied confusion matrices."""
+
+    def __init__(self, flip: float, seed: int = 0):
+        self.flip, self.rng = flip, np.random.default_rng(seed)
+
+    def predict(self, explanation, context):
+        base = KeywordSimulator().predict(explanation, context)
+        return [b != (self.rng.random() < self.flip) for b in base]
+
+
+@pytest.mark.parametrize("scorer", ["detection", "fuzzing"])
+def test_scoring_math_matches_delphi(scorer, reference_row):
+    """Our detection and fuzzing metrics equal delphi's on the same simulated predictions."""
+    from reference_envs import DELPHI, use_reference
+
+    use_reference(DELPHI)
+    from delphi.log.result_analysis import compute_classification_metrics, compute_confusion
+
+    samples = autointerp.detection_samples if scorer == "detection" else autointerp.fuzzing_samples
+    rows, acts, labels = _world(seed=3)
+    explanations = [Explanation(0, "animal", frozenset(), "animal"),
+                    Explanation(0, "cat", frozenset({"cat"})),
+                    Explanation(0, "red", frozenset({"red"}), "colour"),
+                    Explanation(0, "nothing")]  # fmt: skip
+    diffs, n_cases, undefined = [], 0, 0
+    for seed in range(6):
+        ctx = latent_contexts(rows, acts, 0, labels, n_top=4, n_held_out=12, window=6, seed=seed)
+        for flip in (0.0, 0.2, 0.5):
+            for e in explanations:
+                predicted, truth = samples(e, ctx, _NoisySimulator(flip, seed))
+                ours = binary_scores(predicted, truth)
+                frame = pd.DataFrame({"activating": truth,
+                                      "prediction": [float(p) for p in predicted]})
+                theirs = compute_classification_metrics(compute_confusion(frame))
+                n_cases += 1
+                for mine, key in (("balanced_accuracy", "accuracy"), ("precision", "precision"),
+                                  ("recall", "recall")):  # fmt: skip
+                    if np.isnan(ours[mine]):  # delphi writes 0 where a ratio is undefined
+                        undefined += 1
+                        assert float(theirs[key]) == 0.0
+                    else:
+                        diffs.append(abs(ours[mine] - float(theirs[key])))
+    worst = max(diffs)
+    ok = worst < 1e-12 and len(diffs) > 2 * n_cases
+    reference_row(
+        technique=f"autointerp {scorer} scoring",
+        reference="delphi (eai-delphi 0.1.3) compute_confusion + compute_classification_metrics",
+        quantity="balanced accuracy, precision, recall on the same simulated predictions",
+        measured=f"max |difference| {worst:.1e} over {n_cases} score sets "
+        f"({undefined} undefined ratios: ours NaN, delphi 0)",
+        tolerance="1e-12",
+        ok=ok,
+        note="fuzzing as delphi's 'active' variant: each firing context once correctly "
+        "highlighted and once with as many silent tokens highlighted",
+    )
+    assert ok, (worst, len(diffs), n_cases)

@@ -3,18 +3,26 @@
 When concepts are hierarchical (every *Lily* is a *name*), a sparse dictionary can save one
 active latent per token by letting the child latent (*Lily*) carry the parent's direction in
 its decoder and switching the parent latent (*name*) off wherever the child fires. The parent
-latent then looks like a *name* detector with holes. This module measures those holes:
+latent then looks like a *name* detector with holes. This module measures those holes the way
+Chanin et al. ("A is for Absorption", 2024) define them and SAEBench's absorption benchmark
+computes them:
 
 * :func:`train_probe` fits a logistic-regression probe for a token property on the SAE's
   input activations; its weight vector is the reference direction of the concept;
 * :func:`first_letter_labels` gives a property every tokenizer has (the token's first letter),
-  in the spirit of SAEBench's first-letter absorption benchmark;
-* :func:`measure_absorption` takes the main latent(s) for a property, finds the positions
-  where the property holds but they are silent (false negatives), and counts those where an
-  *absorbing* latent fires instead: one whose decoder points along the reference direction
-  (and, optionally, that fires mostly on the property);
-* :func:`absorption_rate` is the core count, and :func:`sublabel_shares` compares how often
-  finer labels (e.g. the planted *Lily*) occur among all positives and among the misses.
+  as in SAEBench's first-letter absorption benchmark;
+* :func:`k_sparse_main_latents` chooses the *main latents* of a property by k-sparse probing
+  on the SAE's latents: k grows while the held-out F1 of a probe on the top-k latents jumps by
+  more than a threshold. The extra latents beyond the first are **feature splitting**, which
+  is reported separately and never counted as absorption;
+* :func:`measure_absorption` scores every position where the property holds and the probe sees
+  it: *full absorption* when no main latent fires, the latent with the largest projection on
+  the probe direction is aligned with it, and that latent carries a large enough share of the
+  activation's projection on the probe; and an *absorption fraction* (how much of the probe
+  projection other aligned latents carry instead of the main ones);
+* :func:`absorption_rate` is the core count of the chapter's exercise, and
+  :func:`sublabel_shares` compares how often finer labels (e.g. the planted *Lily*) occur among
+  all positives and among the misses.
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ from torch import Tensor
 __all__ = [
     "Probe",
     "AbsorptionResult",
+    "MainLatents",
     "train_probe",
+    "k_sparse_main_latents",
     "first_letter_labels",
     "absorption_rate",
     "measure_absorption",
@@ -56,34 +66,62 @@ class Probe:
 
 
 @dataclass
-class AbsorptionResult:
-    """Counts behind an absorption rate (see :func:`measure_absorption`).
+class MainLatents:
+    """The main latents of a property, chosen by k-sparse probing (see
+    :func:`k_sparse_main_latents`).
 
-    ``n_positive`` positions hold the property; at ``n_missed`` of them no main latent fires;
-    at ``n_absorbed`` of those an absorbing latent fires. ``absorbers`` has one row per
-    absorbing latent: ``latent``, ``n_absorbed`` (misses where it fires), ``cosine`` with the
-    reference direction and ``precision`` for the property. ``missed`` and ``absorbed`` are
-    boolean masks over the positions.
+    ``ranking`` lists the candidate latents, best first (by the weight an L1-regularised probe
+    on all latents gives them); ``f1_by_k[k - 1]`` is the held-out F1 of a probe on the first
+    ``k`` of them; ``latents`` are the first ``k`` for the last ``k`` whose F1 rose by more than
+    the threshold over the previous accepted one. ``n_split`` counts the latents beyond the
+    first: how far the property is split across latents.
+    """
+
+    latents: list[int]
+    ranking: list[int]
+    f1_by_k: list[float]
+
+    @property
+    def n_split(self) -> int:
+        """Number of split latents: main latents beyond the first."""
+        return len(self.latents) - 1
+
+
+@dataclass
+class AbsorptionResult:
+    """Per-position absorption scores of one property (see :func:`measure_absorption`).
+
+    ``n_positive`` positions are scored (the property holds and, when given, the probe sees
+    it). At ``n_missed`` of them no main latent fires; ``n_full`` of those are *fully
+    absorbed*. ``fraction`` holds each scored position's absorption fraction (0 to 1) and
+    ``full`` / ``missed`` are boolean masks over *all* positions. ``absorbers`` has one row per
+    latent that was the absorbing latent of a full absorption: ``latent``, ``n_absorbed``
+    and ``cosine`` of its decoder row with the probe direction.
     """
 
     main_latents: list[int]
     n_positive: int
     n_missed: int
-    n_absorbed: int
+    n_full: int
+    fraction: Float[Tensor, " n_positive"]
     absorbers: pd.DataFrame
     missed: Bool[Tensor, " n"]
-    absorbed: Bool[Tensor, " n"]
+    full: Bool[Tensor, " n"]
 
     @property
     def miss_rate(self) -> float:
-        """Share of the positive positions where no main latent fires."""
+        """Share of the scored positions where no main latent fires."""
         return self.n_missed / self.n_positive if self.n_positive else float("nan")
 
     @property
     def rate(self) -> float:
-        """Absorption rate: share of the positive positions that were missed *and* absorbed."""
-        return self.n_absorbed / self.n_positive if self.n_positive else float("nan")
+        """Full-absorption rate: share of the scored positions that are fully absorbed."""
+        return self.n_full / self.n_positive if self.n_positive else float("nan")
 
+    @property
+    def mean_fraction(self) -> float:
+        """Mean absorption fraction over the scored positions (SAEBench's second score)."""
+        return float(self.fraction.mean()) if self.n_positive else float("nan")
 
 def _check_2d(name: str, x: Tensor) -> None:
     if not isinstance(x, Tensor) or x.ndim != 2:
@@ -177,72 +215,166 @@ def absorption_rate(
     return float(absorbed.sum()) / n_pos
 
 
+def k_sparse_main_latents(
+    latent_acts: Float[Tensor, "n d_sae"],
+    label: Bool[Tensor, " n"],
+    max_k: int = 5,
+    f1_jump: float = 0.03,
+    l1_c: float = 0.1,
+    test_share: float = 0.2,
+    seed: int = 0,
+) -> MainLatents:
+    """Choose the main latents of ``label`` by k-sparse probing, as SAEBench does.
+
+    An L1-regularised, class-balanced logistic regression on all latents (strength ``1/l1_c``)
+    ranks them by weight. For k = 1 .. ``max_k`` a class-balanced logistic regression on the
+    top-k latents is fitted on a training part of the rows and scored by F1 on the held-out
+    ``test_share``. k grows while the F1 rises by more than ``f1_jump`` over the last accepted
+    k; the latents of the last accepted k are the main latents. Splitting shows as more than
+    one main latent; those latents are never counted as absorbers.
+    """
+    from scipy import sparse
+    from sklearn.metrics import f1_score
+
+    _check_2d("latent_acts", latent_acts)
+    n, d_sae = latent_acts.shape
+    y = _check_mask("label", label, n).numpy()
+    if y.all() or not y.any():
+        raise ValueError(f"label must have both classes, got {int(y.sum())} positives of {n}")
+    if isinstance(max_k, bool) or not isinstance(max_k, int) or not 1 <= max_k <= d_sae:
+        raise ValueError(f"max_k must be an int in [1, {d_sae}], got {max_k!r}")
+    if not 0 < test_share < 1:
+        raise ValueError(f"test_share must be in (0, 1), got {test_share!r}")
+    x = latent_acts.detach().float().cpu().numpy()
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, int(round(test_share * n)))
+    test, train = order[:n_test], order[n_test:]
+    l1 = LogisticRegression(
+        C=l1_c, l1_ratio=1.0, solver="liblinear", class_weight="balanced", max_iter=1000
+    )
+    l1.fit(sparse.csr_matrix(x[train]), y[train])
+    weights = torch.tensor(l1.coef_[0])
+    ranking = weights.topk(max_k).indices.tolist()
+    f1s, latents, best = [], [ranking[0]], -np.inf
+    growing = True
+    for k in range(1, max_k + 1):
+        cols = ranking[:k]
+        probe = LogisticRegression(class_weight="balanced", max_iter=500)
+        probe.fit(x[train][:, cols], y[train])
+        f1 = float(f1_score(y[test], probe.predict(x[test][:, cols]), zero_division=0.0))
+        f1s.append(f1)
+        if growing and f1 > best + f1_jump:
+            best, latents = f1, cols
+        else:
+            growing = False
+    return MainLatents(latents=[int(i) for i in latents], ranking=ranking, f1_by_k=f1s)
+
+
+_EPS = 1e-8  # SAEBench's "does not fire" threshold
+
+
 def measure_absorption(
     latent_acts: Float[Tensor, "n d_sae"],
+    model_acts: Float[Tensor, "n d"],
     label: Bool[Tensor, " n"],
     main_latents: list[int],
     decoder: Float[Tensor, "d_sae d"],
     reference: Float[Tensor, " d"],
-    min_cosine: float = 0.1,
-    min_precision: float = 0.0,
     positions: Bool[Tensor, " n"] | None = None,
+    full_cosine: float = 0.025,
+    fraction_cosine: float = 0.1,
+    min_proportion: float = 0.4,
+    max_absorbers: int = 3,
 ) -> AbsorptionResult:
-    """Absorption of the property ``label`` away from ``main_latents``.
+    """Absorption of the property ``label`` away from ``main_latents`` (Chanin et al.).
 
-    Positives are the positions where ``label`` holds (and ``positions``, e.g. where a probe
-    also sees the property, when given). A positive is *missed* when no main latent fires,
-    and *absorbed* when, in addition, some other latent fires there whose decoder row has
-    cosine at least ``min_cosine`` with ``reference`` (the probe direction for the property)
-    and whose precision for ``label`` over all positions is at least ``min_precision``.
+    Scored positions are those where ``label`` holds (and ``positions``, e.g. where the probe
+    also sees the property, when given). With ``u`` the unit ``reference`` (probe) direction,
+    each latent's *probe projection* at a position is its activation times the cosine of its
+    decoder row with ``u``, and the activation's probe projection is ``model_acts @ u``. A
+    position is **fully absorbed** when no main latent fires, the latent with the largest
+    probe projection has cosine at least ``full_cosine`` with ``u``, the activation's probe
+    projection is not negative, and that latent's probe projection is at least
+    ``min_proportion`` of it. Its **absorption fraction** is the share of the probe
+    projection that up to ``max_absorbers`` other latents with cosine at least
+    ``fraction_cosine`` carry instead of the main latents (0 when they carry less than
+    ``min_proportion`` of it or the main latents already carry it all). The defaults are
+    SAEBench's; the decoder rows are assumed to have comparable norms, as SAEBench does.
     """
     _check_2d("latent_acts", latent_acts)
+    _check_2d("model_acts", model_acts)
     _check_2d("decoder", decoder)
     n, d_sae = latent_acts.shape
+    if model_acts.shape[0] != n:
+        raise ValueError(
+            f"model_acts must have {n} rows like latent_acts, got {model_acts.shape[0]}"
+        )
     if decoder.shape[0] != d_sae:
         raise ValueError(
             f"decoder must have one row per latent ({d_sae}), got {decoder.shape[0]} rows"
         )
-    if reference.shape != (decoder.shape[1],):
+    d = decoder.shape[1]
+    if model_acts.shape[1] != d:
         raise ValueError(
-            f"reference must have shape ({decoder.shape[1]},), got {tuple(reference.shape)}"
+            f"model_acts must have {d} columns like decoder, got {model_acts.shape[1]}"
         )
+    if reference.shape != (d,):
+        raise ValueError(f"reference must have shape ({d},), got {tuple(reference.shape)}")
     main = [int(m) for m in main_latents]
     if not main or any(not 0 <= m < d_sae for m in main):
         raise ValueError(f"main_latents must be a non-empty list in [0, {d_sae}), got {main}")
+    if isinstance(max_absorbers, bool) or not isinstance(max_absorbers, int) or max_absorbers < 1:
+        raise ValueError(f"max_absorbers must be a positive int, got {max_absorbers!r}")
     label = _check_mask("label", label, n)
     positive = label & (_check_mask("positions", positions, n) if positions is not None else True)
-    fires = latent_acts.detach().cpu() > 0
-    cos = torch.nn.functional.normalize(decoder.detach().float().cpu(), dim=-1) @ (
-        reference.detach().float().cpu() / reference.float().norm().clamp(min=1e-12).cpu()
+    idx = torch.nonzero(positive).flatten()
+    u = reference.detach().float().cpu()
+    u = u / u.norm().clamp(min=1e-12)
+    cos = torch.nn.functional.normalize(decoder.detach().float().cpu(), dim=-1) @ u
+    acts = latent_acts.detach().float().cpu()[idx]
+    total = model_acts.detach().float().cpu()[idx] @ u  # (m,)
+    proj = acts * cos  # (m, d_sae)
+    is_main = torch.zeros(d_sae, dtype=torch.bool)
+    is_main[main] = True
+
+    main_proj = proj[:, is_main].sum(-1)
+    allowed = (~is_main & (cos >= fraction_cosine))[None, :] & (proj > 0)
+    k = min(max_absorbers, d_sae)
+    absorbing = torch.where(allowed, proj, torch.zeros_like(proj)).topk(k, dim=-1).values.sum(-1)
+    share = absorbing / total
+    fraction = torch.zeros_like(total)
+    some = ~((main_proj >= total) | (share < min_proportion))
+    fraction[some & (main_proj <= 0)] = 1.0
+    partial = some & (main_proj > 0)
+    taken = torch.minimum(absorbing, total - main_proj)
+    fraction[partial] = (taken / (taken + main_proj))[partial].clamp(0.0, 1.0)
+
+    silent = (acts[:, is_main] < _EPS).all(-1)
+    top = proj.argmax(-1)
+    top_proj = proj.gather(-1, top[:, None]).squeeze(-1)
+    full_here = silent & (cos[top] >= full_cosine) & (total >= 0) & (
+        top_proj >= min_proportion * total
     )
-    precision = (fires & label[:, None]).sum(0).float() / fires.sum(0).clamp(min=1)
-    candidate = (cos >= min_cosine) & (precision >= min_precision)
-    candidate[main] = False
-    missed = positive & ~fires[:, main].any(-1)
-    hits = fires[missed][:, candidate]  # (n_missed, n_candidates)
-    absorbed = missed.clone()
-    absorbed[missed] = hits.any(-1)
-    ids = torch.nonzero(candidate).flatten()
-    counts = hits.sum(0)
-    keep = counts > 0
+    full_here &= total != 0
+
+    missed = torch.zeros(n, dtype=torch.bool)
+    missed[idx[silent]] = True
+    full = torch.zeros(n, dtype=torch.bool)
+    full[idx[full_here]] = True
+    ids, counts = torch.unique(top[full_here], return_counts=True)
     absorbers = pd.DataFrame(
-        {
-            "latent": ids[keep].tolist(),
-            "n_absorbed": counts[keep].tolist(),
-            "cosine": cos[ids[keep]].tolist(),
-            "precision": precision[ids[keep]].tolist(),
-        }
+        {"latent": ids.tolist(), "n_absorbed": counts.tolist(), "cosine": cos[ids].tolist()}
     ).sort_values("n_absorbed", ascending=False, ignore_index=True)
     return AbsorptionResult(
         main_latents=main,
-        n_positive=int(positive.sum()),
-        n_missed=int(missed.sum()),
-        n_absorbed=int(absorbed.sum()),
+        n_positive=len(idx),
+        n_missed=int(silent.sum()),
+        n_full=int(full_here.sum()),
+        fraction=fraction,
         absorbers=absorbers,
         missed=missed,
-        absorbed=absorbed,
+        full=full,
     )
-
 
 def sublabel_shares(
     label: Bool[Tensor, " n"], missed: Bool[Tensor, " n"], sublabels: dict[str, Bool[Tensor, " n"]]

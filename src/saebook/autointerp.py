@@ -16,7 +16,12 @@ marked) and get back a short explanation. :class:`Explainer` is a protocol; two 
 
 *Score*: a simulator reads the explanation and predicts, token by token, where the latent
 fires. :class:`KeywordSimulator` (offline) predicts a token from the explanation's tokens and
-label. Two scorers compare its predictions with the truth on held-out contexts:
+label; :class:`OpenAISimulator` asks a language model with :func:`simulator_prompt`. Offline,
+the loop is circular on the tiny world: the explainer names a ground-truth label and the
+simulator predicts exactly the tokens that carry it, so the score measures how well the label
+matches the latent, not how good the explanation *method* is (compare with an explainer that
+sees only the top tokens, and with explanations shuffled across latents). Two scorers compare
+the predictions with the truth on held-out contexts:
 
 * **detection**: does the simulator tell contexts where the latent fires from contexts where it
   does not? (balanced accuracy, precision, recall);
@@ -58,6 +63,12 @@ __all__ = [
     "best_matching_labels",
     "latent_contexts",
     "explainer_prompt",
+    "simulator_prompt",
+    "OpenAISimulator",
+    "make_simulator",
+    "parse_simulation",
+    "detection_samples",
+    "fuzzing_samples",
     "detection_score",
     "fuzzing_score",
     "score_explanations",
@@ -346,13 +357,16 @@ def explainer_prompt(contexts: LatentContexts, max_examples: int = 10) -> list[d
     ]
 
 
-class OpenAIExplainer:
-    """Explain latents with any OpenAI-compatible chat-completions endpoint.
+class OpenAIChat:
+    """A client for any OpenAI-compatible chat-completions endpoint.
 
     The key is read from ``os.environ[OPENAI_API_KEY]`` at each call and never kept on the
     object, printed or put in an exception. ``base_url`` defaults to ``$OPENAI_BASE_URL`` or
-    OpenAI's. Quoted words of the answer become the explanation's tokens.
+    OpenAI's. Requests use temperature 0 and at most ``max_tokens`` tokens, through the
+    ``openai`` package when it is installed and plain HTTP otherwise.
     """
+
+    max_tokens = 60
 
     def __init__(
         self, model: str = "gpt-4o-mini", base_url: str | None = None, timeout: float = 30.0
@@ -362,12 +376,13 @@ class OpenAIExplainer:
         self.timeout = timeout
 
     def __repr__(self) -> str:
-        return f"OpenAIExplainer(model={self.model!r}, base_url={self.base_url!r})"
+        return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
 
     def _key(self) -> str:
         key = os.environ.get(KEY_VAR, "")
         if not key:
-            raise RuntimeError(f"OpenAIExplainer needs ${KEY_VAR} in the environment; not set")
+            name = type(self).__name__
+            raise RuntimeError(f"{name} needs ${KEY_VAR} in the environment; not set")
         return key
 
     def _failed(self, exc: BaseException) -> str:
@@ -386,14 +401,16 @@ class OpenAIExplainer:
             )
             try:
                 reply = client.chat.completions.create(
-                    model=self.model, messages=messages, temperature=0.0, max_tokens=60
-                )
+                    model=self.model, messages=messages, temperature=0.0,
+                    max_tokens=self.max_tokens,
+                )  # fmt: skip
             except openai.OpenAIError as exc:
                 raise RuntimeError(self._failed(exc)) from None
             return reply.choices[0].message.content or ""
         body = json.dumps(
-            {"model": self.model, "messages": messages, "temperature": 0.0, "max_tokens": 60}
-        ).encode()
+            {"model": self.model, "messages": messages, "temperature": 0.0,
+             "max_tokens": self.max_tokens}
+        ).encode()  # fmt: skip
         request = urllib.request.Request(
             f"{self.base_url}/chat/completions", data=body, method="POST",
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._key()}"},
@@ -405,10 +422,78 @@ class OpenAIExplainer:
             raise RuntimeError(self._failed(exc)) from None
         return data["choices"][0]["message"]["content"] or ""
 
+
+class OpenAIExplainer(OpenAIChat):
+    """Explain latents with an OpenAI-compatible endpoint (see :class:`OpenAIChat`).
+
+    Sends :func:`explainer_prompt`; quoted words of the answer become the explanation's tokens.
+    """
+
     def explain(self, contexts: LatentContexts) -> Explanation:
         text = self.complete(explainer_prompt(contexts)).strip()
         tokens = frozenset(_norm(t) for t in re.findall(r'"([^"]+)"', text) if t.strip())
         return Explanation(contexts.latent, text, tokens, None, f"openai:{self.model}")
+
+
+def simulator_prompt(explanation: Explanation, context: Context) -> list[dict[str, str]]:
+    """Chat messages asking which numbered tokens of ``context`` the explanation says fire.
+
+    The tokens are listed one per line as ``index: "text"``; the answer must be a JSON list of
+    indices (``[]`` when none), read by :func:`parse_simulation`.
+    """
+    lines = [f"{i}: {json.dumps(t)}" for i, t in enumerate(context.tokens)]
+    return [
+        {
+            "role": "system",
+            "content": "You predict where a neuron in a language model fires, from an "
+            "explanation of what it responds to. You get the explanation and a numbered list of "
+            "tokens. Answer only with a JSON list of the numbers of the tokens where the neuron "
+            "fires, [] if none.",
+        },
+        {
+            "role": "user",
+            "content": f"Explanation: {explanation.text}\nTokens:\n" + "\n".join(lines)
+            + "\nAnswer:",
+        },
+    ]
+
+
+def parse_simulation(reply: str, n_tokens: int) -> list[bool]:
+    """Token predictions from a simulator's reply: the first JSON list of integers in it.
+
+    Indices outside ``[0, n_tokens)`` are ignored; a reply with no such list predicts nothing.
+    """
+    for match in re.finditer(r"\[[^\[\]]*\]", reply):
+        try:
+            items = json.loads(match.group(0))
+        except ValueError:
+            continue
+        if all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+            chosen = {i for i in items if 0 <= i < n_tokens}
+            return [i in chosen for i in range(n_tokens)]
+    return [False] * n_tokens
+
+
+class OpenAISimulator(OpenAIChat):
+    """Simulate a latent from its explanation with an OpenAI-compatible endpoint.
+
+    Sends :func:`simulator_prompt` for each context (one request per context, answers cached
+    per explanation text and context so the two scorers share them) and reads the reply with
+    :func:`parse_simulation`.
+    """
+
+    max_tokens = 100
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._cache: dict[tuple[str, tuple[str, ...]], list[bool]] = {}
+
+    def predict(self, explanation: Explanation, context: Context) -> list[bool]:
+        key = (explanation.text, context.tokens)
+        if key not in self._cache:
+            reply = self.complete(simulator_prompt(explanation, context))
+            self._cache[key] = parse_simulation(reply, len(context.tokens))
+        return list(self._cache[key])
 
 
 def _reachable(url: str, timeout: float = 2.0) -> bool:
@@ -437,6 +522,21 @@ def make_explainer(
     if not _reachable(online.base_url):
         print(f"{online.base_url} is unreachable: using the offline explainer.")
         return offline
+    return online
+
+
+def make_simulator(model: str = "gpt-4o-mini") -> Simulator:
+    """An :class:`OpenAISimulator` when ``$OPENAI_API_KEY`` is set and its endpoint answers.
+
+    Otherwise prints one line saying why and returns a :class:`KeywordSimulator`.
+    """
+    if not os.environ.get(KEY_VAR):
+        print(f"No ${KEY_VAR} in the environment: using the keyword simulator.")
+        return KeywordSimulator()
+    online = OpenAISimulator(model=model)
+    if not _reachable(online.base_url):
+        print(f"{online.base_url} is unreachable: using the keyword simulator.")
+        return KeywordSimulator()
     return online
 
 
@@ -481,33 +581,43 @@ def binary_scores(predicted: Sequence[bool], truth: Sequence[bool]) -> dict[str,
             "accuracy": accuracy}  # fmt: skip
 
 
-def detection_score(
+def detection_samples(
     explanation: Explanation, contexts: LatentContexts, simulator: Simulator | None = None
-) -> dict[str, float]:
-    """Detection: predict, per held-out context, whether the latent fires anywhere in it.
+) -> tuple[list[bool], list[bool]]:
+    """Detection's (predicted, truth) per held-out context, firing contexts first.
 
-    A context is predicted firing when the simulator predicts any of its tokens. Returns
-    :func:`binary_scores` over the held-out firing (positive) and silent (negative) contexts.
+    A context is predicted firing when the simulator predicts any of its tokens; it truly
+    fires when the latent fires anywhere in it.
     """
     simulator = simulator or KeywordSimulator()
     held = contexts.held_out_firing + contexts.held_out_silent
     predicted = [any(simulator.predict(explanation, c)) for c in held]
     truth = [True] * len(contexts.held_out_firing) + [False] * len(contexts.held_out_silent)
-    return binary_scores(predicted, truth)
+    return predicted, truth
 
 
-def fuzzing_score(
+def detection_score(
+    explanation: Explanation, contexts: LatentContexts, simulator: Simulator | None = None
+) -> dict[str, float]:
+    """Detection: predict, per held-out context, whether the latent fires anywhere in it.
+
+    Returns :func:`binary_scores` of :func:`detection_samples` over the held-out firing
+    (positive) and silent (negative) contexts.
+    """
+    return binary_scores(*detection_samples(explanation, contexts, simulator))
+
+
+def fuzzing_samples(
     explanation: Explanation,
     contexts: LatentContexts,
     simulator: Simulator | None = None,
     seed: int = 0,
-) -> dict[str, float]:
-    """Fuzzing: accept correctly highlighted contexts, reject randomly highlighted ones.
+) -> tuple[list[bool], list[bool]]:
+    """Fuzzing's (accepted, correctly highlighted) per highlighted version of a context.
 
-    For every held-out firing context, the *correct* version highlights its firing tokens and
-    the *random* version as many tokens drawn from the rest. The simulator accepts a version
-    when it predicts every highlighted token. Returns :func:`binary_scores` with correct
-    versions as positives.
+    For every held-out firing context that has firing and silent tokens, the *correct*
+    version highlights its firing tokens and the *random* version as many tokens drawn from
+    the silent ones. The simulator accepts a version when it predicts every highlighted token.
     """
     simulator = simulator or KeywordSimulator()
     rng = np.random.default_rng(seed)
@@ -521,7 +631,20 @@ def fuzzing_score(
         fake = rng.choice(off, size=min(len(on), len(off)), replace=False).tolist()
         predicted += [all(guess[i] for i in on), all(guess[i] for i in fake)]
         truth += [True, False]
-    return binary_scores(predicted, truth)
+    return predicted, truth
+
+
+def fuzzing_score(
+    explanation: Explanation,
+    contexts: LatentContexts,
+    simulator: Simulator | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Fuzzing: accept correctly highlighted contexts, reject randomly highlighted ones.
+
+    Returns :func:`binary_scores` of :func:`fuzzing_samples`, correct versions as positives.
+    """
+    return binary_scores(*fuzzing_samples(explanation, contexts, simulator, seed))
 
 
 def score_explanations(
