@@ -40,8 +40,6 @@ PENDING_CHAPTERS: set[str] = {
     "book/intro/05_attention_saes",
     "book/intro/06_steering",
     "book/intro/07_architectures",
-    "book/deeper/03_feature_absorption",
-    "book/deeper/06_autointerp",
 }
 
 

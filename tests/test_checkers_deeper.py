@@ -281,7 +281,93 @@ def entropy_nan_at_zero(log_probs):
     return -(log_probs.exp() * log_probs).sum(-1)
 
 
+def _full(
+    acts,
+    model_acts,
+    label,
+    main,
+    decoder,
+    reference,
+    full_cosine,
+    min_proportion,
+    use_top_cosine=True,
+    need_silent=True,
+    sign_check=True,
+):
+    u = reference / reference.norm()
+    cos = F.normalize(decoder, dim=-1) @ u
+    proj = acts * cos
+    total = model_acts @ u
+    silent = (acts[:, main] < 1e-8).all(-1) if need_silent else torch.ones_like(label)
+    top_proj, top = proj.max(-1)
+    ok = cos[top] >= full_cosine if use_top_cosine else torch.ones_like(label)
+    signs = (total >= 0) & (total != 0) if sign_check else torch.ones_like(label)
+    return label & silent & ok & signs & (top_proj >= min_proportion * total)
+
+
+def full_absorption_ignoring_the_main_latents(*args):
+    return _full(*args, need_silent=False)
+
+
+def full_absorption_without_the_cosine_test(*args):
+    return _full(*args, use_top_cosine=False)
+
+
+def full_absorption_without_the_sign_test(*args):
+    return _full(*args, sign_check=False)
+
+
+def sublabels_over_all_positions(label, missed, sublabels):
+    n = label.numel()
+    return {k: (float(s.sum()) / n, float((s & missed).sum()) / max(int(missed.sum()), 1))
+            for k, s in sublabels.items()}  # fmt: skip
+
+
+def sublabels_swapped(label, missed, sublabels):
+    def share(sub, among):
+        c = int(among.sum())
+        return int((sub & among).sum()) / c if c else float("nan")
+
+    return {k: (share(s, missed), share(s, label)) for k, s in sublabels.items()}
+
+
+def keyword_case_sensitive(explanation, context):
+    out = []
+    for i, t in enumerate(context.tokens):
+        hit = t.strip() != "" and t.strip() in explanation.tokens
+        if not hit and explanation.label and context.labels is not None:
+            hit = explanation.label in context.labels[i]
+        out.append(hit)
+    return out
+
+
+def keyword_ignoring_labels(explanation, context):
+    return [t.strip().lower() in explanation.tokens for t in context.tokens]
+
+
+def detection_by_every_token(explanation, contexts, simulator):
+    held = contexts.held_out_firing + contexts.held_out_silent
+    predicted = [all(simulator.predict(explanation, c)) for c in held]
+    return predicted, [True] * len(contexts.held_out_firing) + [False] * len(
+        contexts.held_out_silent
+    )
+
+
+def detection_truth_from_the_prediction(explanation, contexts, simulator):
+    held = contexts.held_out_firing + contexts.held_out_silent
+    predicted = [any(simulator.predict(explanation, c)) for c in held]
+    return predicted, [c.fires and p for c, p in zip(held, predicted, strict=True)]
+
+
 WRONG: dict[str, list[Callable]] = {
+    "check_full_absorption": [
+        full_absorption_ignoring_the_main_latents,
+        full_absorption_without_the_cosine_test,
+        full_absorption_without_the_sign_test,
+    ],
+    "check_sublabel_shares": [sublabels_over_all_positions, sublabels_swapped],
+    "check_keyword_simulator": [keyword_case_sensitive, keyword_ignoring_labels],
+    "check_detection_samples": [detection_by_every_token, detection_truth_from_the_prediction],
     "check_max_cosine_matches": [matches_without_normalising, matches_per_narrow_row],
     "check_within_label_cosine": [within_including_self_pairs, within_counting_unlabelled],
     "check_absorption_rate": [absorption_ignoring_the_main_latent, absorption_over_all_positions],
@@ -316,6 +402,8 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_cosine_neighbours": ("book/deeper/02_latent_geometry", "nearest_by_cosine"),
     "check_latent_labels": ("book/deeper/02_latent_geometry", "best_labels"),
     "check_absorption_rate": ("book/deeper/03_feature_absorption", "absorption_rate"),
+    "check_full_absorption": ("book/deeper/03_feature_absorption", "fully_absorbed"),
+    "check_sublabel_shares": ("book/deeper/03_feature_absorption", "sublabel_table"),
     "check_variance_explained": ("book/deeper/04_meta_saes", "variance_explained"),
     "check_meta_groups": ("book/deeper/04_meta_saes", "group_by_meta_latent"),
     "check_pair_agreement": ("book/deeper/04_meta_saes", "shared_label_share"),
@@ -323,6 +411,8 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_latent_logit_weights": ("book/deeper/05_logit_lens", "logit_weights_folded"),
     "check_skew_kurtosis": ("book/deeper/05_logit_lens", "shape_moments"),
     "check_detection_scores": ("book/deeper/06_autointerp", "detection_metrics"),
+    "check_keyword_simulator": ("book/deeper/06_autointerp", "keyword_predict"),
+    "check_detection_samples": ("book/deeper/06_autointerp", "detection_pairs"),
     "check_set_probability": ("book/deeper/07_patch_scoping", "set_probability_mass"),
     "check_patch_scope": ("book/deeper/07_patch_scoping", "scope_directions"),
     "check_entropy": ("book/deeper/07_patch_scoping", "entropy_nats"),

@@ -456,3 +456,147 @@ def check_entropy(fn: Callable[[Tensor], Tensor]) -> None:
         ("extra batch axis", (torch.randn(2, 3, 20, generator=g).log_softmax(-1),), {}),
     ]
     check_function(fn, entropy, cases)
+
+
+def _absorption_world(seed: int, n: int = 60, d: int = 6, d_sae: int = 10) -> tuple:
+    """Latent and model activations where latent 0 is the main latent of a planted direction
+    and latents 1-3 partly absorb it (for the absorption checkers)."""
+    g = _generator(seed)
+    u = torch.randn(d, generator=g)
+    u = u / u.norm()
+    decoder = torch.randn(d_sae, d, generator=g)
+    decoder[0] = u + 0.1 * torch.randn(d, generator=g)
+    for j, w in ((1, 0.8), (2, 0.5), (3, 0.2)):
+        decoder[j] = w * u + (1 - w) * torch.randn(d, generator=g)
+    decoder = torch.nn.functional.normalize(decoder, dim=-1)
+    label = torch.rand(n, generator=g) < 0.6
+    acts = torch.relu(torch.randn(n, d_sae, generator=g)) * (
+        torch.rand(n, d_sae, generator=g) < 0.3
+    )
+    acts[:, 0] = torch.where(label & (torch.rand(n, generator=g) < 0.5), 2.0, 0.0)
+    model_acts = acts @ decoder + 0.05 * torch.randn(n, d, generator=g)
+    return acts, model_acts, label, decoder, u
+
+
+def check_full_absorption(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(latent_acts, model_acts, label, main_latents, decoder, reference,
+    full_cosine, min_proportion) -> (n,) bool`` against the ``full`` mask of
+    :func:`saebook.absorption.measure_absorption` (positions where ``label`` holds, every
+    main latent is silent, and the latent with the largest probe projection points along the
+    probe and carries at least ``min_proportion`` of the activation's non-negative, non-zero
+    probe projection). Cases vary the thresholds, the main latents and the world's seed.
+    """
+    from saebook.absorption import measure_absorption
+
+    def reference(acts, model_acts, label, main, decoder, u, full_cosine, min_proportion):
+        thresholds = {"full_cosine": full_cosine, "min_proportion": min_proportion}
+        result = measure_absorption(acts, model_acts, label, main, decoder, u, **thresholds)
+        return result.full
+
+    def reader(*args):
+        return torch.as_tensor(fn(*args)).bool().cpu()
+
+    w0, w1 = _absorption_world(47), _absorption_world(48, n=80)
+    acts, model_acts, label, decoder, u = w0
+    cases: list[Case] = [
+        ("the thresholds of SAEBench", (*w0[:3], [0], *w0[3:], 0.025, 0.4), {}),
+        ("a strict cosine", (*w0[:3], [0], *w0[3:], 0.6, 0.4), {}),
+        ("a low proportion", (*w0[:3], [0], *w0[3:], 0.025, 0.1), {}),
+        ("two main latents", (*w0[:3], [0, 1], *w0[3:], 0.025, 0.4), {}),
+        ("another world", (*w1[:3], [0], *w1[3:], 0.025, 0.4), {}),
+        ("negative probe projections", (acts, -model_acts, label, [0], decoder, u, 0.025, 0.4), {}),
+    ]  # fmt: skip
+    check_function(reader, reference, cases)
+
+
+def check_sublabel_shares(fn: Callable[..., dict]) -> None:
+    """Check ``fn(label, missed, sublabels) -> {name: (share of positives, share of misses)}``
+    against :func:`saebook.absorption.sublabel_shares` (NaN where a denominator is 0)."""
+    from saebook.absorption import sublabel_shares
+
+    def reference(label, missed, sublabels):
+        table = sublabel_shares(label, missed, sublabels)
+        return {r["sublabel"]: (r["share of positives"], r["share of misses"])
+                for r in table.to_dict("records")}  # fmt: skip
+
+    def reader(*args):
+        return {k: tuple(float(x) for x in v) for k, v in dict(fn(*args)).items()}
+
+    g = _generator(49)
+    label = torch.rand(50, generator=g) < 0.6
+    missed = label & (torch.rand(50, generator=g) < 0.3)
+    lily = label & (torch.rand(50, generator=g) < 0.4)
+    subs = {
+        "lily": lily,
+        "other": label & ~lily,
+        "outside": ~label & (torch.rand(50, generator=g) < 0.5),
+    }
+    cases: list[Case] = [
+        ("three sublabels", (label, missed, subs), {}),
+        ("misses all in one sublabel", (label, lily & missed, subs), {}),
+        ("no misses (NaN)", (label, torch.zeros(50, dtype=torch.bool), subs), {}),
+        ("one sublabel", (label, missed, {"lily": lily}), {}),
+    ]
+    check_function(reader, reference, cases)
+
+
+def _autointerp_cases() -> list[tuple]:
+    """Synthetic contexts, explanations and a keyword simulator for the autointerp checkers."""
+    from saebook.autointerp import Context, Explanation, LatentContexts
+
+    def ctx(text: str, acts: list[float], labels: list[set[str]] | None = None) -> Context:
+        toks = tuple(text.split("|"))
+        lab = None if labels is None else tuple(frozenset(x) for x in labels)
+        return Context(tokens=toks, acts=tuple(acts), labels=lab)
+
+    firing = [
+        ctx("The| cat| sat", [0, 1.5, 0], [set(), {"animal"}, set()]),
+        ctx("A| Dog| ran", [0, 0.7, 0], [set(), {"animal"}, set()]),
+        ctx("Lily| saw| it", [0.2, 0, 0], [{"name"}, set(), set()]),
+    ]
+    silent = [
+        ctx("The| sun| rose", [0, 0, 0], [set(), set(), set()]),
+        ctx("a| CAT |toy", [0, 0, 0], [set(), {"animal"}, set()]),
+    ]
+    lc = LatentContexts(latent=3, top=firing[:1], held_out_firing=firing, held_out_silent=silent)
+    no_labels = LatentContexts(latent=4, top=[], held_out_firing=[ctx("x| cat", [0, 1])],
+                               held_out_silent=[ctx("y| dog", [0, 0])])  # fmt: skip
+    by_tokens = Explanation(latent=3, text="cats", tokens=frozenset({"cat", "dog"}))
+    by_label = Explanation(latent=3, text="animals", label="animal")
+    nothing = Explanation(latent=3, text="nothing")
+    return [("token explanation", by_tokens, lc), ("label explanation", by_label, lc),
+            ("an empty explanation", nothing, lc), ("contexts without labels", by_label, no_labels),
+            ("tokens, no labels", by_tokens, no_labels)]  # fmt: skip
+
+
+def check_keyword_simulator(fn: Callable[..., list[bool]]) -> None:
+    """Check ``fn(explanation, context) -> [bool per token]`` against
+    :meth:`saebook.autointerp.KeywordSimulator.predict`: a token is predicted to fire when its
+    stripped, lower-cased text is one of the explanation's tokens (and not empty), or when the
+    explanation's label is among the token's labels."""
+    from saebook.autointerp import KeywordSimulator
+
+    sim = KeywordSimulator()
+    cases: list[Case] = []
+    for name, expl, lc in _autointerp_cases():
+        for i, c in enumerate(lc.held_out_firing + lc.held_out_silent):
+            cases.append((f"{name}, context {i}", (expl, c), {}))
+    check_function(lambda e, c: [bool(x) for x in fn(e, c)], sim.predict, cases)
+
+
+def check_detection_samples(fn: Callable[..., tuple]) -> None:
+    """Check ``fn(explanation, contexts, simulator) -> (predicted, truth)`` against
+    :func:`saebook.autointerp.detection_samples`: one pair per held-out context, firing
+    contexts first; predicted when the simulator predicts any token, true when the context
+    was drawn from the firing ones."""
+    from saebook.autointerp import KeywordSimulator, detection_samples
+
+    cases: list[Case] = [
+        (name, (expl, lc, KeywordSimulator()), {}) for name, expl, lc in _autointerp_cases()
+    ]
+
+    def reader(*args):
+        predicted, truth = fn(*args)
+        return [bool(x) for x in predicted], [bool(x) for x in truth]
+
+    check_function(reader, lambda *a: tuple(detection_samples(*a)), cases)
