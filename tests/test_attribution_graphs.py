@@ -102,3 +102,14 @@ def test_checker(graph):
     checks.check_influence_matrix(ag.influence_matrix)
     with pytest.raises(AssertionError, match="case"):
         checks.check_influence_matrix(lambda a: a.abs())
+
+
+def test_logit_influence_sums_paths_to_the_logit_nodes() -> None:
+    # 0 -> 1 -> 2 (logit) and 0 -> 2 directly, normalised per target row
+    adjacency = torch.tensor([[0.0, 0, 0], [2.0, 0, 0], [1.0, -3.0, 0]])
+    weights = torch.tensor([0.0, 0.0, 1.0])
+    out = ag.logit_influence(adjacency, weights)
+    # node 1 carries 3/4 of node 2's input; node 0 1/4 directly plus 3/4 * 1 through node 1
+    assert torch.allclose(out, torch.tensor([1.0, 0.75, 0.0]))
+    with pytest.raises(ValueError, match="logit_weights must have shape"):
+        ag.logit_influence(adjacency, weights[:2])

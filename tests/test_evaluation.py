@@ -90,3 +90,18 @@ def test_l2_ratio_and_kl():
     assert torch.allclose(kl_divergence(logits, other), ref, atol=1e-5)
     with pytest.raises(ValueError, match="must be equal"):
         l2_ratio(x, x[:2])
+
+
+def test_activation_metrics_on_a_hand_made_batch() -> None:
+    import torch
+
+    from saebook.metrics import activation_metrics
+
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    acts = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    out = activation_metrics(x, 0.5 * x, acts)
+    assert out["explained_variance"] == pytest.approx(0.75)  # error 0.5 of spread 2
+    assert out["mse"] == pytest.approx(0.25)
+    assert out["l0"] == pytest.approx(1.0)
+    assert out["dead_fraction"] == pytest.approx(1 / 3)
+    assert out["l2_ratio"] == pytest.approx(0.5)

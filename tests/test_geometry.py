@@ -103,3 +103,13 @@ def test_checker_accepts_reference_and_rejects_self_pairs():
 
     with pytest.raises(AssertionError, match="case 'random'"):
         checks.check_within_label_cosine(with_diagonal)
+
+
+def test_cosine_neighbours_lists_each_row_first_and_ignores_norms() -> None:
+    dirs = torch.tensor([[1.0, 0.0], [10.0, 1.0], [0.0, 3.0], [-1.0, 0.0]])
+    sims, index = geometry.cosine_neighbours(dirs, 2)
+    assert index[:, 0].tolist() == [0, 1, 2, 3]
+    assert index[0, 1] == 1 and index[2, 1] == 1
+    assert torch.allclose(sims[:, 0], torch.ones(4))
+    with pytest.raises(ValueError, match="k must be an int in"):
+        geometry.cosine_neighbours(dirs, 5)

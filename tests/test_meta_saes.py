@@ -83,3 +83,10 @@ def test_checker_accepts_reference_and_rejects_uncentred():
 
     with pytest.raises(AssertionError, match="case 'noisy reconstruction'"):
         checks.check_variance_explained(uncentred)
+
+
+def test_pair_agreement_counts_labelled_pairs_within_groups() -> None:
+    labels = ["a", "a", "b", None]
+    # group 1: pairs (0,1) same, (0,2) and (1,2) differ; group 2: one labelled latent only
+    assert meta_saes.pair_agreement([[0, 1, 2], [2, 3]], labels) == pytest.approx(1 / 3)
+    assert np.isnan(meta_saes.pair_agreement([[3], [0, 3]], labels))

@@ -164,3 +164,14 @@ def test_checker_accepts_reference_and_rejects_unnormalised():
 
     with pytest.raises(AssertionError, match="case 'random'"):
         checks.check_max_cosine_matches(dot_not_cosine)
+
+
+def test_leaf_counts_counts_the_widest_latents_under_each_narrow_one() -> None:
+    from saebook.splitting import leaf_counts
+
+    narrow = torch.eye(3)
+    wide = torch.tensor([[1.0, 0.1, 0], [1.0, -0.1, 0], [0, 1.0, 0], [0, 0, -1.0]])
+    # latent 0 has two children, latent 1 one, latent 2 none (its best match has cosine -1 < 0.5)
+    assert leaf_counts([narrow, wide], threshold=0.5).tolist() == [2, 1, 0]
+    with pytest.raises(ValueError, match="at least two matrices"):
+        leaf_counts([narrow])

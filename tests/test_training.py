@@ -179,3 +179,26 @@ def test_checkers_of_part_4():
     checks.check_l2_ratio(lambda x, x_hat: checks.reference_l2_ratio(x, x_hat))
     with pytest.raises(AssertionError, match="zero input"):
         checks.check_l2_ratio(lambda x, x_hat: (x_hat.norm(dim=-1) / x.norm(dim=-1)).mean())
+
+
+def test_topk_adam_steps_lowers_the_loss_and_leaves_its_inputs_alone():
+    from saebook.training import topk_adam_steps
+
+    g = torch.Generator().manual_seed(0)
+    params = {"W_enc": torch.randn(4, 8, generator=g), "b_enc": torch.zeros(8),
+              "W_dec": torch.randn(8, 4, generator=g), "b_dec": torch.zeros(4)}  # fmt: skip
+    before = {k: v.clone() for k, v in params.items()}
+    x = torch.randn(64, 4, generator=g)
+
+    def loss(p):
+        norms = p["W_dec"].norm(dim=-1)
+        pre = ((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"]) * norms
+        top = pre.topk(2, dim=-1)
+        acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        return float(((acts @ (p["W_dec"] / norms[:, None]) + p["b_dec"] - x) ** 2).sum(-1).mean())
+
+    trained = topk_adam_steps(x.repeat(5, 1), params, k=2, lr=1e-2, batch_size=16)
+    assert loss(trained) < loss(params)
+    assert all(torch.equal(params[k], before[k]) for k in params)
+    with pytest.raises(ValueError, match="missing"):
+        topk_adam_steps(x, {"W_enc": params["W_enc"]}, k=2, lr=1e-2, batch_size=16)

@@ -113,3 +113,12 @@ def test_fit_mlp_transcoder(setup):
     assert report.ce_spliced > 0
     with pytest.raises(ValueError, match="layer must be"):
         tr.fit_mlp_transcoder(model, tokens, 99)
+
+
+def test_prediction_overlap_by_hand() -> None:
+    scores = torch.tensor([[3.0, 2.0, 0.0, 0.0], [0.0, 0.0, 3.0, 2.0]])
+    overlap, chance = tr.prediction_overlap(scores, [[0, 1, 2, 0], [3, 3]], k=2)
+    assert overlap == [0.75, 1.0]
+    assert chance == [0.25, 0.0]
+    with pytest.raises(ValueError, match="scores must be"):
+        tr.prediction_overlap(scores[:1], [[0]], k=1)

@@ -45,6 +45,7 @@ __all__ = [
     "AttributionGraph",
     "PrunedGraph",
     "salient_logits",
+    "logit_influence",
     "attribution_graph",
     "influence_matrix",
     "node_influence",
@@ -428,10 +429,24 @@ def influence_matrix(adjacency: Float[Tensor, "n n"]) -> Float[Tensor, "n n"]:
     return result.to(adjacency.dtype)
 
 
+def logit_influence(
+    adjacency: Float[Tensor, "n n"], logit_weights: Float[Tensor, " n"]
+) -> Float[Tensor, " n"]:
+    """``logit_weights @ B``: each node's influence on the logit nodes through paths of every
+    length (``B`` from :func:`influence_matrix`), weighted by ``logit_weights`` (each logit
+    node's probability, 0 on other nodes)."""
+    if logit_weights.shape != (adjacency.shape[0],):
+        raise ValueError(
+            f"logit_weights must have shape ({adjacency.shape[0]},), "
+            f"got {tuple(logit_weights.shape)}"
+        )
+    return logit_weights.to(adjacency.dtype) @ influence_matrix(adjacency)
+
+
 def node_influence(graph: AttributionGraph, adjacency: Tensor | None = None) -> Float[Tensor, " n"]:
     """Each node's total influence on the logits, weighted by the logits' probabilities."""
     a = graph.adjacency if adjacency is None else adjacency
-    return graph.logit_weights @ influence_matrix(a)
+    return logit_influence(a, graph.logit_weights)
 
 
 @dataclass

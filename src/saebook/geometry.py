@@ -29,6 +29,7 @@ from torch import Tensor
 __all__ = [
     "pooled_directions",
     "latent_labels",
+    "cosine_neighbours",
     "embed_2d",
     "cluster_directions",
     "label_cosine_test",
@@ -101,6 +102,23 @@ def latent_labels(
     ]
 
 
+def cosine_neighbours(
+    directions: Float[Tensor, "n d"], k: int
+) -> tuple[Float[Tensor, "n k"], Int[Tensor, "n k"]]:
+    """The ``k`` rows most cosine-similar to each row, itself included (usually first).
+
+    Returns ``(similarities, indices)``, each ``(n, k)``, most similar first: the exact
+    cosine k-nearest-neighbour graph that :func:`embed_2d` hands to UMAP. A zero row has
+    cosine 0 with everything.
+    """
+    if directions.ndim != 2:
+        raise ValueError(f"directions must be 2-D (n, d), got shape {tuple(directions.shape)}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= directions.shape[0]:
+        raise ValueError(f"k must be an int in [1, {directions.shape[0]}] (rows), got {k!r}")
+    unit = torch.nn.functional.normalize(directions.float(), dim=-1)
+    return (unit @ unit.T).topk(k, dim=-1)
+
+
 def embed_2d(
     directions: Float[Tensor, "n d"],
     method: str = "umap",
@@ -127,8 +145,7 @@ def embed_2d(
         # exact cosine neighbours from one matrix product: faster than UMAP's approximate
         # search at these sizes, and it skips compiling the search with numba
         k = min(n_neighbors, x.shape[0] - 1)
-        unit = torch.nn.functional.normalize(directions.detach().float().cpu(), dim=-1)
-        sims, index = (unit @ unit.T).topk(k, dim=-1)
+        sims, index = cosine_neighbours(directions.detach().cpu(), k)
         dists = (1 - sims).clamp(min=0)
         reducer = umap.UMAP(
             n_neighbors=k,

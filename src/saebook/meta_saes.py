@@ -26,6 +26,7 @@ __all__ = [
     "train_meta_sae",
     "explained_variance",
     "variance_explained",
+    "pair_agreement",
     "meta_groups",
     "group_label_agreement",
 ]
@@ -116,7 +117,13 @@ def meta_groups(
     return out
 
 
-def _pair_agreement(groups: Sequence[Sequence[int]], labels: Sequence[str | None]) -> float:
+def pair_agreement(groups: Sequence[Sequence[int]], labels: Sequence[str | None]) -> float:
+    """Share of the pairs of labelled latents within a group that share a label.
+
+    ``groups`` lists latent indices, ``labels[i]`` is latent ``i``'s label or None (left
+    out). Pairs are counted in every group (a pair in two groups counts twice); NaN when no
+    group holds two labelled latents.
+    """
     same = total = 0
     for group in groups:
         named = [labels[i] for i in group if labels[i] is not None]
@@ -145,7 +152,7 @@ def group_label_agreement(
         raise ValueError("groups must hold at least one group, got none")
     if any(not 0 <= i < len(labels) for group in groups for i in group):
         raise ValueError(f"groups must index labels (0 .. {len(labels) - 1})")
-    real = _pair_agreement(groups, labels)
+    real = pair_agreement(groups, labels)
     if np.isnan(real):
         raise ValueError("groups must contain at least one pair of labelled latents, got none")
     rng = np.random.default_rng(seed)
@@ -153,7 +160,7 @@ def group_label_agreement(
     pool = list(labels)
     for _ in range(n_random):
         perm = rng.permutation(len(pool))
-        shuffled.append(_pair_agreement(groups, [pool[j] for j in perm]))
+        shuffled.append(pair_agreement(groups, [pool[j] for j in perm]))
     higher = sum(s >= real for s in shuffled)
     return {
         "real": real,

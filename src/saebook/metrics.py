@@ -24,6 +24,7 @@ __all__ = [
     "l2_ratio",
     "kl_divergence",
     "reconstruction_metrics",
+    "activation_metrics",
 ]
 
 
@@ -99,6 +100,32 @@ def kl_divergence(
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+def activation_metrics(
+    target: Float[Tensor, "n d"],
+    reconstruction: Float[Tensor, "n d"],
+    acts: Float[Tensor, "n d_sae"],
+) -> dict[str, float]:
+    """The metrics that need no forward pass, over ``n`` positions.
+
+    ``explained_variance`` (:func:`explained_variance`), ``mse`` (squared error summed over
+    ``d``, averaged over positions), ``l0`` (mean number of latents with ``acts > 0`` per
+    position), ``dead_fraction`` (share of latents that never fire) and ``l2_ratio``
+    (:func:`l2_ratio`).
+    """
+    if acts.ndim != 2 or acts.shape[0] != target.shape[0]:
+        raise ValueError(
+            f"acts must be ({target.shape[0]}, d_sae) to match target, got {tuple(acts.shape)}"
+        )
+    fired = (acts > 0).float()
+    return {
+        "explained_variance": explained_variance(target, reconstruction),
+        "mse": float((target - reconstruction).pow(2).sum(-1).mean()),
+        "l0": float(fired.sum(-1).mean()),
+        "dead_fraction": float((fired.sum(0) == 0).float().mean()),
+        "l2_ratio": l2_ratio(target, reconstruction),
+    }
+
+
 @dataclass
 class ReconstructionMetrics:
     """Quality of one SAE on one batch of tokens (BOS positions excluded throughout)."""
@@ -142,7 +169,7 @@ def reconstruction_metrics(
     recon = sae.decode(acts)
     flat = (lambda t: t.flatten(2)) if target.ndim == 4 else (lambda t: t)
     tgt, rec = flat(target)[keep], flat(recon)[keep]
-    fired = (acts[keep] > 0).float()
+    basic = activation_metrics(tgt, rec, acts[keep])
 
     def loss_with(hook_fn) -> float:
         return float(
@@ -158,13 +185,13 @@ def reconstruction_metrics(
         tokens, saes=[sae], return_type="both", exclude_special_tokens=exclude_special_tokens(model)
     )
     return ReconstructionMetrics(
-        explained_variance=explained_variance(tgt, rec),
-        mse=float((tgt - rec).pow(2).sum(-1).mean()),
-        l0=float(fired.sum(-1).mean()),
-        dead_fraction=float((fired.sum(0) == 0).float().mean()),
+        explained_variance=basic["explained_variance"],
+        mse=basic["mse"],
+        l0=basic["l0"],
+        dead_fraction=basic["dead_fraction"],
         ce_clean=float(ce_clean),
         ce_with_sae=float(ce_sae),
         ce_zero_ablation=loss_with(zero),
         kl_div=float(kl_divergence(clean_logits, sae_logits)[keep].mean()),
-        l2_ratio=l2_ratio(tgt, rec),
+        l2_ratio=basic["l2_ratio"],
     )

@@ -31,6 +31,7 @@ __all__ = [
     "unit_decoder",
     "decoder_cosines",
     "max_cosine_matches",
+    "leaf_counts",
     "random_max_cosines",
     "split_tree",
     "most_split",
@@ -201,13 +202,38 @@ def _tree(
 
 def _leaf_counts(saes: list[SAE], parents: list[tuple[Tensor, Tensor]], threshold: float) -> Tensor:
     """Leaves in the widest SAE under every latent of ``saes[0]`` (no cap on children)."""
-    counts = torch.ones(saes[-1].cfg.d_sae, dtype=torch.long)
+    return _count_leaves(parents, [s.cfg.d_sae for s in saes], threshold)
+
+
+def _count_leaves(
+    parents: list[tuple[Tensor, Tensor]], widths: list[int], threshold: float
+) -> Tensor:
+    counts = torch.ones(widths[-1], dtype=torch.long)
     for level in range(len(parents) - 1, -1, -1):
         cos, parent = parents[level]
         linked = cos >= threshold
-        up = torch.zeros(saes[level].cfg.d_sae, dtype=torch.long)
+        up = torch.zeros(widths[level], dtype=torch.long)
         counts = up.scatter_add_(0, parent[linked], counts[linked])
     return counts
+
+
+def leaf_counts(decoders: Sequence[Tensor], threshold: float = 0.5) -> Int[Tensor, " d_0"]:
+    """For every latent of the narrowest decoder, the number of leaves of its split tree.
+
+    ``decoders`` are decoder matrices ``(d_sae_i, d_in)`` from narrow to wide. Each latent of
+    ``decoders[i + 1]`` links to its max-cosine row of ``decoders[i]`` when that cosine is at
+    least ``threshold`` (:func:`max_cosine_matches`); a leaf is a latent of the widest
+    decoder, and a latent with no linked child has 0 leaves (so does a widest latent whose
+    chain of links breaks).
+    """
+    decoders = list(decoders)
+    if len(decoders) < 2:
+        raise ValueError(
+            f"decoders must hold at least two matrices (narrow to wide), got {len(decoders)}"
+        )
+    threshold = _check_threshold(threshold)
+    parents = [max_cosine_matches(decoders[i], decoders[i + 1]) for i in range(len(decoders) - 1)]
+    return _count_leaves(parents, [int(d.shape[0]) for d in decoders], threshold)
 
 
 def most_split(

@@ -60,6 +60,7 @@ __all__ = [
     "curve_signatures",
     "train_topk_sae",
     "train_transcoder",
+    "topk_adam_steps",
 ]
 
 # architecture -> (SAELens training config class, the config field the sparsity knob sets)
@@ -582,3 +583,48 @@ def curve_signatures(curves: pd.DataFrame, tail: float = 0.25) -> dict[str, floa
         "max_dead": float(curves["dead_fraction"].max()),
         "early_l0": float(curves["l0"].iloc[max(1, n // 20)]),
     }
+
+
+def topk_adam_steps(
+    x: Float[Tensor, "n d_in"],
+    params: dict[str, Tensor],
+    k: int,
+    lr: float,
+    batch_size: int,
+) -> dict[str, Tensor]:
+    """Train a TopK SAE from given weights: one Adam step per consecutive batch of ``x``.
+
+    ``params`` holds ``W_enc`` ``(d_in, d_sae)``, ``b_enc``, ``W_dec`` ``(d_sae, d_in)`` and
+    ``b_dec``. The loss of each step is SAELens' own ``TopKTrainingSAE`` training loss
+    (default configuration, no dead-latent mask so no auxiliary term); the optimizer is
+    ``torch.optim.Adam`` with its default betas; the batches are ``x[0:b], x[b:2b], ...``
+    (a last partial batch is used too). Returns the trained parameters (copies).
+    """
+    from sae_lens.saes.sae import TrainStepInput
+
+    names = ("W_enc", "b_enc", "W_dec", "b_dec")
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ValueError(f"params must hold {list(names)}, missing {missing}")
+    d_in, d_sae = params["W_enc"].shape
+    check_tensor("x", x, finite=True)
+    if x.ndim != 2 or x.shape[1] != d_in:
+        raise ValueError(f"x must be (n, d_in={d_in}), got {tuple(x.shape)}")
+    check_int("batch_size", batch_size, minimum=1)
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=int(d_in), d_sae=int(d_sae), k=k))
+    with torch.no_grad():
+        for n in names:
+            getattr(sae, n).copy_(params[n])
+    optimizer = torch.optim.Adam([getattr(sae, n) for n in names], lr=lr)
+    for start in range(0, x.shape[0], batch_size):
+        step = TrainStepInput(
+            sae_in=x[start : start + batch_size].float(),
+            coefficients={},
+            dead_neuron_mask=None,
+            n_training_steps=0,
+            is_logging_step=False,
+        )
+        optimizer.zero_grad()
+        sae.training_forward_pass(step).loss.backward()
+        optimizer.step()
+    return {n: getattr(sae, n).detach().clone() for n in names}

@@ -38,6 +38,8 @@ from saebook.latent_stats import LatentStats
 __all__ = [
     "SpliceReport",
     "splice_report",
+    "spliced_logits",
+    "prediction_overlap",
     "attention_free_inputs",
     "extended_embedding",
     "de_embedding",
@@ -68,6 +70,27 @@ class SpliceReport:
     def as_dict(self) -> dict[str, float]:
         """All fields plus ``loss_recovered``."""
         return {**asdict(self), "loss_recovered": self.loss_recovered}
+
+
+@torch.no_grad()
+def spliced_logits(
+    model: HookedSAETransformer, transcoder: SAE, tokens: Int[Tensor, "batch seq"]
+) -> Float[Tensor, "batch seq d_vocab"]:
+    """Logits of ``model`` with ``transcoder`` in place of the MLP it imitates.
+
+    The transcoder reads ``hook_name`` and its output (no error term) replaces
+    ``hook_name_out`` at every position except BOS tokens, where the model's own MLP output
+    is kept (SAELens' ``run_with_saes`` with ``exclude_special_tokens``).
+    """
+    hook_in, hook_out = check_sae_hooks(model, transcoder)
+    if hook_in == hook_out:
+        raise ValueError(
+            "transcoder must read and write different hooks (cfg.metadata.hook_name_out), "
+            f"got an SAE reading and writing {hook_in!r}"
+        )
+    return model.run_with_saes(
+        tokens, saes=[transcoder], exclude_special_tokens=exclude_special_tokens(model)
+    )
 
 
 @torch.no_grad()
@@ -105,26 +128,22 @@ def splice_report(
 
         return hook
 
-    spliced_logits = model.run_with_saes(
-        tokens, saes=[transcoder], exclude_special_tokens=exclude_special_tokens(model)
-    )
+    spliced = spliced_logits(model, transcoder, tokens)
     mean_logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_out, set_to(mean_out))])
     zero_logits = model.run_with_hooks(
         tokens, fwd_hooks=[(hook_out, set_to(torch.zeros_like(mean_out)))]
     )
     lp_clean = clean_logits.log_softmax(-1)
-    lp_spliced = spliced_logits.log_softmax(-1)
+    lp_spliced = spliced.log_softmax(-1)
     kl = (lp_clean.exp() * (lp_clean - lp_spliced)).sum(-1)
     pos = keep  # KL and agreement at every non-BOS position
     return SpliceReport(
         ce_clean=float(loss(clean_logits)[mask].mean()),
-        ce_spliced=float(loss(spliced_logits)[mask].mean()),
+        ce_spliced=float(loss(spliced)[mask].mean()),
         ce_mean_ablation=float(loss(mean_logits)[mask].mean()),
         ce_zero_ablation=float(loss(zero_logits)[mask].mean()),
         kl_spliced=float(kl[pos].mean()),
-        top1_agreement=float(
-            (clean_logits.argmax(-1) == spliced_logits.argmax(-1))[pos].float().mean()
-        ),
+        top1_agreement=float((clean_logits.argmax(-1) == spliced.argmax(-1))[pos].float().mean()),
     )
 
 
@@ -254,24 +273,44 @@ def de_embedding_overlap(
             f"scores must have shape ({index.numel()}, {model.cfg.d_vocab}), "
             f"got {tuple(scores.shape)}"
         )
-    predicted = [set(row.tolist()) for row in scores.topk(k, dim=-1).indices]
     fired = [activating_tokens(stats, tokens, int(i), n_top) for i in index]
+    overlap, chance = prediction_overlap(scores, fired, k)
+    return pd.DataFrame(
+        {
+            "latent": index.tolist(),
+            "overlap": overlap,
+            "chance": chance,
+            "n_activations": [len(f) for f in fired],
+        }
+    )
+
+
+def prediction_overlap(
+    scores: Float[Tensor, "n d_vocab"], fired: list[list[int]], k: int
+) -> tuple[list[float], list[float]]:
+    """Overlap of each latent's top-``k`` scored tokens with the tokens it fired on.
+
+    ``scores[a]`` scores every token for latent ``a`` (e.g. its de-embedding), ``fired[a]``
+    lists the token ids at its top activating positions. ``overlap[a]`` is the share of
+    ``fired[a]`` that lies among latent ``a``'s ``k`` highest-scoring tokens; ``chance[a]``
+    is the mean of the same share computed with every *other* latent's top ``k`` (NaN for a
+    latent with no activation). Needs at least two latents.
+    """
+    if scores.ndim != 2 or scores.shape[0] != len(fired) or len(fired) < 2:
+        raise ValueError(
+            f"scores must be (n >= 2, d_vocab) with one row per entry of fired ({len(fired)}), "
+            f"got {tuple(scores.shape)}"
+        )
+    predicted = [set(row.tolist()) for row in scores.topk(k, dim=-1).indices]
 
     def share(pred: set[int], toks: list[int]) -> float:
         return sum(t in pred for t in toks) / len(toks) if toks else float("nan")
 
-    rows = []
-    for a, latent in enumerate(index.tolist()):
-        others = [share(predicted[b], fired[a]) for b in range(len(index)) if b != a]
-        rows.append(
-            {
-                "latent": latent,
-                "overlap": share(predicted[a], fired[a]),
-                "chance": sum(others) / len(others),
-                "n_activations": len(fired[a]),
-            }
-        )
-    return pd.DataFrame(rows)
+    n = len(fired)
+    overlap = [share(predicted[a], fired[a]) for a in range(n)]
+    chance = [sum(share(predicted[b], fired[a]) for b in range(n) if b != a) / (n - 1)
+              for a in range(n)]  # fmt: skip
+    return overlap, chance
 
 
 def sample_alive_latents(

@@ -102,3 +102,169 @@ def check_influence_matrix(fn: Callable[[Tensor], Tensor]) -> None:
         ("a node listed after its target", (chain.flip(0).flip(1),), {}),
     ]
     check_function(fn, influence_matrix, cases, atol=1e-5, rtol=1e-4)
+
+
+# --- Part 5, exercises added for issue 17 ---------------------------------------------------
+
+
+def check_token_attribution(fn: Callable[..., Tensor], model, sae, tokens: Tensor) -> None:
+    """Check ``fn(model, sae, tokens, pos, latent) -> (seq,)`` gradient x input against
+    :func:`saebook.latent_gradients.token_attribution`.
+
+    Entry ``p`` is the token embedding at ``p`` dotted with the gradient of the latent's
+    activation at ``pos`` with respect to ``hook_embed`` at ``p``. Cases: the two most active
+    latents of ``sae`` at the last position of ``tokens`` (a 1-D prompt), the most active one
+    at the middle position, and a latent that is silent at the last position (all zeros).
+    """
+    from saebook.latent_gradients import token_attribution
+
+    tokens = tokens.flatten()
+    seq = tokens.numel()
+    if seq < 3:
+        raise ValueError(f"tokens must hold at least 3 positions, got {seq}")
+    hook = sae.cfg.metadata.hook_name
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens[None], names_filter=hook)
+        acts = sae.encode(cache[hook][0]).flatten(1)  # (seq, d_sae)
+    last, middle = acts[-1], acts[seq // 2]
+    cases: list[Case] = [
+        (f"latent {int(i)} at the last position", (model, sae, tokens, seq - 1, int(i)), {})
+        for i in last.topk(2).indices
+    ]
+    cases.append(("the middle position", (model, sae, tokens, seq // 2, int(middle.argmax())), {}))
+    silent = torch.nonzero(last <= 0).flatten()
+    if silent.numel():
+        cases.append(("a silent latent", (model, sae, tokens, seq - 1, int(silent[0])), {}))
+    ref = token_attribution(model, sae, tokens, seq - 1, int(last.argmax()))
+    scale = float(ref.abs().max())
+
+    def reader(*args):
+        return torch.as_tensor(fn(*args)).detach().float().cpu()
+
+    check_function(reader, token_attribution, cases, atol=1e-4 * max(scale, 1.0), rtol=1e-3)
+
+
+def check_finite_difference(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(f, values, columns, eps) -> (n_out, len(columns))`` central differences
+    against :func:`saebook.latent_gradients.finite_difference`.
+
+    Column ``j`` is ``(f(values + eps e_c) - f(values - eps e_c)) / (2 eps)`` with
+    ``c = columns[j]``. Cases use a random ReLU layer, a linear map (exact) and one column.
+    """
+    from saebook.latent_gradients import ActiveLatents, LatentMap, finite_difference
+
+    g = _generator(16)
+    w = torch.randn(5, 7, generator=g)
+    b = torch.randn(7, generator=g)
+    v = torch.rand(5, generator=g) + 0.5
+
+    def relu_layer(x: Tensor) -> Tensor:
+        return torch.relu(x @ w + b)
+
+    def linear(x: Tensor) -> Tensor:
+        return x @ w
+
+    def squares(x: Tensor) -> Tensor:
+        return torch.stack([x.pow(2).sum(), x[0] * x[1]])
+
+    def reference(f, values, columns, eps):
+        empty = ActiveLatents(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                              torch.zeros(0))  # fmt: skip
+        lmap = LatentMap(f, values, empty, empty, torch.zeros(0, dtype=torch.long),
+                         torch.zeros(0, dtype=torch.long), "up", "down", False)  # fmt: skip
+        return finite_difference(lmap, columns, eps)
+
+    cases: list[Case] = [
+        ("ReLU layer, all columns", (relu_layer, v, [0, 1, 2, 3, 4], 1e-2), {}),
+        ("linear map", (linear, v, [4, 0], 1e-1), {}),
+        ("one column", (relu_layer, v, [2], 1e-3), {}),
+        ("a quadratic (exact for central differences)", (squares, v, [0, 1], 0.5), {}),
+    ]
+    check_function(fn, reference, cases, atol=1e-4, rtol=1e-3)
+
+
+def check_spliced_logits(fn: Callable[..., Tensor], model, transcoder, tokens: Tensor) -> None:
+    """Check ``fn(model, transcoder, tokens) -> (batch, seq, d_vocab)`` logits against
+    :func:`saebook.transcoders.spliced_logits` (SAELens' ``run_with_saes``).
+
+    The transcoder reads its input hook and its output replaces the MLP output at every
+    non-BOS position. Cases: the given tokens, one sequence, and the tokens with the BOS
+    column dropped (so no position is exempt).
+    """
+    from saebook.transcoders import spliced_logits
+
+    def reader(*args):
+        return torch.as_tensor(fn(*args)).detach().float().cpu()
+
+    def reference(*args):
+        return spliced_logits(*args).float().cpu()
+
+    cases: list[Case] = [
+        ("the given tokens", (model, transcoder, tokens), {}),
+        ("one sequence", (model, transcoder, tokens[:1]), {}),
+        ("no BOS column", (model, transcoder, tokens[:, 1:]), {}),
+    ]
+    scale = float(reference(model, transcoder, tokens[:1]).abs().max())
+    check_function(reader, reference, cases, atol=1e-4 * max(scale, 1.0), rtol=1e-4)
+
+
+def check_salient_logits(fn: Callable[..., tuple[Tensor, Tensor]]) -> None:
+    """Check ``fn(logits, max_n, prob_mass) -> (token ids, probabilities)`` against
+    :func:`saebook.attribution_graphs.salient_logits`: the most likely tokens, most likely
+    first, until their probabilities reach ``prob_mass`` (the token that crosses it
+    included), at most ``max_n``."""
+    from saebook.attribution_graphs import salient_logits
+
+    g = _generator(14)
+    logits = torch.randn(40, generator=g) * 2
+    peaked = logits.clone()
+    peaked[5] = 20.0
+    cases: list[Case] = [
+        ("random, 95%", (logits, 10, 0.95), {}),
+        ("random, 50%", (logits, 10, 0.5), {}),
+        ("max_n binds", (logits, 3, 0.99), {}),
+        ("one dominant token", (peaked, 10, 0.95), {}),
+        ("prob_mass 1", (logits, 40, 1.0), {}),
+    ]
+    check_function(lambda *a: tuple(fn(*a)), salient_logits, cases)
+
+
+def check_logit_influence(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(adjacency, logit_weights) -> (n,)`` against
+    :func:`saebook.attribution_graphs.logit_influence`: ``logit_weights @ B`` with ``B`` the
+    influence matrix of the row-normalised ``|adjacency|``."""
+    from saebook.attribution_graphs import logit_influence
+
+    g = _generator(15)
+    dag = torch.randn(6, 6, generator=g).tril(-1)
+    w = torch.tensor([0.0, 0, 0, 0, 0.7, 0.3])
+    chain = torch.tensor([[0.0, 0, 0], [2.0, 0, 0], [0, -3.0, 0]])
+    cases: list[Case] = [
+        ("random graph, two logits", (dag, w), {}),
+        ("chain", (chain, torch.tensor([0.0, 0.0, 1.0])), {}),
+        ("scaled weights scale the result", (dag, 3 * w), {}),
+        ("no logit weight", (dag, torch.zeros(6)), {}),
+    ]
+    check_function(fn, logit_influence, cases)
+
+
+def check_prediction_overlap(fn: Callable[..., tuple]) -> None:
+    """Check ``fn(scores, fired, k) -> (overlap, chance)`` (two lists) against
+    :func:`saebook.transcoders.prediction_overlap`: the share of each latent's activating
+    tokens among its own top-``k`` scored tokens, and the mean share under every other
+    latent's top ``k``."""
+    from saebook.transcoders import prediction_overlap
+
+    g = _generator(17)
+    scores = torch.randn(4, 30, generator=g)
+    top = scores.topk(5, dim=-1).indices
+    fired = [top[0, :3].tolist() + [29, 28], top[1].tolist(), [0, 1, 2], top[3, :1].tolist() * 4]
+    cases: list[Case] = [
+        ("k=5", (scores, fired, 5), {}),
+        ("k=1", (scores, fired, 1), {}),
+        ("k = d_vocab (every token predicted)", (scores, fired, 30), {}),
+        ("two latents", (scores[:2], fired[:2], 5), {}),
+        ("repeated tokens count each time",
+         (scores, [[top[0, 0].item()] * 3 + [29]] + fired[1:], 5), {}),
+    ]  # fmt: skip
+    check_function(lambda *a: tuple(fn(*a)), prediction_overlap, cases)

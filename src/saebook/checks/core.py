@@ -19,7 +19,45 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Case", "check_function"]
+__all__ = [
+    "Case",
+    "check_function",
+    "NOT_IMPLEMENTED",
+    "not_implemented_error",
+    "require_answer",
+]
+
+#: The words every checker's message starts with when the reader's function is still a stub.
+NOT_IMPLEMENTED = "not implemented yet"
+
+
+def not_implemented_error(
+    case: str, exc: BaseException | None = None, what: str = "your function"
+) -> AssertionError:
+    """The ``AssertionError`` a checker raises when the reader's answer is still a stub.
+
+    A function that raises ``NotImplementedError`` (the exercise notebooks' stubs do), or an
+    answer left as ``NotImplemented``, has not been written yet; the message says so, rather
+    than reporting a crash. ``case`` names the case being checked, ``what`` the answer.
+    """
+    detail = f" ({exc})" if exc is not None and str(exc) else ""
+    return AssertionError(
+        f"case {case!r}: {NOT_IMPLEMENTED}: {what} raised NotImplementedError{detail}. "
+        "Replace the `raise NotImplementedError` with your code, then run this cell again."
+        if exc is not None
+        else f"case {case!r}: {NOT_IMPLEMENTED}: {what} is still NotImplemented. "
+        "Replace it with your answer, then run this cell again."
+    )
+
+
+def require_answer(value: Any, case: str, what: str = "your answer") -> None:
+    """Raise :func:`not_implemented_error` when an answer that is data is still a stub.
+
+    The exercise notebooks leave an answer that is data (``NAME: type``) as ``NotImplemented``.
+    """
+    if value is NotImplemented or value is Ellipsis:
+        raise not_implemented_error(case, None, what)
+
 
 #: A named case: ``(name, args, kwargs)`` passed as ``fn(*args, **kwargs)``.
 Case = tuple[str, tuple, dict]
@@ -124,7 +162,9 @@ def check_function(
 
     Raises:
         AssertionError: naming the first case on which the outputs differ (or on which
-            ``reader_fn`` raised), with the largest absolute difference and both shapes.
+            ``reader_fn`` raised), with the largest absolute difference and both shapes. A
+            ``reader_fn`` that raises ``NotImplementedError`` gets a message saying the
+            exercise is not implemented yet.
         ValueError: if ``cases`` is empty or a case is not ``(str, tuple, dict)``.
 
     On success prints ``✓ all N cases match``.
@@ -146,6 +186,8 @@ def check_function(
         expected = reference_fn(*_clone(args), **_clone(kwargs))
         try:
             got = reader_fn(*_clone(args), **_clone(kwargs))
+        except NotImplementedError as exc:
+            raise not_implemented_error(name, exc) from exc
         except Exception as exc:
             raise AssertionError(
                 f"case {name!r}: your function raised {type(exc).__name__}: {exc}"
@@ -158,5 +200,3 @@ def check_function(
 
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saebook.checks.core import Case, _generator, check_function
+from saebook.checks.core import Case, _generator, check_function, require_answer
 
 # --- Part 4: training and evaluating SAEs (chapters 2 and 4) --------------------------------
 
@@ -31,6 +31,7 @@ def check_diagnosis(answers: Mapping[str, str]) -> None:
     """
     from saebook.training import FAULTS
 
+    require_answer(answers, "the diagnosis", "your diagnosis")
     got = {str(k).upper(): str(v).strip().lower() for k, v in answers.items()}
     missing = sorted(set(DIAGNOSIS_RUNS) - set(got))
     extra = sorted(set(got) - set(DIAGNOSIS_RUNS))
@@ -159,3 +160,227 @@ def check_standard_sae_loss(fn: Callable[..., Tensor]) -> None:
         return fn(*args)
 
     check_function(reader, reference, cases, atol=1e-4, rtol=1e-4)
+
+
+# --- Part 4, exercises added for issue 17 ---------------------------------------------------
+
+
+def _saelens_topk_step(seed: int, k: int, batch: int, d_in: int = 6, d_sae: int = 16) -> dict:
+    """One SAELens ``TopKTrainingSAE`` forward and backward pass on random weights and inputs."""
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.saes.sae import TrainStepInput
+
+    g = _generator(seed)
+    torch.manual_seed(seed)
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+    with torch.no_grad():  # uneven decoder norms and a non-zero b_dec, so both matter
+        sae.W_dec.mul_(torch.rand(d_sae, 1, generator=g) * 3 + 0.1)
+        sae.b_dec.copy_(torch.randn(d_in, generator=g) * 0.5)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
+    x = torch.randn(batch, d_in, generator=g)
+    names = ("W_enc", "b_enc", "W_dec", "b_dec")
+    params = {n: getattr(sae, n).detach().clone() for n in names}
+    out = sae.training_forward_pass(
+        TrainStepInput(
+            sae_in=x,
+            coefficients={},
+            dead_neuron_mask=None,
+            n_training_steps=0,
+            is_logging_step=False,
+        )
+    )
+    out.loss.backward()
+    grads = {f"grad_{n}": getattr(sae, n).grad.detach().clone() for n in params}
+    return {"x": x, "params": params, "loss": out.loss.detach(), **grads}
+
+
+def check_topk_sae_loss(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(x, W_enc, b_enc, W_dec, b_dec, k) -> scalar`` against SAELens' TopK SAE.
+
+    The reference is the ``loss`` (and, through autograd on your function, its gradient with
+    respect to every parameter) of SAELens' ``TopKTrainingSAE.training_forward_pass`` with its
+    default configuration (decoder bias subtracted from the input, pre-activations scaled by
+    the decoder row norms, no dead latents so no auxiliary loss), on random weights and inputs.
+    """
+    cases: list[Case] = []
+    expected: dict[str, tuple] = {}
+    for name, seed, k, batch in [
+        ("seed 0, k=3", 0, 3, 12),
+        ("seed 1, k=1", 1, 1, 12),
+        ("k = d_sae (no sparsity)", 2, 16, 12),
+        ("one input", 3, 4, 1),
+    ]:
+        step = _saelens_topk_step(seed, k, batch)
+        expected[name] = (step["loss"], *(step[f"grad_{n}"] for n in step["params"]))
+        p = step["params"]
+        cases.append(
+            (name, (step["x"], p["W_enc"], p["b_enc"], p["W_dec"], p["b_dec"], k), {"_case": name})
+        )
+
+    def reference(*args: Any, _case: str) -> tuple:
+        return expected[_case]
+
+    def reader(x, W_enc, b_enc, W_dec, b_dec, k, _case: str) -> tuple:
+        params = [t.clone().requires_grad_(True) for t in (W_enc, b_enc, W_dec, b_dec)]
+        loss = fn(x, *params, k)
+        if not isinstance(loss, Tensor) or loss.numel() != 1:
+            raise TypeError(f"the loss must be a one-element tensor, got {loss!r:.60}")
+        grads = torch.autograd.grad(loss.reshape(()), params, allow_unused=True)
+        grads = [
+            torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)
+        ]
+        return (loss.detach(), *grads)
+
+    check_function(reader, reference, cases, atol=1e-4, rtol=1e-4)
+
+
+def check_ce_loss_recovered(fn: Callable[..., dict], model, sae, tokens: Tensor) -> None:
+    """Check ``fn(model, sae, tokens) -> {"ce_clean", "ce_with_sae", "ce_zero_ablation",
+    "ce_loss_recovered"}`` against :func:`saebook.metrics.reconstruction_metrics`.
+
+    The SAE's reconstruction (no error term) replaces its hook at every non-BOS position; zero
+    ablation sets the hook to zero at the same positions. Cases: the reader's tokens, their
+    first row, and the tokens without their last position.
+    """
+    from saebook.metrics import reconstruction_metrics
+
+    keys = ("ce_clean", "ce_with_sae", "ce_zero_ablation", "ce_loss_recovered")
+
+    def reference(m, s, t) -> dict:
+        out = reconstruction_metrics(m, s, t).as_dict()
+        return {k: out[k] for k in keys}
+
+    def reader(m, s, t) -> dict:
+        out = fn(m, s, t)
+        return {k: float(v) for k, v in dict(out).items()}
+
+    cases: list[Case] = [
+        ("the given tokens", (model, sae, tokens), {}),
+        ("one sequence", (model, sae, tokens[:1]), {}),
+        ("shorter sequences", (model, sae, tokens[:, :-1]), {}),
+    ]
+    check_function(reader, reference, cases, atol=1e-4, rtol=1e-4)
+
+
+def check_activation_metrics(fn: Callable[[Tensor, Tensor, Tensor], dict]) -> None:
+    """Check ``fn(target, reconstruction, acts) -> {"explained_variance", "mse", "l0",
+    "dead_fraction", "l2_ratio"}`` against :func:`saebook.metrics.activation_metrics`."""
+    from saebook.metrics import activation_metrics
+
+    g = _generator(44)
+    x = torch.randn(40, 6, generator=g) + 1.0
+    acts = torch.relu(torch.randn(40, 10, generator=g) - 0.5)
+    acts[:, 7] = 0  # a dead latent
+    recon = x + 0.3 * torch.randn(40, 6, generator=g)
+    cases: list[Case] = [
+        ("noisy reconstruction", (x, recon, acts), {}),
+        ("perfect reconstruction", (x, x.clone(), acts), {}),
+        ("shrunk reconstruction", (x, 0.6 * x, acts), {}),
+        ("every latent dead", (x, torch.zeros_like(x), torch.zeros(40, 10)), {}),
+        ("dense codes", (x, recon, acts + 0.1), {}),
+    ]
+    check_function(lambda *a: {k: float(v) for k, v in dict(fn(*a)).items()},
+                   activation_metrics, cases)  # fmt: skip
+
+
+def check_kl_divergence(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(clean_logits, new_logits) -> (...)`` per-position ``KL(p_clean || p_new)``
+    in nats against :func:`saebook.metrics.kl_divergence` (logits, not probabilities)."""
+    from saebook.metrics import kl_divergence
+
+    g = _generator(45)
+    clean = torch.randn(3, 5, 30, generator=g) * 2
+    cases: list[Case] = [
+        ("small perturbation", (clean, clean + 0.1 * torch.randn(3, 5, 30, generator=g)), {}),
+        ("identical (0)", (clean, clean.clone()), {}),
+        ("shifted logits are the same distribution", (clean, clean + 5.0), {}),
+        ("unrelated", (clean, torch.randn(3, 5, 30, generator=g)), {}),
+        ("one position", (clean[0, 0], clean[1, 1]), {}),
+    ]
+    check_function(fn, kl_divergence, cases, atol=1e-5, rtol=1e-4)
+
+
+def check_most_frequent_sparse(fn: Callable[[Tensor, float], int]) -> None:
+    """Check ``fn(density, limit) -> int`` against
+    :func:`saebook.latent_selection.most_frequent_sparse`: among latents with
+    ``0 < density < limit``, the densest (ties: the lowest index)."""
+    from saebook.latent_selection import most_frequent_sparse
+
+    # values exact in binary, so "below the limit" is not blurred by float32 rounding
+    density = torch.tensor([0.5, 0.03125, 0.0, 0.125, 0.25, 0.375, 0.125])
+    cases: list[Case] = [
+        ("limit 0.25", (density, 0.25), {}),
+        ("the limit itself is excluded", (density, 0.125), {}),
+        ("limit 0.4", (density, 0.4), {}),
+        ("ties go to the lowest index", (torch.tensor([0.5, 0.0625, 0.0625]), 0.25), {}),
+        ("dead latents do not count", (torch.tensor([0.0, 0.0, 0.001]), 0.1), {}),
+    ]
+    check_function(lambda d, lim: int(fn(d, lim)), most_frequent_sparse, cases)
+
+
+def check_largest_mean_active(fn: Callable[[Tensor, Tensor, int], int]) -> None:
+    """Check ``fn(sums, counts, min_count) -> int`` against
+    :func:`saebook.latent_selection.largest_mean_active`: the largest ``sums / counts``
+    among latents with ``counts >= min_count``."""
+    from saebook.latent_selection import largest_mean_active
+
+    sums = torch.tensor([10.0, 90.0, 300.0, 50.0, 0.0])
+    counts = torch.tensor([5, 30, 100, 10, 0])
+    cases: list[Case] = [
+        ("min_count 20", (sums, counts, 20), {}),
+        ("min_count 1", (sums, counts, 1), {}),
+        ("rare latents are ignored", (torch.tensor([100.0, 6.0]), torch.tensor([2, 3]), 3), {}),
+        ("mean, not sum", (torch.tensor([100.0, 60.0]), torch.tensor([50, 20]), 1), {}),
+    ]
+    check_function(lambda s, c, m: int(fn(s, c, m)), largest_mean_active, cases)
+
+
+def check_most_selective(fn: Callable[[Tensor, Tensor, Tensor, float], int]) -> None:
+    """Check ``fn(max_act, mean_act, density, min_density) -> int`` against
+    :func:`saebook.latent_selection.most_selective`: the largest ``max / mean`` among latents
+    with ``density >= min_density``."""
+    from saebook.latent_selection import most_selective
+
+    mx = torch.tensor([5.0, 9.0, 4.0, 30.0, 8.0])
+    mean = torch.tensor([1.0, 1.0, 0.1, 1.0, 2.0])
+    density = torch.tensor([0.01, 0.002, 0.05, 0.0005, 0.2])
+    cases: list[Case] = [
+        ("min_density 1e-3", (mx, mean, density, 1e-3), {}),
+        ("min_density 1e-4", (mx, mean, density, 1e-4), {}),
+        ("min_density 0.1", (mx, mean, density, 0.1), {}),
+        ("ratio, not max", (torch.tensor([10.0, 3.0]), torch.tensor([5.0, 0.5]),
+                            torch.tensor([0.1, 0.1]), 1e-3), {}),
+    ]  # fmt: skip
+    check_function(lambda a, b, c, d: int(fn(a, b, c, d)), most_selective, cases)
+
+
+def check_topk_training_loop(fn: Callable[..., dict]) -> None:
+    """Check ``fn(x, params, k, lr, batch_size) -> trained params`` against
+    :func:`saebook.training.topk_adam_steps`: one ``torch.optim.Adam`` step per consecutive
+    batch of ``x`` on SAELens' TopK training loss, starting from ``params`` (``W_enc``,
+    ``b_enc``, ``W_dec``, ``b_dec``; your function must not change the dict it is given).
+    Cases: several batches, one batch, a last partial batch, a larger learning rate.
+    """
+    from saebook.training import topk_adam_steps
+
+    g = _generator(46)
+    d_in, d_sae = 6, 12
+    params = {
+        "W_enc": torch.randn(d_in, d_sae, generator=g) * 0.4,
+        "b_enc": torch.randn(d_sae, generator=g) * 0.1,
+        "W_dec": torch.randn(d_sae, d_in, generator=g) * 0.4,
+        "b_dec": torch.randn(d_in, generator=g) * 0.2,
+    }
+    x = torch.randn(40, d_in, generator=g)
+    cases: list[Case] = [
+        ("five batches of 8, k=3", (x, params, 3, 1e-2, 8), {}),
+        ("one batch", (x[:8], params, 2, 1e-2, 8), {}),
+        ("a last partial batch", (x[:20], params, 3, 1e-2, 8), {}),
+        ("larger learning rate", (x, params, 4, 5e-2, 10), {}),
+    ]
+
+    def reader(x, p, k, lr, batch_size):
+        out = fn(x, p, k, lr, batch_size)
+        return {n: torch.as_tensor(out[n]).detach() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+
+    check_function(reader, topk_adam_steps, cases, atol=1e-4, rtol=1e-3)

@@ -1,0 +1,184 @@
+"""Checkers of part 1 (toy models) reject stubs and plausible mistakes, and accept the book's
+solutions (see tests/checker_harness.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from checker_harness import assert_stub_rejected, assert_wrong_rejected, part_checkers, stub
+from exercise_cells import load_solution
+
+from saebook import checks, toy_saes
+
+PART = "toy_models"
+CHAPTER_1 = "book/toy_models/01_superposition"
+CHAPTER_2 = "book/toy_models/02_saes_from_scratch"
+CHAPTER_3 = "book/toy_models/03_sae_variants"
+
+
+# --- wrong implementations -------------------------------------------------------------------
+
+
+def forward_without_relu(W, b, x):
+    return x @ W.T @ W + b
+
+
+def forward_relu_before_bias(W, b, x):
+    return torch.relu(x @ W.T @ W) + b
+
+
+def dimensionality_without_zero_guard(W):
+    norms = W.norm(dim=0)
+    overlap = ((W / norms).T @ W) ** 2
+    return norms**2 / overlap.sum(dim=1)
+
+
+def dimensionality_summing_the_wrong_axis(W):
+    norms = W.norm(dim=0)
+    overlap = ((W / norms.clamp_min(1e-8)).T @ W) ** 2
+    return norms**2 / overlap.sum(dim=0).clamp_min(1e-8)
+
+
+def loss_forgetting_the_decoder_bias_in_the_encoder(x, W_enc, b_enc, W_dec, b_dec, l1_coeff):
+    latents = torch.relu(x @ W_enc + b_enc)
+    recon = latents @ W_dec + b_dec
+    return ((x - recon).pow(2).sum(-1) + l1_coeff * latents.sum(-1)).mean()
+
+
+def loss_summed_over_the_batch(x, W_enc, b_enc, W_dec, b_dec, l1_coeff):
+    latents = torch.relu((x - b_dec) @ W_enc + b_enc)
+    recon = latents @ W_dec + b_dec
+    return ((x - recon).pow(2).sum(-1) + l1_coeff * latents.sum(-1)).sum()
+
+
+def loss_mean_squared_error(x, W_enc, b_enc, W_dec, b_dec, l1_coeff):
+    latents = torch.relu((x - b_dec) @ W_enc + b_enc)
+    recon = latents @ W_dec + b_dec
+    return (x - recon).pow(2).mean() + l1_coeff * latents.sum(-1).mean()
+
+
+def cosine_without_normalising_the_decoder(decoder, features):
+    feat = torch.nn.functional.normalize(features, dim=-1)
+    return (feat @ decoder.T).max(dim=-1).values
+
+
+def cosine_max_over_features(decoder, features):
+    dec = torch.nn.functional.normalize(decoder, dim=-1)
+    feat = torch.nn.functional.normalize(features, dim=-1)
+    return (feat @ dec.T).max(dim=0).values
+
+
+def topk_without_relu(z, k):
+    values, indices = z.topk(k, dim=-1)
+    return torch.zeros_like(z).scatter(-1, indices, values)
+
+
+def topk_smallest(z, k):
+    values, indices = z.topk(k, dim=-1, largest=False)
+    return torch.zeros_like(z).scatter(-1, indices, values.clamp_min(0))
+
+
+def topk_off_by_one(z, k):
+    return toy_saes.topk_activation(z, max(k - 1, 1))
+
+
+class JumpReLUStraightThrough(torch.autograd.Function):
+    """Passes the gradient straight through to theta with the wrong sign and no kernel."""
+
+    @staticmethod
+    def forward(ctx, z, theta, bandwidth):
+        ctx.save_for_backward(z, theta)
+        return z * (z > theta).float()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        z, theta = ctx.saved_tensors
+        grad_z = grad_output * (z > theta).float()
+        return grad_z, grad_output.sum_to_size(theta.shape), None
+
+
+class JumpReLUWholeWindow(torch.autograd.Function):
+    """Uses a window of width 2 * bandwidth (|z - theta| < bandwidth) instead of bandwidth."""
+
+    @staticmethod
+    def forward(ctx, z, theta, bandwidth):
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return z * (z > theta).float()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        window = ((z - theta).abs() < eps).float()
+        grad_theta = grad_output * (-theta / eps) * window
+        return grad_output * (z > theta).float(), grad_theta.sum_to_size(theta.shape), None
+
+
+class JumpReLUStub(torch.autograd.Function):
+    """The exercise notebook's stub of the class exercise."""
+
+    @staticmethod
+    def forward(ctx, z, theta, bandwidth):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        raise NotImplementedError
+
+
+WRONG: dict[str, list[Callable]] = {
+    "check_toy_forward": [forward_without_relu, forward_relu_before_bias],
+    "check_feature_dimensionality": [
+        dimensionality_without_zero_guard,
+        dimensionality_summing_the_wrong_axis,
+    ],
+    "check_sae_loss": [
+        loss_forgetting_the_decoder_bias_in_the_encoder,
+        loss_summed_over_the_batch,
+        loss_mean_squared_error,
+    ],
+    "check_max_cosine_similarity": [
+        cosine_without_normalising_the_decoder,
+        cosine_max_over_features,
+    ],
+    "check_topk_activation": [topk_without_relu, topk_smallest, topk_off_by_one],
+    "check_jumprelu_function": [JumpReLUStraightThrough, JumpReLUWholeWindow],
+}
+STUBS: dict[str, Callable] = {"check_jumprelu_function": JumpReLUStub}
+#: checker -> (chapter, the name its solution cell defines)
+SOLUTIONS: dict[str, tuple[str, str]] = {
+    "check_toy_forward": (CHAPTER_1, "toy_forward"),
+    "check_feature_dimensionality": (CHAPTER_1, "feature_dimensionality"),
+    "check_sae_loss": (CHAPTER_2, "sae_loss"),
+    "check_max_cosine_similarity": (CHAPTER_2, "max_cosine_similarity"),
+    "check_topk_activation": (CHAPTER_3, "topk_activation"),
+    "check_jumprelu_function": (CHAPTER_3, "JumpReLU"),
+}
+
+
+def test_every_checker_of_the_part_is_covered() -> None:
+    assert sorted(WRONG) == part_checkers(PART)
+    assert sorted(SOLUTIONS) == part_checkers(PART)
+
+
+@pytest.mark.parametrize("name", sorted(WRONG))
+def test_a_stub_is_not_implemented(name: str) -> None:
+    assert_stub_rejected(getattr(checks, name), STUBS.get(name, stub))
+
+
+@pytest.mark.parametrize(
+    "name, wrong",
+    [(n, w) for n, ws in WRONG.items() for w in ws],
+    ids=lambda v: getattr(v, "__name__", v),
+)
+def test_a_wrong_implementation_is_rejected(name: str, wrong: Callable) -> None:
+    assert_wrong_rejected(getattr(checks, name), wrong)
+
+
+@pytest.mark.parametrize("name", sorted(SOLUTIONS))
+def test_the_books_solution_passes(name: str) -> None:
+    chapter, defined = SOLUTIONS[name]
+    getattr(checks, name)(load_solution(chapter, defined))
