@@ -36,7 +36,6 @@ PENDING_CHAPTERS: set[str] = {
     "book/intro/01_running_saes",
     "book/intro/02_loading_saes",
     "book/intro/03_latent_dashboards",
-    "book/intro/04_finding_latents",
     "book/intro/05_attention_saes",
     "book/intro/06_steering",
     "book/intro/07_architectures",

@@ -76,6 +76,150 @@ def jumprelu_without_relu(x, W_enc, b_enc, b_dec, threshold, apply_b_dec):
     return pre * (pre > threshold)
 
 
+def summary_counting_bos(model, sae, tokens, k, batch_size):
+    hook = sae.cfg.metadata.hook_name
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=hook)
+        acts = sae.encode(cache[hook]).flatten(0, 1).cpu()
+    count = (acts > 0).sum(0)
+    mean = torch.where(count > 0, acts.sum(0) / count.clamp(min=1), 0.0)
+    top = acts.T.topk(k, dim=1).values
+    return {"count": count, "mean": mean, "max": acts.max(0).values, "top_values": top}
+
+
+def summary_top_k_of_the_last_batch(model, sae, tokens, k, batch_size):
+    """Keeps the top k of each batch instead of merging them."""
+    hook, bos = sae.cfg.metadata.hook_name, model.tokenizer.bos_token_id
+    d_sae = sae.cfg.d_sae
+    count, total, peak = (
+        torch.zeros(d_sae, dtype=torch.long),
+        torch.zeros(d_sae),
+        torch.zeros(d_sae),
+    )
+    top = torch.zeros(d_sae, k)
+    for start in range(0, tokens.shape[0], batch_size):
+        batch = tokens[start : start + batch_size]
+        with torch.no_grad():
+            _, cache = model.run_with_cache(batch, names_filter=hook)
+            acts = sae.encode(cache[hook]).cpu()[batch.cpu() != bos]
+        count += (acts > 0).sum(0)
+        total += acts.sum(0)
+        peak = torch.maximum(peak, acts.max(0).values)
+        top = torch.cat([torch.zeros(d_sae, k), acts.T], dim=1).topk(k, dim=1).values
+    mean = torch.where(count > 0, total / count.clamp(min=1), 0.0)
+    return {"count": count, "mean": mean, "max": peak, "top_values": top}
+
+
+def summary_mean_over_all_positions(model, sae, tokens, k, batch_size):
+    out = _solution("check_latent_summary")(model, sae, tokens, k, batch_size)
+    positions = int((tokens != model.tokenizer.bos_token_id).sum())
+    out["mean"] = out["mean"] * out["count"] / positions
+    return out
+
+
+def logit_diff_every_pair(logits, answer, wrong):
+    return (logits[:, -1, answer] - logits[:, -1, wrong]).mean(-1)
+
+
+def logit_diff_first_position(logits, answer, wrong):
+    rows = torch.arange(logits.shape[0])
+    return logits[rows, 0, answer] - logits[rows, 0, wrong]
+
+
+def ablation_without_error_term(model, sae, task, latents):
+    name = f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post"
+    effects = []
+    with torch.no_grad(), model.saes(saes=[sae], use_error_term=False):
+        base = task.logit_diff(model(task.clean)).mean()
+        for latent in latents.tolist():
+
+            def zero(acts, hook, latent=latent):
+                acts = acts.clone()
+                acts[:, -1, latent] = 0.0
+                return acts
+
+            logits = model.run_with_hooks(task.clean, fwd_hooks=[(name, zero)])
+            effects.append(task.logit_diff(logits).mean() - base)
+    return torch.stack(effects)
+
+
+def ablation_at_every_position(model, sae, task, latents):
+    name = f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post"
+    effects = []
+    with torch.no_grad(), model.saes(saes=[sae], use_error_term=True):
+        base = task.logit_diff(model(task.clean)).mean()
+        for latent in latents.tolist():
+
+            def zero(acts, hook, latent=latent):
+                acts = acts.clone()
+                acts[..., latent] = 0.0
+                return acts
+
+            logits = model.run_with_hooks(task.clean, fwd_hooks=[(name, zero)])
+            effects.append(task.logit_diff(logits).mean() - base)
+    return torch.stack(effects)
+
+
+def attribution_of_the_mean(model, sae, task):
+    """Back-propagates the mean logit difference: every entry divided by the batch size."""
+    name = f"{sae.cfg.metadata.hook_name}.hook_sae_acts_post"
+    kept = {}
+
+    def keep(acts, hook):
+        acts.retain_grad()
+        kept["acts"] = acts
+        return acts
+
+    with torch.enable_grad(), model.saes(saes=[sae], use_error_term=True):
+        task.logit_diff(
+            model.run_with_hooks(task.clean, fwd_hooks=[(name, keep)])
+        ).mean().backward()
+    model.zero_grad(set_to_none=True)
+    sae.zero_grad(set_to_none=True)
+    return (-kept["acts"] * kept["acts"].grad).detach()
+
+
+def attribution_without_the_minus(model, sae, task):
+    return -_solution("check_attribution_patching")(model, sae, task)
+
+
+def contributions_ignoring_the_decoder_norm(model, sae, tokens, latent):
+    out = _solution("check_source_contributions")(model, sae, tokens, latent)
+    return out / sae.W_dec[latent].norm().item()
+
+
+def contributions_with_the_pattern_transposed(model, sae, tokens, latent):
+    out = _solution("check_source_contributions")(model, sae, tokens, latent)
+    pattern_scaled = out.transpose(-1, -2)
+    return pattern_scaled
+
+
+def greedy_without_steering(model, prompts, hook_name, direction, coefficient, new_tokens):
+    return _solution("check_steered_greedy")(model, prompts, hook_name, direction, 0.0, new_tokens)
+
+
+def greedy_steering_the_last_position_only(model, prompts, hook_name, direction, coefficient,
+                                           new_tokens):  # fmt: skip
+    def steer(activation, hook):
+        activation = activation.clone()
+        activation[:, -1] += coefficient * direction
+        return activation
+
+    tokens = prompts
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            logits = model.run_with_hooks(tokens, fwd_hooks=[(hook_name, steer)])
+            tokens = torch.cat([tokens, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return tokens
+
+
+def greedy_returning_only_the_continuation(model, prompts, hook_name, direction, coefficient,
+                                           new_tokens):  # fmt: skip
+    out = _solution("check_steered_greedy")(model, prompts, hook_name, direction, coefficient,
+                                            new_tokens)  # fmt: skip
+    return out[:, prompts.shape[1] :]
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_top_logits": [
         top_logits_smallest,
@@ -89,6 +233,23 @@ WRONG: dict[str, list[Callable]] = {
         jumprelu_firing_at_the_threshold,
         jumprelu_without_relu,
     ],
+    "check_latent_summary": [
+        summary_counting_bos,
+        summary_top_k_of_the_last_batch,
+        summary_mean_over_all_positions,
+    ],
+    "check_logit_diff": [logit_diff_every_pair, logit_diff_first_position],
+    "check_ablation_effects": [ablation_without_error_term, ablation_at_every_position],
+    "check_attribution_patching": [attribution_of_the_mean, attribution_without_the_minus],
+    "check_source_contributions": [
+        contributions_ignoring_the_decoder_norm,
+        contributions_with_the_pattern_transposed,
+    ],
+    "check_steered_greedy": [
+        greedy_without_steering,
+        greedy_steering_the_last_position_only,
+        greedy_returning_only_the_continuation,
+    ],
 }
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
@@ -96,10 +257,30 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_head_norms": ("book/intro/05_attention_saes", "head_norms"),
     "check_steering_hook": ("book/intro/06_steering", "make_steering_hook"),
     "check_jumprelu_encode": ("book/intro/07_architectures", "jumprelu_encode"),
+    "check_latent_summary": ("book/intro/03_latent_dashboards", "latent_summary"),
+    "check_logit_diff": ("book/intro/04_finding_latents", "logit_diff"),
+    "check_ablation_effects": ("book/intro/04_finding_latents", "ablation_loop"),
+    "check_attribution_patching": (
+        "book/intro/04_finding_latents",
+        "attribution_patching_by_hand",
+    ),
+    "check_source_contributions": ("book/intro/05_attention_saes", "source_contributions"),
+    "check_steered_greedy": ("book/intro/06_steering", "steered_greedy"),
 }
+
+
+def _solution(name: str) -> Callable:
+    return load_solution(*SOLUTIONS[name])
+
+
 #: checker -> its arguments after the reader's function, from the tiny profile
 EXTRA_ARGS: dict[str, Callable[[Any], tuple]] = {
     "check_top_logits": lambda p: (p.model, p.saes["resid"]),
+    "check_latent_summary": lambda p: (p.model, p.saes["resid"], p.tokens(8, 32)),
+    "check_ablation_effects": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
+    "check_attribution_patching": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
+    "check_source_contributions": lambda p: (p.model, p.saes["attn"], p.tokens(4, 24)),
+    "check_steered_greedy": lambda p: (p.model, p.saes["resid"], p.tokens(2, 8), 0, 5.0),
 }
 
 

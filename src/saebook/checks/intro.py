@@ -162,3 +162,248 @@ def check_jumprelu_encode(fn: Callable[..., Tensor]) -> None:
         ("batch of one", (x[:1], W, b_enc, b_dec, theta, True), {}),
     ]
     check_function(fn, reference_jumprelu_encode, cases)
+
+
+# --- Part 1, chapter 3: the dashboard statistics pass ---------------------------------------
+
+
+def reference_latent_summary(
+    model: Any, sae: Any, tokens: Tensor, k: int, batch_size: int
+) -> dict[str, Tensor]:
+    """:func:`saebook.latent_stats.latent_stats`' count, mean, max and top-k values."""
+    from saebook.latent_stats import latent_stats
+
+    stats = latent_stats(model, sae, tokens, batch_size=batch_size, k=k, progress=False)
+    return {
+        "count": stats.count,
+        "mean": stats.mean_activation.float().nan_to_num(0.0),
+        "max": stats.max,
+        "top_values": stats.top_values,
+    }
+
+
+def check_latent_summary(fn: Callable[..., dict[str, Tensor]], model: Any, sae: Any,
+                         tokens: Tensor) -> None:  # fmt: skip
+    """Check ``fn(model, sae, tokens, k, batch_size) -> dict`` of per-latent statistics.
+
+    Over every position of ``tokens`` except BOS positions (``model.tokenizer.bos_token_id``),
+    for every latent: ``"count"`` (int64, positions where it fires, activation > 0),
+    ``"mean"`` (mean activation where it fires, 0 if it never does), ``"max"`` and
+    ``"top_values"`` (``(d_sae, k)``, its ``k`` largest activations, largest first, padded
+    with 0). The reference is :func:`saebook.latent_stats.latent_stats`. Cases: a few rows
+    in one batch, the same rows in batches of one row (a running top-k must merge batches),
+    ``k = 1``, and a batch size that does not divide the number of rows.
+    """
+    rows = min(6, tokens.shape[0])
+    seq = min(32, tokens.shape[1])
+    sample = tokens[:rows, :seq]
+    cases: list[Case] = [
+        (f"{rows} rows, one batch, k=5", (model, sae, sample, 5, rows), {}),
+        (f"{rows} rows in batches of 1, k=5", (model, sae, sample, 5, 1), {}),
+        ("k=1", (model, sae, sample, 1, rows), {}),
+        (f"{rows} rows in batches of 4, k=8", (model, sae, sample, 8, 4), {}),
+    ]
+    check_function(_as_float_dict(fn), _as_float_dict(reference_latent_summary), cases,
+                   atol=1e-4, rtol=1e-4)  # fmt: skip
+
+
+def _as_float_dict(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Compare counts exactly but as numbers (an int32 count is as good as an int64 one)."""
+
+    def run(*args: Any) -> Any:
+        out = fn(*args)
+        if not isinstance(out, dict):
+            return out
+        return {k: torch.as_tensor(v).detach().cpu().double() for k, v in out.items()}
+
+    return run
+
+
+# --- Part 1, chapter 4: finding latents that matter ------------------------------------------
+
+
+def _subtask(task: Any, rows: slice) -> Any:
+    from saebook.tasks import LogitDiffTask
+
+    return LogitDiffTask(task.name, task.description, task.clean[rows], task.corrupted[rows],
+                         task.answer[rows], task.wrong[rows], task.prompts[rows])  # fmt: skip
+
+
+def reference_logit_diff(logits: Tensor, answer: Tensor, wrong: Tensor) -> Tensor:
+    """:meth:`saebook.tasks.LogitDiffTask.logit_diff` for the given answers."""
+    from saebook.tasks import LogitDiffTask
+
+    n = answer.shape[0]
+    empty = torch.zeros(n, 1, dtype=torch.long)
+    return LogitDiffTask("", "", empty, empty, answer, wrong, [""] * n).logit_diff(logits)
+
+
+def check_logit_diff(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(logits, answer, wrong) -> (batch,)``: answer minus wrong logit, last position.
+
+    ``logits`` is ``(batch, seq, d_vocab)``, ``answer`` and ``wrong`` are ``(batch,)`` token
+    ids, one per row. The reference is :meth:`saebook.tasks.LogitDiffTask.logit_diff`. Cases
+    include a sequence of length one, answers equal to the wrong tokens (0) and rows with
+    different answers (which a ``logits[:, -1, answer]`` slice gets wrong).
+    """
+    g = _generator(9)
+    logits = torch.randn(4, 6, 11, generator=g)
+    answer = torch.tensor([1, 5, 5, 0])
+    wrong = torch.tensor([2, 3, 7, 10])
+    cases: list[Case] = [
+        ("random", (logits, answer, wrong), {}),
+        ("one position", (logits[:, -1:], answer, wrong), {}),
+        ("answer = wrong", (logits, answer, answer), {}),
+        ("batch of one", (logits[:1], answer[:1], wrong[:1]), {}),
+        ("same answers in every row", (logits, torch.full((4,), 3), torch.full((4,), 8)), {}),
+    ]
+    check_function(fn, reference_logit_diff, cases)
+
+
+def reference_ablation_effects(model: Any, sae: Any, task: Any, latents: Tensor) -> Tensor:
+    """:func:`saebook.attribution.ablation_effects` for ``latents``."""
+    from saebook.attribution import ablation_effects
+
+    return ablation_effects(model, sae, task, latents)[1]
+
+
+def check_ablation_effects(fn: Callable[..., Tensor], model: Any, sae: Any, task: Any) -> None:
+    """Check ``fn(model, sae, task, latents) -> (n,)``: exact effects of zero-ablating latents.
+
+    Entry ``j`` is the mean over the task's prompts of the clean logit difference with latent
+    ``latents[j]`` set to 0 at the last position, minus the mean without the edit, with the
+    SAE spliced in with its error term. The reference is
+    :func:`saebook.attribution.ablation_effects`. Cases: the latents most active at the last
+    position, a latent that never fires there (effect 0), and a single prompt.
+    """
+    from saebook.attribution import latent_activations_at_last
+
+    acts = latent_activations_at_last(model, sae, task.clean).amax(0)
+    order = acts.argsort(descending=True).cpu()
+    top = order[:3]
+    silent = order[-1:]
+    cases: list[Case] = [
+        ("the 3 most active latents", (model, sae, task, top), {}),
+        ("a latent silent at the last position", (model, sae, task, silent), {}),
+        ("one prompt, most active latent", (model, sae, _subtask(task, slice(0, 1)), top[:1]), {}),
+    ]
+    check_function(fn, reference_ablation_effects, cases, atol=1e-4, rtol=1e-3)
+
+
+def reference_attribution_patching(model: Any, sae: Any, task: Any) -> Tensor:
+    """:func:`saebook.attribution.attribution_patching`, one prompt at a time.
+
+    Each prompt's entries are its own ``-a * d LD / d a``; computing them prompt by prompt
+    fixes that scale whatever the batch.
+    """
+    from saebook.attribution import attribution_patching
+
+    rows = task.clean.shape[0]
+    return torch.cat([attribution_patching(model, sae, _subtask(task, slice(b, b + 1)))
+                      for b in range(rows)])  # fmt: skip
+
+
+def check_attribution_patching(fn: Callable[..., Tensor], model: Any, sae: Any,
+                               task: Any) -> None:  # fmt: skip
+    """Check ``fn(model, sae, task) -> (batch, seq, d_sae)`` attribution-patching estimates.
+
+    Entry ``[b, p, i]`` is ``-a[b, p, i] * d LD_b / d a[b, p, i]``: prompt ``b``'s latent
+    activation times the gradient of prompt ``b``'s own clean logit difference, with the SAE
+    spliced in with its error term. The reference is
+    :func:`saebook.attribution.attribution_patching` run on one prompt at a time. Cases: one
+    prompt, and several (back-propagating the mean logit difference instead of the sum
+    divides every entry by the number of prompts).
+    """
+    rows = min(4, task.clean.shape[0])
+    cases: list[Case] = [
+        ("one prompt", (model, sae, _subtask(task, slice(0, 1))), {}),
+        (f"{rows} prompts", (model, sae, _subtask(task, slice(0, rows))), {}),
+    ]
+    check_function(fn, reference_attribution_patching, cases, atol=1e-4, rtol=1e-3)
+
+
+# --- Part 1, chapter 5: attention SAEs ------------------------------------------------------
+
+
+def reference_source_contributions(model: Any, sae: Any, tokens: Tensor, latent: int) -> Tensor:
+    """:func:`saebook.attention.source_attribution`'s ``contributions``."""
+    from saebook.attention import source_attribution
+
+    return source_attribution(model, sae, tokens, latent).contributions
+
+
+def check_source_contributions(fn: Callable[..., Tensor], model: Any, sae: Any,
+                               tokens: Tensor) -> None:  # fmt: skip
+    """Check ``fn(model, sae, tokens, latent) -> (batch, n_heads, dst, src)`` for a hook_z SAE.
+
+    Entry ``[b, h, d, s]`` is ``pattern[b, h, d, s] * (v[b, s, h] . W_enc[h-block, latent])``,
+    with ``W_enc`` scaled as the SAE scales its pre-activations (by the decoder norm when
+    ``rescale_acts_by_decoder_norm`` is set). The reference is
+    :func:`saebook.attention.source_attribution`. Cases: the latent with the largest decoder
+    norm, the first and last latents, and one sequence.
+    """
+    strongest = int(sae.W_dec.norm(dim=-1).argmax())
+    sample = tokens[:2, : min(24, tokens.shape[1])]
+    d_sae = sae.cfg.d_sae
+    cases: list[Case] = [
+        (f"the largest-norm latent ({strongest})", (model, sae, sample, strongest), {}),
+        ("latent 0", (model, sae, sample, 0), {}),
+        (f"the last latent ({d_sae - 1})", (model, sae, sample, d_sae - 1), {}),
+        ("one sequence", (model, sae, sample[:1], strongest), {}),
+    ]
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        import copy
+
+        rescaled = copy.deepcopy(sae)
+        with torch.no_grad():  # decoder rows of norm 1 to 3: the rescaling matters
+            rows = torch.linspace(1.0, 3.0, d_sae, device=sae.W_dec.device)
+            rescaled.W_dec.mul_(rows[:, None] / rescaled.W_dec.norm(dim=-1, keepdim=True))
+        cases.append(
+            (f"decoder rows rescaled, latent {strongest}", (model, rescaled, sample, strongest), {})
+        )
+    check_function(fn, reference_source_contributions, cases, atol=1e-4, rtol=1e-3)
+
+
+# --- Part 1, chapter 6: steered generation --------------------------------------------------
+
+
+def reference_steered_greedy(model: Any, prompts: Tensor, hook_name: str, direction: Tensor,
+                             coefficient: float, new_tokens: int) -> Tensor:  # fmt: skip
+    """TransformerLens' greedy ``generate`` with :func:`saebook.steering.steering_hook` on."""
+    from saebook.steering import steering_hook
+
+    with (
+        torch.no_grad(),
+        model.hooks(fwd_hooks=[(hook_name, steering_hook(direction, coefficient))]),
+    ):
+        out = model.generate(prompts, max_new_tokens=new_tokens, do_sample=False,
+                             stop_at_eos=False, prepend_bos=False, verbose=False,
+                             use_past_kv_cache=False)  # fmt: skip
+    return out.clone()
+
+
+def check_steered_greedy(fn: Callable[..., Tensor], model: Any, sae: Any, prompts: Tensor,
+                         latent: int, max_act: float) -> None:  # fmt: skip
+    """Check ``fn(model, prompts, hook_name, direction, coefficient, new_tokens)``.
+
+    The result is ``(batch, pos + new_tokens)``: the prompts followed by greedy continuations
+    (the most likely token at each step) with ``coefficient * direction`` added at
+    ``hook_name`` at every position of every forward pass. The reference is TransformerLens'
+    ``generate(do_sample=False)`` with :func:`saebook.steering.steering_hook` on. Cases use
+    ``latent``'s residual-stream direction at multiples of ``max_act`` (its largest
+    activation): no steering, both signs, one new token, one prompt.
+    """
+    from saebook.directions import decoder_directions
+    from saebook.steering import steering_hook_name
+
+    hook = steering_hook_name(sae)
+    direction = decoder_directions(model, sae, [latent])[0]
+    sample = prompts[:2]
+    cases: list[Case] = [
+        ("coefficient 0 (no steering)", (model, sample, hook, direction, 0.0, 4), {}),
+        ("coefficient 4 x max_act", (model, sample, hook, direction, 4.0 * max_act, 4), {}),
+        ("coefficient -4 x max_act", (model, sample, hook, direction, -4.0 * max_act, 4), {}),
+        ("one new token", (model, sample, hook, direction, 4.0 * max_act, 1), {}),
+        ("one prompt", (model, sample[:1], hook, direction, 8.0 * max_act, 4), {}),
+    ]
+    check_function(fn, reference_steered_greedy, cases)
