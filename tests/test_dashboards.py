@@ -41,7 +41,8 @@ def test_logits_and_table(setup):
     model, saes, _, _ = setup
     sae = saes["resid"]
     logits = latent_logits(model, sae, 5)
-    assert torch.allclose(logits, sae.W_dec[5] @ model.W_U, atol=1e-5)
+    d = sae.W_dec[5] - sae.W_dec[5].mean()  # through the final LayerNorm: centred, weighted
+    assert torch.allclose(logits, (d * model.ln_final.w) @ model.W_U, atol=1e-5)
     values, ids = top_logits(model, sae, 5, k=7)
     assert torch.equal(ids, logits.topk(7).indices)
     low, _ = top_logits(model, sae, 5, k=3, largest=False)

@@ -100,3 +100,28 @@ def test_setup_threads_follow_saebook_threads(monkeypatch, shown):
             saebook.setup(show=False)
     finally:
         torch.set_num_threads(before)
+
+
+def test_reference_table_reads_the_rows(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    assert display.reference_table() is None  # no file: the tests have not run here
+    (tmp_path / "_build").mkdir()
+    rows = [
+        {"technique": "b", "reference": "r", "quantity": "q", "measured": "1.0",
+         "tolerance": "t", "ok": False, "note": "", "test": "tests/x.py::t", "recorded": "now"},
+        {"technique": "a", "reference": "r", "quantity": "q", "measured": "2.0",
+         "tolerance": "t", "ok": True, "note": "", "test": "tests/x.py::u", "recorded": "now"},
+    ]
+    (tmp_path / "_build" / "reference_checks.json").write_text(json.dumps({"rows": rows}))
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")  # found in a parent folder
+    table = display.reference_table()
+    assert table["technique"].tolist() == ["a", "b"]
+    assert table["result"].tolist() == ["pass", "FAIL"]
+    assert "note" not in table.columns
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    with pytest.raises(ValueError, match="bad.json"):
+        display.reference_table(bad)

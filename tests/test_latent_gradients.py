@@ -39,13 +39,23 @@ def test_map_reproduces_clean_latents(setup):
     assert torch.allclose(out.cpu(), lmap.down.value, atol=1e-5)
 
 
-def test_jacobian_matches_finite_differences(setup):
+def test_jacobian_matches_finite_differences(setup, reference_row):
     model, saes, tokens = setup
     lmap = lg.latent_map(model, saes["mlp"], saes["attn"], tokens)
     jac = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens)
     cols = [0, len(lmap.up) // 2, len(lmap.up) - 1]
     fd = lg.finite_difference(lmap, cols, eps=1e-2)
     assert jac.jacobian[:, cols].abs().max() > 1e-3  # not trivially zero
+    diff = (fd - jac.jacobian[:, cols]).abs()
+    bound = 2e-3 + 2e-2 * jac.jacobian[:, cols].abs()
+    reference_row(
+        technique="latent gradients (latent-to-latent Jacobian)",
+        reference="central finite differences through the model (eps 1e-2, micro world)",
+        quantity="max |difference| / (2e-3 + 2% of the entry)",
+        measured=f"{float((diff / bound).max()):.2g} (max |difference| {float(diff.max()):.1e})",
+        tolerance="<= 1",
+        ok=bool((diff <= bound).all()),
+    )
     assert torch.allclose(fd, jac.jacobian[:, cols], atol=2e-3, rtol=2e-2)
     # causality: a later latent never depends on an earlier latent at a later position
     later = jac.up.pos[None, :] > jac.down.pos[:, None]

@@ -29,8 +29,9 @@ def test_logit_weights_fold_and_match_dashboards(micro_model):
     sae = saes["resid"]
     raw = latent_logit_weights(model, sae, fold_ln=False)
     assert raw.shape == (sae.cfg.d_sae, model.cfg.d_vocab)
-    assert torch.allclose(raw[3], latent_logits(model, sae, 3), atol=1e-5)
+    assert torch.allclose(raw[3], (sae.W_dec[3] @ model.W_U).detach(), atol=1e-5)
     folded = latent_logit_weights(model, sae, [3, 4])
+    assert torch.allclose(folded[0], latent_logits(model, sae, 3), atol=1e-5)
     d = sae.W_dec[[3, 4]].float()
     d = (d - d.mean(-1, keepdim=True)) * model.ln_final.w
     assert torch.allclose(folded, (d @ model.W_U).detach(), atol=1e-5)

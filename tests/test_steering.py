@@ -63,7 +63,7 @@ def test_steering_hook_name_per_sae_kind(parts):
     assert steering_hook_name(saes["transcoder"]) == "blocks.0.hook_mlp_out"
 
 
-def test_generate_is_seeded_and_zero_steering_is_exact(parts, prompts):
+def test_generate_is_seeded_and_zero_steering_is_exact(parts, prompts, reference_row):
     model, saes = parts
     a = generate(model, prompts, 6, seed=3)
     b = generate(model, prompts, 6, seed=3)
@@ -72,7 +72,16 @@ def test_generate_is_seeded_and_zero_steering_is_exact(parts, prompts):
     assert torch.equal(a[:, : prompts.shape[1]], prompts)
     direction = decoder_directions(model, saes["resid"], [0])[0]
     hooks = [("blocks.1.hook_resid_pre", steering_hook(direction, 0.0))]
-    assert torch.equal(generate(model, prompts, 6, hooks=hooks, seed=3), a)
+    zero = generate(model, prompts, 6, hooks=hooks, seed=3)
+    reference_row(
+        technique="steering",
+        reference="plain seeded generation without hooks (micro world)",
+        quantity="tokens generated with coefficient 0",
+        measured=f"{int((zero == a).sum())} of {a.numel()} tokens identical",
+        tolerance="all identical",
+        ok=bool(torch.equal(zero, a)),
+    )
+    assert torch.equal(zero, a)
     big = [("blocks.1.hook_resid_pre", steering_hook(direction, 500.0))]
     assert not torch.equal(generate(model, prompts, 6, hooks=big, seed=3), a)
 

@@ -371,7 +371,7 @@ def test_train_sae_learns_and_resamples():
     assert (log.mse[-3:].mean(0) < log.mse[:3].mean(0)).all()
     assert sum(log.resampled) >= 2 and all(s < 0.75 * 300 for s in log.resample_steps)
     assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(2, 3), atol=1e-5)
-    assert toy_saes.recovered_features(sae, torch.eye(2)).min() == 2
+    assert toy_saes.recovered_features(sae, torch.eye(2), _orthogonal_data(2)(256)).min() == 2
     with pytest.raises(ValueError, match="resample_every must be a positive int, got 0"):
         toy_saes.train_sae(sae, _orthogonal_data(2), steps=1, resample_every=0, progress=False)
 
@@ -423,8 +423,16 @@ def _exact_sae(features: torch.Tensor, bias: float = 0.0) -> toy_saes.StandardSA
 def test_recovered_features_and_shrinkage_measures():
     features = torch.eye(2) * torch.tensor([[2.0], [0.5]])
     exact, shrunk = _exact_sae(features), _exact_sae(features, bias=-0.1)
-    assert toy_saes.recovered_features(exact, features).tolist() == [2]
     x = toy_models.generate_batch(64, torch.tensor([0.5]), 2) + 0.2
+    assert toy_saes.recovered_features(exact, features, x).tolist() == [2]
+    # a dead SAE recovers nothing, however well its decoder rows point (defect of issue 14)
+    dead = _exact_sae(features, bias=-100.0)
+    assert torch.equal(dead.W_dec, exact.W_dec)
+    assert toy_saes.recovered_features(dead, features, x).tolist() == [0]
+    one_dead = _exact_sae(features)
+    with torch.no_grad():
+        one_dead.W_enc[0, :, 1] = -one_dead.W_enc[0, :, 1]  # latent 1 never fires on x >= 0
+    assert toy_saes.recovered_features(one_dead, features, x).tolist() == [1]
     assert torch.allclose(toy_saes.norm_ratio(exact, x), torch.ones(1), atol=1e-5)
     assert toy_saes.norm_ratio(shrunk, x) < 1
     magnitudes = torch.linspace(0.5, 1.0, 6)
@@ -435,7 +443,9 @@ def test_recovered_features_and_shrinkage_measures():
     assert torch.allclose(toy_saes.activation_ratio(exact, features, magnitudes), torch.ones(1))
     assert toy_saes.activation_ratio(shrunk, features, magnitudes) < 0.95
     with pytest.raises(ValueError, match=r"features must have shape \(features, 2\)"):
-        toy_saes.recovered_features(exact, torch.ones(2, 3))
+        toy_saes.recovered_features(exact, torch.ones(2, 3), x)
+    with pytest.raises(ValueError, match=r"x must have shape"):
+        toy_saes.recovered_features(exact, features, torch.ones(4, 2))
     with pytest.raises(ValueError, match="instance must be in \\[0, 1\\), got 3"):
         toy_saes.feature_response(exact, features, magnitudes, instance=3)
 

@@ -7,7 +7,7 @@ A dashboard for one latent combines
 * the direct effect of its decoder direction on the logits: the direction is taken to the
   residual stream (through ``W_O`` for a ``hook_z`` SAE, through ``W_out`` for an MLP
   ``hook_post`` SAE; a transcoder already writes the MLP output) and multiplied by the
-  unembedding ``W_U``, ignoring the final LayerNorm's scale;
+  unembedding ``W_U`` through the final LayerNorm's weight and centring, ignoring its scale;
 * its top activating contexts and a uniform sample of contexts split by activation quantile,
   each token shaded by the latent's activation there, with the details on hover.
 
@@ -34,7 +34,7 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
-from saebook.directions import check_latent, decoder_directions
+from saebook.directions import check_latent, decoder_directions, logit_effects
 from saebook.latent_stats import Example, LatentStats, latent_activations
 from saebook.validate import check_int
 
@@ -60,10 +60,11 @@ NEURONPEDIA_HOST = ("www.neuronpedia.org", 443)
 
 @torch.no_grad()
 def latent_logits(model: HookedSAETransformer, sae: SAE, latent: int) -> Float[Tensor, " d_vocab"]:
-    """Direct effect of ``latent``'s decoder direction on every logit: ``dir @ W_U``."""
+    """Direct effect of ``latent``'s decoder direction on every logit, through the final
+    LayerNorm's weight and centring (:func:`saebook.directions.logit_effects`)."""
     latent = check_latent(sae, latent)
     direction = decoder_directions(model, sae, [latent])[0]
-    return (direction.to(model.W_U.device) @ model.W_U.float()).cpu()
+    return logit_effects(model, direction).cpu()
 
 
 def top_logits(

@@ -6,6 +6,13 @@ residual stream when it fires with activation 1. ``W_dec`` rows live where the S
 (``hook_name_out`` for a transcoder, else ``hook_name``), so this module maps them:
 residual-stream and MLP/attention-output SAEs are used as they are, ``hook_z`` SAEs go through
 that layer's ``W_O`` and MLP ``hook_post`` SAEs through ``W_out``.
+
+What such a vector does *directly* to the logits goes through the final normalisation before
+``W_U``. :func:`effective_unembedding` is that map with the normalisation's scale frozen at 1,
+and :func:`logit_effects` applies it: every logit effect in the package (dashboards' logit
+tables, DLA, the logit lens, steering's choice of latents) goes through these two, so that a
+model loaded with its LayerNorm weights unfolded gives the same numbers as the same model
+folded by TransformerLens.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from jaxtyping import Float, Int
 from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
-__all__ = ["check_latent", "decoder_directions"]
+__all__ = ["check_latent", "decoder_directions", "effective_unembedding", "logit_effects"]
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.")
 
@@ -71,3 +78,55 @@ def decoder_directions(
             f"hook_z / mlp.hook_post hook, got width {w.shape[-1]} at hook {hook!r}"
         )
     return w
+
+
+@torch.no_grad()
+def effective_unembedding(model: HookedSAETransformer) -> Float[Tensor, "d_model d_vocab"]:
+    """The linear map from a residual-stream vector to its direct effect on the logits.
+
+    The final normalisation computes ``(x - mean(x)) / scale * w + b`` (LayerNorm; RMSNorm has
+    no centring and no bias) before ``W_U``. With the per-position ``scale`` frozen at 1 the
+    effect of adding ``d`` to the residual stream is ``(d - mean(d)) * w @ W_U``, so this
+    returns ``C diag(w) W_U`` with ``C = I - 11^T / d_model``:
+
+    * ``w`` is ``ln_final.w`` when the model still has it (loaded without folding), and 1 when
+      it was folded into ``W_U`` at load time (TransformerLens' ``fold_ln``, the default of
+      ``from_pretrained``: ``ln_final`` is then a ``LayerNormPre``/``RMSNormPre``);
+    * the centring ``C`` applies for ``normalization_type`` ``"LN"`` and ``"LNPre"`` (a
+      LayerNorm centres what it reads, folded or not), not for ``"RMS"``/``"RMSPre"``/None;
+    * the bias ``b`` adds the same vector whatever ``d`` is, so it is no part of the map.
+
+    So a model with ``ln_final.w`` unfolded and the same model folded by TransformerLens (with
+    ``center_unembed=False``) give the same matrix; ``center_unembed=True`` moves every logit of
+    a direction by the same amount, which changes no ranking and no logit difference. Divide by
+    the clean ``ln_final.hook_scale`` to get the effect at a given position.
+    """
+    w_u = model.W_U.float()
+    weight = getattr(getattr(model, "ln_final", None), "w", None)
+    if isinstance(weight, Tensor):
+        w_u = weight.float().to(w_u.device)[:, None] * w_u
+    if getattr(model.cfg, "normalization_type", None) in ("LN", "LNPre"):
+        w_u = w_u - w_u.mean(0, keepdim=True)
+    return w_u
+
+
+@torch.no_grad()
+def logit_effects(
+    model: HookedSAETransformer, directions: Float[Tensor, "*n d_model"]
+) -> Float[Tensor, "*n d_vocab"]:
+    """Direct effect on every logit of adding each residual-stream vector in ``directions``.
+
+    ``directions @ effective_unembedding(model)`` (see :func:`effective_unembedding`: the final
+    normalisation's weight and centring included, its scale frozen at 1), in float32 on
+    ``W_U``'s device. ``directions`` has ``d_model`` entries on its last axis.
+    """
+    if not isinstance(directions, Tensor) or directions.ndim < 1:
+        kind = type(directions).__name__
+        raise TypeError(f"directions must be a tensor (..., d_model), got {kind}")
+    if directions.shape[-1] != model.cfg.d_model:
+        raise ValueError(
+            f"directions must have d_model={model.cfg.d_model} entries on the last axis, got "
+            f"shape {tuple(directions.shape)}"
+        )
+    w_u = effective_unembedding(model)
+    return directions.float().to(w_u.device) @ w_u

@@ -27,8 +27,12 @@ __all__ = [
     "configure_plotly",
     "glue",
     "in_colab",
+    "reference_table",
     "show_table",
 ]
+
+#: Where ``make test`` writes the rows of "How this book checks itself" (tests/conftest.py).
+REFERENCE_CHECKS = "_build/reference_checks.json"
 
 #: Environment variable that forces a plotly renderer. The book's Sphinx extension
 #: (``book/_ext/saebook_site.py``) sets it to :data:`SITE_RENDERER` for the kernels that
@@ -259,3 +263,40 @@ def show_table(
         table = table.replace(">", ">" + cap, 1)  # right after the opening <table ...>
         text = f"{caption}\n{text}"
     _display_bundle({"text/html": table, "text/plain": text})
+
+
+def reference_table(path: str | os.PathLike | None = None) -> Any:
+    """The rows the tests recorded in ``_build/reference_checks.json``, as a DataFrame.
+
+    One row per (technique, quantity): ``technique``, ``reference`` (the independent
+    reference it was compared with), ``quantity``, ``measured`` (the agreement on the profile
+    the tests ran on), ``tolerance`` (what the test asserts), ``result`` ("pass"/"FAIL"),
+    ``test`` (the pytest node id) and ``recorded`` (UTC time); sorted by technique. ``path``
+    defaults to :data:`REFERENCE_CHECKS` in the current directory or the nearest parent that
+    has it. Returns None when there is no such file (the tests have not run here); raises
+    ValueError naming the file when it holds no ``rows`` list.
+    """
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    if path is None:
+        here = Path.cwd().resolve()
+        found = [d / REFERENCE_CHECKS for d in (here, *here.parents)]
+        path = next((f for f in found if f.is_file()), found[0])
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path} must hold {{'rows': [...]}} as tests/conftest.py writes it")
+    columns = ["technique", "reference", "quantity", "measured", "tolerance", "result", "test",
+               "recorded"]
+    frame = pd.DataFrame(
+        [{**r, "result": "pass" if r.get("ok") else "FAIL"} for r in rows],
+        columns=[*columns, "note"],
+    )
+    frame = frame.sort_values(["technique", "quantity"], kind="stable").reset_index(drop=True)
+    return frame[columns + (["note"] if frame["note"].fillna("").astype(bool).any() else [])]

@@ -30,7 +30,7 @@ from sae_lens import SAE, HookedSAETransformer
 from scipy import stats as sps
 from torch import Tensor
 
-from saebook.directions import decoder_directions
+from saebook.directions import decoder_directions, logit_effects
 
 __all__ = [
     "latent_logit_weights",
@@ -54,22 +54,19 @@ def latent_logit_weights(
     latents: Sequence[int] | Int[Tensor, " n"] | None = None,
     fold_ln: bool = True,
 ) -> Float[Tensor, "n d_vocab"]:
-    """Direct logit weights ``d_i @ W_U`` of ``latents`` (default: all), on the CPU.
+    """Direct logit weights of ``latents`` (default: all), on the CPU.
 
-    With ``fold_ln`` the direction first goes through the final normalisation as a linear map:
-    a LayerNorm (``LN``/``LNPre``) removes its mean over ``d_model``, and a learned weight
-    ``ln_final.w`` (present when it was not folded into ``W_U`` at load time) scales it. The
-    normalisation's division by the residual norm is a positive per-position factor that
-    changes no ranking, and is left out.
+    With ``fold_ln`` (the default) the direction goes through the final normalisation as a
+    linear map, :func:`saebook.directions.logit_effects`: a LayerNorm removes its mean over
+    ``d_model`` and its learned weight ``ln_final.w`` (when it was not folded into ``W_U`` at
+    load time) scales it; the division by the residual norm is a positive per-position factor
+    that changes no ranking, and is left out. ``fold_ln=False`` gives the bare product
+    ``d_i @ W_U``, which is the logit effect only on a model whose final LayerNorm weight was
+    folded and is kept to show the difference.
     """
     dirs = decoder_directions(model, sae, latents).to(model.W_U.device)
     if fold_ln:
-        norm = getattr(model.cfg, "normalization_type", None)
-        if norm in ("LN", "LNPre"):
-            dirs = dirs - dirs.mean(-1, keepdim=True)
-        weight = getattr(getattr(model, "ln_final", None), "w", None)
-        if isinstance(weight, Tensor):
-            dirs = dirs * weight.float()
+        return logit_effects(model, dirs).cpu()
     return (dirs @ model.W_U.float()).cpu()
 
 

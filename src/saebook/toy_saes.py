@@ -735,17 +735,27 @@ def match_features(
 def recovered_features(
     sae: ToySAE,
     features: Float[Tensor, "features d_in"],
+    x: Float[Tensor, "batch instances d_in"],
     threshold: float = 0.9,
     method: Literal["hungarian", "greedy"] = "hungarian",
 ) -> Int[Tensor, " instances"]:
-    """Per instance of ``sae``, how many of ``features`` a distinct latent matches with
-    cosine similarity above ``threshold`` (see :func:`match_features`)."""
+    """Per instance of ``sae``, how many of ``features`` a distinct *live* latent matches with
+    cosine similarity above ``threshold`` (see :func:`match_features`).
+
+    A latent is live when it fires (activation > 0) on at least one input of ``x``; a dead
+    latent's decoder row may still point along a feature, but it reconstructs nothing, so it
+    recovers nothing. Only live latents take part in the matching.
+    """
     if features.ndim != 2 or features.shape[1] != sae.d_in:
         raise ValueError(
             f"features must have shape (features, {sae.d_in}), got {tuple(features.shape)}"
         )
+    sae.check_input(x)
+    with torch.no_grad():
+        live = (sae.encode(x) > 0).any(0)  # (instances, d_sae)
     counts = [
-        match_features(sae.W_dec[k], features, method).recovered(threshold)
+        match_features(sae.W_dec[k][live[k]], features, method).recovered(threshold)
+        if live[k].any() else 0
         for k in range(sae.n_instances)
     ]
     return torch.tensor(counts)

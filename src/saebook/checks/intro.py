@@ -17,7 +17,9 @@ def check_top_logits(fn: Callable[..., tuple[Tensor, Tensor]], model: Any, sae: 
     """Check ``fn(model, sae, latent, k) -> (values, token_ids)`` for a residual-stream SAE.
 
     The reference is :func:`saebook.dashboards.top_logits`: the ``k`` largest entries of the
-    direct logit effect ``W_dec[latent] @ W_U``, largest first, and their token ids. Cases:
+    direct logit effect of ``W_dec[latent]`` through the final LayerNorm's centring and
+    weight and ``W_U`` (:func:`saebook.directions.logit_effects`), largest first, and their
+    token ids. Cases:
     the first, a middle and the last latent, the latent with the largest decoder norm, and
     ``k`` from 1 to 20.
     """
