@@ -220,11 +220,38 @@ def greedy_returning_only_the_continuation(model, prompts, hook_name, direction,
     return out[:, prompts.shape[1] :]
 
 
+def top_logits_without_the_layernorm(model, sae, latent, k):
+    return (sae.W_dec[latent] @ model.W_U).topk(k)
+
+
+def dla_without_the_layernorm_weight(model, sae, task):
+    hook = sae.cfg.metadata.hook_name
+    with torch.no_grad():
+        _, cache = model.run_with_cache(task.clean, names_filter=[hook, "ln_final.hook_scale"])
+        acts = sae.encode(cache[hook][:, -1])
+        scale = cache["ln_final.hook_scale"][:, -1]
+        diff = model.W_U[:, task.answer] - model.W_U[:, task.wrong]
+        return acts * (sae.W_dec @ diff).T / scale
+
+
+def dla_without_the_scale(model, sae, task):
+    hook = sae.cfg.metadata.hook_name
+    with torch.no_grad():
+        _, cache = model.run_with_cache(task.clean, names_filter=[hook, "ln_final.hook_scale"])
+        scale = cache["ln_final.hook_scale"][:, -1]
+    return _solution("check_direct_logit_attribution")(model, sae, task) * scale
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_top_logits": [
         top_logits_smallest,
         top_logits_from_the_encoder,
         top_logits_with_the_decoder_bias,
+        top_logits_without_the_layernorm,
+    ],
+    "check_direct_logit_attribution": [
+        dla_without_the_layernorm_weight,
+        dla_without_the_scale,
     ],
     "check_head_norms": [head_norms_transposed, head_norms_squared],
     "check_steering_hook": [steering_normalising_the_direction, steering_the_last_position_only],
@@ -259,6 +286,7 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_jumprelu_encode": ("book/intro/07_architectures", "jumprelu_encode"),
     "check_latent_summary": ("book/intro/03_latent_dashboards", "latent_summary"),
     "check_logit_diff": ("book/intro/04_finding_latents", "logit_diff"),
+    "check_direct_logit_attribution": ("book/intro/04_finding_latents", "dla"),
     "check_ablation_effects": ("book/intro/04_finding_latents", "ablation_loop"),
     "check_attribution_patching": (
         "book/intro/04_finding_latents",
@@ -277,6 +305,7 @@ def _solution(name: str) -> Callable:
 EXTRA_ARGS: dict[str, Callable[[Any], tuple]] = {
     "check_top_logits": lambda p: (p.model, p.saes["resid"]),
     "check_latent_summary": lambda p: (p.model, p.saes["resid"], p.tokens(8, 32)),
+    "check_direct_logit_attribution": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
     "check_ablation_effects": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
     "check_attribution_patching": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
     "check_source_contributions": lambda p: (p.model, p.saes["attn"], p.tokens(4, 24)),

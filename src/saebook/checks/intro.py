@@ -409,3 +409,28 @@ def check_steered_greedy(fn: Callable[..., Tensor], model: Any, sae: Any, prompt
         ("one prompt", (model, sample[:1], hook, direction, 8.0 * max_act, 4), {}),
     ]
     check_function(fn, reference_steered_greedy, cases)
+
+
+def reference_direct_logit_attribution(model: Any, sae: Any, task: Any) -> Tensor:
+    """:func:`saebook.attribution.direct_logit_attribution` (final LayerNorm folded in)."""
+    from saebook.attribution import direct_logit_attribution
+
+    return direct_logit_attribution(model, sae, task)
+
+
+def check_direct_logit_attribution(
+    fn: Callable[..., Tensor], model: Any, sae: Any, task: Any
+) -> None:
+    """Check ``fn(model, sae, task) -> (batch, d_sae)`` direct logit attribution.
+
+    Entry ``[b, i]`` is latent ``i``'s activation at prompt ``b``'s last position times its
+    decoder direction's effect on ``b``'s logit difference through the final LayerNorm (its
+    centring and weight, scale frozen at the clean value) and ``W_U``. The reference is
+    :func:`saebook.attribution.direct_logit_attribution` (see
+    :func:`saebook.directions.effective_unembedding`). Cases: all prompts and one prompt.
+    """
+    cases: list[Case] = [
+        (f"{task.clean.shape[0]} prompts", (model, sae, task), {}),
+        ("one prompt", (model, sae, _subtask(task, slice(0, 1))), {}),
+    ]
+    check_function(fn, reference_direct_logit_attribution, cases, atol=1e-4, rtol=1e-3)
