@@ -286,7 +286,7 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_jumprelu_encode": ("book/intro/07_architectures", "jumprelu_encode"),
     "check_latent_summary": ("book/intro/03_latent_dashboards", "latent_summary"),
     "check_logit_diff": ("book/intro/04_finding_latents", "logit_diff"),
-    "check_direct_logit_attribution": ("book/intro/04_finding_latents", "dla"),
+    "check_direct_logit_attribution": ("book/intro/04_finding_latents", "my_dla"),
     "check_ablation_effects": ("book/intro/04_finding_latents", "ablation_loop"),
     "check_attribution_patching": (
         "book/intro/04_finding_latents",
