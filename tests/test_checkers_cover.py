@@ -30,14 +30,10 @@ MIN_EXERCISES = 3
 PENDING_PARTS: set[str] = {"deeper", "training", "circuits"}
 #: Chapters still short of exercises (being written on branches exercises and exercises-b).
 PENDING_CHAPTERS: set[str] = {
-    "book/toy_models/01_superposition",
-    "book/toy_models/02_saes_from_scratch",
-    "book/toy_models/03_sae_variants",
     "book/intro/01_running_saes",
     "book/intro/02_loading_saes",
     "book/intro/03_latent_dashboards",
     "book/intro/05_attention_saes",
-    "book/intro/06_steering",
     "book/intro/07_architectures",
     "book/deeper/01_feature_splitting",
     "book/deeper/02_latent_geometry",

@@ -242,6 +242,38 @@ def dla_without_the_scale(model, sae, task):
     return _solution("check_direct_logit_attribution")(model, sae, task) * scale
 
 
+def kl_reversed(clean_logits, new_logits):
+    log_p, log_q = clean_logits.log_softmax(-1), new_logits.log_softmax(-1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)
+
+
+def kl_of_unnormalised_logits(clean_logits, new_logits):
+    return (clean_logits.softmax(-1) * (clean_logits - new_logits)).sum(-1)
+
+
+def explained_variance_against_zero(x, x_hat):
+    return float(1 - (x - x_hat).pow(2).sum() / x.pow(2).sum())
+
+
+def explained_variance_per_row_mean(x, x_hat):
+    per_row = 1 - (x - x_hat).pow(2).sum(-1) / (x - x.mean(0)).pow(2).sum(-1)
+    return float(per_row.mean())
+
+
+def fluency_off_by_one(model, tokens, start):
+    with torch.no_grad():
+        log_probs = model(tokens)[:, :-1].log_softmax(-1)
+    losses = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
+    return float(losses[:, start:].mean())
+
+
+def fluency_same_position(model, tokens, start):
+    with torch.no_grad():
+        log_probs = model(tokens).log_softmax(-1)
+    losses = -log_probs.gather(-1, tokens[..., None])[..., 0]
+    return float(losses[:, start:].mean())
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_top_logits": [
         top_logits_smallest,
@@ -265,6 +297,12 @@ WRONG: dict[str, list[Callable]] = {
         summary_top_k_of_the_last_batch,
         summary_mean_over_all_positions,
     ],
+    "check_kl_divergence": [kl_reversed, kl_of_unnormalised_logits],
+    "check_explained_variance": [
+        explained_variance_against_zero,
+        explained_variance_per_row_mean,
+    ],
+    "check_generated_loss": [fluency_off_by_one, fluency_same_position],
     "check_logit_diff": [logit_diff_every_pair, logit_diff_first_position],
     "check_ablation_effects": [ablation_without_error_term, ablation_at_every_position],
     "check_attribution_patching": [attribution_of_the_mean, attribution_without_the_minus],
@@ -286,6 +324,9 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_jumprelu_encode": ("book/intro/07_architectures", "jumprelu_encode"),
     "check_latent_summary": ("book/intro/03_latent_dashboards", "latent_summary"),
     "check_logit_diff": ("book/intro/04_finding_latents", "logit_diff"),
+    "check_kl_divergence": ("book/intro/01_running_saes", "kl_divergence"),
+    "check_explained_variance": ("book/intro/01_running_saes", "explained_variance"),
+    "check_generated_loss": ("book/intro/06_steering", "fluency_loss"),
     "check_direct_logit_attribution": ("book/intro/04_finding_latents", "my_dla"),
     "check_ablation_effects": ("book/intro/04_finding_latents", "ablation_loop"),
     "check_attribution_patching": (
@@ -306,6 +347,7 @@ EXTRA_ARGS: dict[str, Callable[[Any], tuple]] = {
     "check_top_logits": lambda p: (p.model, p.saes["resid"]),
     "check_latent_summary": lambda p: (p.model, p.saes["resid"], p.tokens(8, 32)),
     "check_direct_logit_attribution": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
+    "check_generated_loss": lambda p: (p.model, p.tokens(2, 16)),
     "check_ablation_effects": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
     "check_attribution_patching": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
     "check_source_contributions": lambda p: (p.model, p.saes["attn"], p.tokens(4, 24)),

@@ -434,3 +434,78 @@ def check_direct_logit_attribution(
         ("one prompt", (model, sae, _subtask(task, slice(0, 1))), {}),
     ]
     check_function(fn, reference_direct_logit_attribution, cases, atol=1e-4, rtol=1e-3)
+
+
+# --- Part 1, chapter 1: running SAEs --------------------------------------------------------
+
+
+def check_kl_divergence(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(clean_logits, new_logits) -> (...)``: ``KL(p_clean || p_new)`` per position.
+
+    Both inputs are ``(..., d_vocab)`` logits (not normalised); the result is in nats, one
+    value per position. The reference is :func:`saebook.metrics.kl_divergence`. Cases include
+    equal logits (0), logits shifted by a constant (0: softmax ignores it), the reversed
+    order (KL is not symmetric) and a near one-hot distribution.
+    """
+    from saebook.metrics import kl_divergence
+
+    g = _generator(12)
+    clean = torch.randn(2, 5, 7, generator=g)
+    new = torch.randn(2, 5, 7, generator=g)
+    peaked = clean.clone()
+    peaked[..., 0] += 30.0
+    cases: list[Case] = [
+        ("random", (clean, new), {}),
+        ("equal logits", (clean, clean), {}),
+        ("shifted by a constant", (clean, clean + 3.0), {}),
+        ("reversed", (new, clean), {}),
+        ("near one-hot clean", (peaked, new), {}),
+        ("one position", (clean[0, 0], new[0, 0]), {}),
+    ]
+    check_function(fn, kl_divergence, cases, atol=1e-5, rtol=1e-4)
+
+
+def check_explained_variance(fn: Callable[[Tensor, Tensor], float]) -> None:
+    """Check ``fn(x, x_hat) -> float``: ``1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``.
+
+    The mean is the mean row of ``x``; sums run over all rows and dimensions. The reference
+    is :func:`saebook.metrics.explained_variance`. Cases include a perfect reconstruction (1),
+    the mean row (0), zero (negative when the mean is far from 0) and inputs with a large
+    offset (which dividing by ``sum ||x||^2`` gets wrong).
+    """
+    from saebook.metrics import explained_variance
+
+    g = _generator(13)
+    x = torch.randn(32, 6, generator=g)
+    noisy = x + 0.3 * torch.randn(32, 6, generator=g)
+    cases: list[Case] = [
+        ("a noisy reconstruction", (x, noisy), {}),
+        ("perfect", (x, x.clone()), {}),
+        ("the mean row", (x, x.mean(0).expand_as(x).clone()), {}),
+        ("offset inputs", (x + 10.0, noisy + 10.0), {}),
+        ("zero reconstruction of offset inputs", (x + 2.0, torch.zeros_like(x)), {}),
+    ]
+    check_function(fn, explained_variance, cases, atol=1e-5, rtol=1e-4)
+
+
+# --- Part 1, chapter 6: the fluency cost ----------------------------------------------------
+
+
+def check_generated_loss(fn: Callable[..., float], model: Any, tokens: Tensor) -> None:
+    """Check ``fn(model, tokens, start) -> float``: the model's mean next-token loss (nats)
+    on ``tokens[:, start:]``, each token predicted from everything before it.
+
+    The reference is :func:`saebook.steering.generated_loss`. Cases: ``start`` 1 (every
+    token but the first), the middle, the last token only, and one row.
+    """
+    from saebook.steering import generated_loss
+
+    sample = tokens[:2, : min(16, tokens.shape[1])]
+    seq = sample.shape[1]
+    cases: list[Case] = [
+        ("start 1", (model, sample, 1), {}),
+        (f"start {seq // 2}", (model, sample, seq // 2), {}),
+        ("the last token only", (model, sample, seq - 1), {}),
+        ("one row", (model, sample[:1], seq // 2), {}),
+    ]
+    check_function(fn, generated_loss, cases, atol=1e-4, rtol=1e-4)
