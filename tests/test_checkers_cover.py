@@ -34,7 +34,6 @@ PENDING_CHAPTERS: set[str] = {
     "book/intro/02_loading_saes",
     "book/intro/03_latent_dashboards",
     "book/intro/05_attention_saes",
-    "book/intro/07_architectures",
     "book/deeper/01_feature_splitting",
     "book/deeper/02_latent_geometry",
     "book/deeper/03_feature_absorption",

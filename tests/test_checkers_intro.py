@@ -274,6 +274,42 @@ def fluency_same_position(model, tokens, start):
     return float(losses[:, start:].mean())
 
 
+def topk_rescaling_after_topk(x, W_enc, b_enc, W_dec, b_dec, k, rescale):
+    pre = (x - b_dec) @ W_enc + b_enc
+    values, indices = pre.topk(k, dim=-1)
+    out = torch.zeros_like(pre).scatter(-1, indices, values.relu())
+    return out * W_dec.norm(dim=-1) if rescale else out
+
+
+def topk_without_b_dec(x, W_enc, b_enc, W_dec, b_dec, k, rescale):
+    pre = x @ W_enc + b_enc
+    if rescale:
+        pre = pre * W_dec.norm(dim=-1)
+    values, indices = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, indices, values.relu())
+
+
+def topk_rescaled_by_a_mean_norm(x, W_enc, b_enc, W_dec, b_dec, k, rescale):
+    pre = ((x - b_dec) @ W_enc + b_enc).relu()
+    if rescale:
+        pre = pre * W_dec.norm(dim=0).mean()
+    values, indices = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, indices, values)
+
+
+def agreement_swapped(acts_a, acts_b):
+    out = _solution("check_firing_agreement")(acts_a, acts_b)
+    out["recall"], out["precision"] = out["precision"], out["recall"]
+    return out
+
+
+def agreement_correlating_everywhere(acts_a, acts_b):
+    out = _solution("check_firing_agreement")(acts_a, acts_b)
+    pair = torch.stack([acts_a.flatten().float(), acts_b.flatten().float()])
+    out["value_corr"] = float(torch.corrcoef(pair)[0, 1])
+    return out
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_top_logits": [
         top_logits_smallest,
@@ -303,6 +339,12 @@ WRONG: dict[str, list[Callable]] = {
         explained_variance_per_row_mean,
     ],
     "check_generated_loss": [fluency_off_by_one, fluency_same_position],
+    "check_topk_encode": [
+        topk_rescaling_after_topk,
+        topk_without_b_dec,
+        topk_rescaled_by_a_mean_norm,
+    ],
+    "check_firing_agreement": [agreement_swapped, agreement_correlating_everywhere],
     "check_logit_diff": [logit_diff_every_pair, logit_diff_first_position],
     "check_ablation_effects": [ablation_without_error_term, ablation_at_every_position],
     "check_attribution_patching": [attribution_of_the_mean, attribution_without_the_minus],
@@ -324,6 +366,8 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_jumprelu_encode": ("book/intro/07_architectures", "jumprelu_encode"),
     "check_latent_summary": ("book/intro/03_latent_dashboards", "latent_summary"),
     "check_logit_diff": ("book/intro/04_finding_latents", "logit_diff"),
+    "check_firing_agreement": ("book/intro/07_architectures", "agreement"),
+    "check_topk_encode": ("book/intro/07_architectures", "topk_encode"),
     "check_kl_divergence": ("book/intro/01_running_saes", "kl_divergence"),
     "check_explained_variance": ("book/intro/01_running_saes", "explained_variance"),
     "check_generated_loss": ("book/intro/06_steering", "fluency_loss"),

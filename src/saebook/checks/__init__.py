@@ -44,6 +44,7 @@ from saebook.checks.intro import (  # noqa: F401
     check_attribution_patching,
     check_direct_logit_attribution,
     check_explained_variance,
+    check_firing_agreement,
     check_generated_loss,
     check_head_norms,
     check_jumprelu_encode,
@@ -54,6 +55,7 @@ from saebook.checks.intro import (  # noqa: F401
     check_steered_greedy,
     check_steering_hook,
     check_top_logits,
+    check_topk_encode,
     reference_ablation_effects,
     reference_attribution_patching,
     reference_direct_logit_attribution,
@@ -64,6 +66,7 @@ from saebook.checks.intro import (  # noqa: F401
     reference_source_contributions,
     reference_steered_greedy,
     reference_steering_hook,
+    reference_topk_encode,
 )
 from saebook.checks.toy_models import (  # noqa: F401
     check_dead_latents,
@@ -126,6 +129,9 @@ __all__ = [
     "check_source_contributions",
     "reference_source_contributions",
     "check_steered_greedy",
+    "check_firing_agreement",
+    "check_topk_encode",
+    "reference_topk_encode",
     "check_kl_divergence",
     "check_explained_variance",
     "check_generated_loss",

@@ -509,3 +509,78 @@ def check_generated_loss(fn: Callable[..., float], model: Any, tokens: Tensor) -
         ("one row", (model, sample[:1], seq // 2), {}),
     ]
     check_function(fn, generated_loss, cases, atol=1e-4, rtol=1e-4)
+
+
+# --- Part 1, chapter 7: architectures -------------------------------------------------------
+
+
+def reference_topk_encode(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor, b_dec: Tensor, k: int, rescale: bool
+) -> Tensor:
+    """SAELens' ``TopKSAE.encode`` on ``x`` for the given weights (the reference)."""
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    sae = TopKSAE(
+        TopKSAEConfig(
+            d_in=W_enc.shape[0], d_sae=W_enc.shape[1], k=k, rescale_acts_by_decoder_norm=rescale
+        )  # fmt: skip
+    )
+    sae.load_state_dict({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec})
+    with torch.no_grad():
+        return sae.encode(x)
+
+
+def check_topk_encode(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(x, W_enc, b_enc, W_dec, b_dec, k, rescale) -> (batch, d_sae)``.
+
+    TopK's ``encode``: subtract ``b_dec``, apply the encoder, multiply the pre-activations by
+    the decoder rows' norms when ``rescale`` is true (``rescale_acts_by_decoder_norm``), keep
+    the ``k`` largest per row and ReLU them. The reference is SAELens' own ``TopKSAE.encode``.
+    Cases: with and without rescaling (decoder rows of different norms), ``k = 1``,
+    ``k = d_sae``, and inputs whose pre-activations are all negative.
+    """
+    g = _generator(14)
+    d_in, d_sae = 5, 12
+    W_enc = torch.randn(d_in, d_sae, generator=g)
+    W_dec = torch.randn(d_sae, d_in, generator=g) * torch.linspace(0.5, 3.0, d_sae)[:, None]
+    b_enc = torch.randn(d_sae, generator=g) * 0.2
+    b_dec = torch.randn(d_in, generator=g) * 0.5
+    x = torch.randn(16, d_in, generator=g)
+    params = (W_enc, b_enc, W_dec, b_dec)
+    low = (W_enc, torch.full((d_sae,), -100.0), W_dec, b_dec)
+    cases: list[Case] = [
+        ("k=3, no rescaling", (x, *params, 3, False), {}),
+        ("k=3, rescaled by decoder norms", (x, *params, 3, True), {}),
+        ("k=1", (x, *params, 1, True), {}),
+        ("k = d_sae", (x, *params, d_sae, False), {}),
+        ("all pre-activations negative", (x, *low, 4, False), {}),
+        ("batch of one", (x[:1], *params, 2, True), {}),
+    ]
+    check_function(fn, reference_topk_encode, cases)
+
+
+def check_firing_agreement(fn: Callable[[Tensor, Tensor], dict[str, float]]) -> None:
+    """Check ``fn(acts_a, acts_b) -> {"recall", "precision", "value_corr"}``.
+
+    ``recall``: the share of ``a``'s firings (activation > 0) where ``b`` fires too;
+    ``precision``: the share of ``b``'s firings where ``a`` fires; ``value_corr``: Pearson
+    correlation of the two activations over the entries where either fires. The reference
+    is :func:`saebook.architectures.firing_agreement`. Cases include identical activations,
+    ``b`` a scaled copy of ``a`` (correlation 1), ``b`` firing on a superset of ``a``, and a
+    3-D input.
+    """
+    from saebook.architectures import firing_agreement
+
+    g = _generator(15)
+    a = torch.relu(torch.randn(40, 10, generator=g) - 0.8)
+    b = torch.relu(a + 0.3 * torch.randn(40, 10, generator=g) - 0.1)
+    superset = torch.where(a > 0, a, torch.relu(torch.randn(40, 10, generator=g) - 1.0))
+    cases: list[Case] = [
+        ("noisy copy", (a, b), {}),
+        ("identical", (a, a.clone()), {}),
+        ("scaled copy", (a, 2.5 * a), {}),
+        ("b fires on a superset of a", (a, superset), {}),
+        ("reversed roles", (b, a), {}),
+        ("3-D input", (a.view(4, 10, 10), b.view(4, 10, 10)), {}),
+    ]
+    check_function(fn, firing_agreement, cases, atol=1e-5, rtol=1e-4)
