@@ -310,6 +310,29 @@ def agreement_correlating_everywhere(acts_a, acts_b):
     return out
 
 
+def loss_with_the_error_term(model, sae, tokens):
+    with torch.no_grad():
+        return model.run_with_saes(tokens, saes=[sae], return_type="loss", use_error_term=True)
+
+
+def loss_of_the_encoder_only(model, sae, tokens):
+    name = sae.cfg.metadata.hook_name
+    with torch.no_grad():
+        return model.run_with_hooks(
+            tokens, return_type="loss", fwd_hooks=[(name, lambda a, hook: a + sae.b_dec)]
+        )
+
+
+def bottom_logits_without_the_layernorm(model, sae, latent, k):
+    found = (sae.W_dec[latent] @ model.W_U).topk(k, largest=False)
+    return found.values, found.indices
+
+
+def bottom_logits_reversed(model, sae, latent, k):
+    values, ids = _solution("check_bottom_logits")(model, sae, latent, k)
+    return values.flip(0), ids.flip(0)
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_top_logits": [
         top_logits_smallest,
@@ -345,6 +368,8 @@ WRONG: dict[str, list[Callable]] = {
         topk_rescaled_by_a_mean_norm,
     ],
     "check_firing_agreement": [agreement_swapped, agreement_correlating_everywhere],
+    "check_spliced_loss": [loss_with_the_error_term, loss_of_the_encoder_only],
+    "check_bottom_logits": [bottom_logits_without_the_layernorm, bottom_logits_reversed],
     "check_logit_diff": [logit_diff_every_pair, logit_diff_first_position],
     "check_ablation_effects": [ablation_without_error_term, ablation_at_every_position],
     "check_attribution_patching": [attribution_of_the_mean, attribution_without_the_minus],
@@ -366,6 +391,8 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_jumprelu_encode": ("book/intro/07_architectures", "jumprelu_encode"),
     "check_latent_summary": ("book/intro/03_latent_dashboards", "latent_summary"),
     "check_logit_diff": ("book/intro/04_finding_latents", "logit_diff"),
+    "check_spliced_loss": ("book/intro/01_running_saes", "loss_with_sae"),
+    "check_bottom_logits": ("book/intro/03_latent_dashboards", "bottom_logits"),
     "check_firing_agreement": ("book/intro/07_architectures", "agreement"),
     "check_topk_encode": ("book/intro/07_architectures", "topk_encode"),
     "check_kl_divergence": ("book/intro/01_running_saes", "kl_divergence"),
@@ -391,6 +418,8 @@ EXTRA_ARGS: dict[str, Callable[[Any], tuple]] = {
     "check_top_logits": lambda p: (p.model, p.saes["resid"]),
     "check_latent_summary": lambda p: (p.model, p.saes["resid"], p.tokens(8, 32)),
     "check_direct_logit_attribution": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
+    "check_spliced_loss": lambda p: (p.model, p.saes["resid"], p.tokens(2, 24)),
+    "check_bottom_logits": lambda p: (p.model, p.saes["resid"]),
     "check_generated_loss": lambda p: (p.model, p.tokens(2, 16)),
     "check_ablation_effects": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
     "check_attribution_patching": lambda p: (p.model, p.saes["resid"], p.task(n=4)),

@@ -584,3 +584,52 @@ def check_firing_agreement(fn: Callable[[Tensor, Tensor], dict[str, float]]) -> 
         ("3-D input", (a.view(4, 10, 10), b.view(4, 10, 10)), {}),
     ]
     check_function(fn, firing_agreement, cases, atol=1e-5, rtol=1e-4)
+
+
+def reference_spliced_loss(model: Any, sae: Any, tokens: Tensor) -> Tensor:
+    """SAELens' ``run_with_saes(tokens, saes=[sae], return_type="loss")``."""
+    with torch.no_grad():
+        return model.run_with_saes(tokens, saes=[sae], return_type="loss")
+
+
+def check_spliced_loss(fn: Callable[..., Any], model: Any, sae: Any, tokens: Tensor) -> None:
+    """Check ``fn(model, sae, tokens) -> scalar``: the mean next-token loss with the SAE's
+    reconstruction replacing the activation at its hook (no error term).
+
+    The reference is SAELens' ``HookedSAETransformer.run_with_saes(..., return_type="loss")``.
+    Cases: a few rows, one row and a short prefix.
+    """
+    sample = tokens[:2, : min(24, tokens.shape[1])]
+    cases: list[Case] = [
+        ("2 rows", (model, sae, sample), {}),
+        ("one row", (model, sae, sample[:1]), {}),
+        ("a 4-token prefix", (model, sae, sample[:, :4]), {}),
+    ]
+    check_function(fn, reference_spliced_loss, cases, atol=1e-4, rtol=1e-4)
+
+
+def reference_bottom_logits(model: Any, sae: Any, latent: int, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` smallest of :func:`saebook.dashboards.latent_logits`, smallest first."""
+    from saebook.dashboards import latent_logits
+
+    found = latent_logits(model, sae, latent).topk(k, largest=False)
+    return found.values, found.indices
+
+
+def check_bottom_logits(fn: Callable[..., tuple[Tensor, Tensor]], model: Any, sae: Any) -> None:
+    """Check ``fn(model, sae, latent, k) -> (values, token_ids)``: the tokens a latent
+    suppresses most, most negative first.
+
+    The reference takes the ``k`` smallest entries of :func:`saebook.dashboards.latent_logits`
+    (the direct logit effect through the final LayerNorm's centring and weight). Cases: the
+    first and last latents, the latent with the largest decoder norm, ``k`` from 1 to 20.
+    """
+    d_sae = sae.cfg.d_sae
+    k_max = min(20, model.cfg.d_vocab)
+    strongest = int(sae.W_dec.norm(dim=-1).argmax())
+    cases: list[Case] = [
+        ("latent 0, k=5", (model, sae, 0, 5), {}),
+        (f"the last latent ({d_sae - 1}), k=1", (model, sae, d_sae - 1, 1), {}),
+        (f"the largest-norm latent ({strongest}), k={k_max}", (model, sae, strongest, k_max), {}),
+    ]
+    check_function(fn, reference_bottom_logits, cases, atol=1e-4, rtol=1e-4)
