@@ -333,6 +333,19 @@ def bottom_logits_reversed(model, sae, latent, k):
     return values.flip(0), ids.flip(0)
 
 
+def repeat_gain_counting_bos(model, sae, tokens):
+    hook = sae.cfg.metadata.hook_name
+    half = (tokens.shape[1] - 1) // 2
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=hook)
+        acts = sae.encode(cache[hook]).cpu()
+    return acts[:, half + 1 :].mean(dim=(0, 1)) - acts[:, : half + 1].mean(dim=(0, 1))
+
+
+def repeat_gain_reversed(model, sae, tokens):
+    return -_solution("check_repeat_gain")(model, sae, tokens)
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_top_logits": [
         top_logits_smallest,
@@ -370,6 +383,7 @@ WRONG: dict[str, list[Callable]] = {
     "check_firing_agreement": [agreement_swapped, agreement_correlating_everywhere],
     "check_spliced_loss": [loss_with_the_error_term, loss_of_the_encoder_only],
     "check_bottom_logits": [bottom_logits_without_the_layernorm, bottom_logits_reversed],
+    "check_repeat_gain": [repeat_gain_counting_bos, repeat_gain_reversed],
     "check_logit_diff": [logit_diff_every_pair, logit_diff_first_position],
     "check_ablation_effects": [ablation_without_error_term, ablation_at_every_position],
     "check_attribution_patching": [attribution_of_the_mean, attribution_without_the_minus],
@@ -391,6 +405,7 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_jumprelu_encode": ("book/intro/07_architectures", "jumprelu_encode"),
     "check_latent_summary": ("book/intro/03_latent_dashboards", "latent_summary"),
     "check_logit_diff": ("book/intro/04_finding_latents", "logit_diff"),
+    "check_repeat_gain": ("book/intro/05_attention_saes", "repeat_gain"),
     "check_spliced_loss": ("book/intro/01_running_saes", "loss_with_sae"),
     "check_bottom_logits": ("book/intro/03_latent_dashboards", "bottom_logits"),
     "check_firing_agreement": ("book/intro/07_architectures", "agreement"),
@@ -420,12 +435,21 @@ EXTRA_ARGS: dict[str, Callable[[Any], tuple]] = {
     "check_direct_logit_attribution": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
     "check_spliced_loss": lambda p: (p.model, p.saes["resid"], p.tokens(2, 24)),
     "check_bottom_logits": lambda p: (p.model, p.saes["resid"]),
+    "check_repeat_gain": lambda p: (p.model, p.saes["attn"], _repeated(p)),
     "check_generated_loss": lambda p: (p.model, p.tokens(2, 16)),
     "check_ablation_effects": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
     "check_attribution_patching": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
     "check_source_contributions": lambda p: (p.model, p.saes["attn"], p.tokens(4, 24)),
     "check_steered_greedy": lambda p: (p.model, p.saes["resid"], p.tokens(2, 8), 0, 5.0),
 }
+
+
+def _repeated(p: Any) -> torch.Tensor:
+    from saebook.induction import repeated_tokens
+
+    pool = torch.arange(1, min(200, p.model.cfg.d_vocab))
+    bos = p.model.tokenizer.bos_token_id
+    return repeated_tokens(4, 6, pool, bos, generator=torch.Generator().manual_seed(0))
 
 
 def _args(name: str, request) -> tuple:

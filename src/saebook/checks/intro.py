@@ -633,3 +633,27 @@ def check_bottom_logits(fn: Callable[..., tuple[Tensor, Tensor]], model: Any, sa
         (f"the largest-norm latent ({strongest}), k={k_max}", (model, sae, strongest, k_max), {}),
     ]
     check_function(fn, reference_bottom_logits, cases, atol=1e-4, rtol=1e-4)
+
+
+def reference_repeat_gain(model: Any, sae: Any, tokens: Tensor) -> Tensor:
+    """The ``repeat_gain`` column of :func:`saebook.attention.repeated_token_scores`."""
+    from saebook.attention import repeated_token_scores
+
+    table = repeated_token_scores(model, sae, tokens, progress=False)
+    return torch.tensor(table["repeat_gain"].to_numpy(), dtype=torch.float32)
+
+
+def check_repeat_gain(fn: Callable[..., Tensor], model: Any, sae: Any, tokens: Tensor) -> None:
+    """Check ``fn(model, sae, tokens) -> (d_sae,)`` on repeated tokens ``BOS, x, x``.
+
+    ``tokens`` is ``(batch, 1 + 2 * half)``; for every latent of the ``hook_z`` SAE, its mean
+    activation over the second copy's positions minus its mean over the first copy's (BOS
+    left out of both). The reference is the ``repeat_gain`` column of
+    :func:`saebook.attention.repeated_token_scores`. Cases: a few sequences and one.
+    """
+    sample = tokens[:4]
+    cases: list[Case] = [
+        (f"{sample.shape[0]} sequences", (model, sae, sample), {}),
+        ("one sequence", (model, sae, sample[:1]), {}),
+    ]
+    check_function(fn, reference_repeat_gain, cases, atol=1e-4, rtol=1e-3)
