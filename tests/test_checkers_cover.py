@@ -30,7 +30,6 @@ MIN_EXERCISES = 3
 PENDING_PARTS: set[str] = {"deeper", "training", "circuits"}
 #: Chapters still short of exercises (being written on branches exercises and exercises-b).
 PENDING_CHAPTERS: set[str] = {
-    "book/intro/02_loading_saes",
     "book/deeper/01_feature_splitting",
     "book/deeper/02_latent_geometry",
     "book/deeper/03_feature_absorption",

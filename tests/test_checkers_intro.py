@@ -346,6 +346,43 @@ def repeat_gain_reversed(model, sae, tokens):
     return -_solution("check_repeat_gain")(model, sae, tokens)
 
 
+def _latents(model, sae, tokens):
+    hook = sae.cfg.metadata.hook_name
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=hook)
+        return sae.encode(cache[hook])
+
+
+def l0_counting_zeros(model, sae, tokens):
+    acts = _latents(model, sae, tokens)[tokens != model.tokenizer.bos_token_id]
+    return float((acts >= 0).sum(-1).float().mean())
+
+
+def l0_summed_activations(model, sae, tokens):
+    acts = _latents(model, sae, tokens)[tokens != model.tokenizer.bos_token_id]
+    return float(acts.sum(-1).mean())
+
+
+def dead_counting_bos(model, sae, tokens):
+    acts = _latents(model, sae, tokens).flatten(0, 1)
+    return float(((acts > 0).sum(0) == 0).float().mean())
+
+
+def dead_as_a_count(model, sae, tokens):
+    acts = _latents(model, sae, tokens)[tokens != model.tokenizer.bos_token_id]
+    return float(((acts > 0).sum(0) == 0).sum())
+
+
+def ce_splicing_bos_too(model, sae, tokens):
+    with torch.no_grad():
+        return float(model.run_with_saes(tokens, saes=[sae], return_type="loss"))
+
+
+def ce_clean_model(model, sae, tokens):
+    with torch.no_grad():
+        return float(model(tokens, return_type="loss"))
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_top_logits": [
         top_logits_smallest,
@@ -384,6 +421,9 @@ WRONG: dict[str, list[Callable]] = {
     "check_spliced_loss": [loss_with_the_error_term, loss_of_the_encoder_only],
     "check_bottom_logits": [bottom_logits_without_the_layernorm, bottom_logits_reversed],
     "check_repeat_gain": [repeat_gain_counting_bos, repeat_gain_reversed],
+    "check_l0": [l0_counting_zeros, l0_summed_activations],
+    "check_dead_fraction": [dead_counting_bos, dead_as_a_count],
+    "check_ce_with_sae": [ce_splicing_bos_too, ce_clean_model],
     "check_logit_diff": [logit_diff_every_pair, logit_diff_first_position],
     "check_ablation_effects": [ablation_without_error_term, ablation_at_every_position],
     "check_attribution_patching": [attribution_of_the_mean, attribution_without_the_minus],
@@ -405,6 +445,9 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_jumprelu_encode": ("book/intro/07_architectures", "jumprelu_encode"),
     "check_latent_summary": ("book/intro/03_latent_dashboards", "latent_summary"),
     "check_logit_diff": ("book/intro/04_finding_latents", "logit_diff"),
+    "check_l0": ("book/intro/02_loading_saes", "measure_l0"),
+    "check_dead_fraction": ("book/intro/02_loading_saes", "dead_share"),
+    "check_ce_with_sae": ("book/intro/02_loading_saes", "loss_with_sae_bos_clean"),
     "check_repeat_gain": ("book/intro/05_attention_saes", "repeat_gain"),
     "check_spliced_loss": ("book/intro/01_running_saes", "loss_with_sae"),
     "check_bottom_logits": ("book/intro/03_latent_dashboards", "bottom_logits"),
@@ -436,6 +479,9 @@ EXTRA_ARGS: dict[str, Callable[[Any], tuple]] = {
     "check_spliced_loss": lambda p: (p.model, p.saes["resid"], p.tokens(2, 24)),
     "check_bottom_logits": lambda p: (p.model, p.saes["resid"]),
     "check_repeat_gain": lambda p: (p.model, p.saes["attn"], _repeated(p)),
+    "check_l0": lambda p: (p.model, p.saes["resid"], p.tokens(4, 32)),
+    "check_dead_fraction": lambda p: (p.model, p.saes["resid"], p.tokens(4, 32)),
+    "check_ce_with_sae": lambda p: (p.model, p.saes["resid"], p.tokens(4, 32)),
     "check_generated_loss": lambda p: (p.model, p.tokens(2, 16)),
     "check_ablation_effects": lambda p: (p.model, p.saes["resid"], p.task(n=4)),
     "check_attribution_patching": lambda p: (p.model, p.saes["resid"], p.task(n=4)),

@@ -657,3 +657,72 @@ def check_repeat_gain(fn: Callable[..., Tensor], model: Any, sae: Any, tokens: T
         ("one sequence", (model, sae, sample[:1]), {}),
     ]
     check_function(fn, reference_repeat_gain, cases, atol=1e-4, rtol=1e-3)
+
+
+# --- Part 1, chapter 2: checking a loaded SAE -----------------------------------------------
+
+
+def _metrics_cases(model: Any, sae: Any, tokens: Tensor) -> list[Case]:
+    sample = tokens[:4, : min(32, tokens.shape[1])]
+    return [
+        (f"{sample.shape[0]} rows", (model, sae, sample), {}),
+        ("one row", (model, sae, sample[:1]), {}),
+        ("an 8-token prefix", (model, sae, sample[:, :8]), {}),
+    ]
+
+
+def reference_l0(model: Any, sae: Any, tokens: Tensor) -> float:
+    """``reconstruction_metrics(model, sae, tokens).l0``."""
+    from saebook.metrics import reconstruction_metrics
+
+    with torch.no_grad():
+        return reconstruction_metrics(model, sae, tokens).l0
+
+
+def check_l0(fn: Callable[..., float], model: Any, sae: Any, tokens: Tensor) -> None:
+    """Check ``fn(model, sae, tokens) -> float``: latents active per token, BOS left out.
+
+    The mean over non-BOS positions of the number of latents with activation > 0. The
+    reference is :func:`saebook.metrics.reconstruction_metrics` (its ``l0``). Cases: a few
+    rows, one row and a short prefix (where BOS is a large share of the positions).
+    """
+    check_function(fn, reference_l0, _metrics_cases(model, sae, tokens), atol=1e-4, rtol=1e-4)
+
+
+def reference_dead_fraction(model: Any, sae: Any, tokens: Tensor) -> float:
+    """``reconstruction_metrics(model, sae, tokens).dead_fraction``."""
+    from saebook.metrics import reconstruction_metrics
+
+    with torch.no_grad():
+        return reconstruction_metrics(model, sae, tokens).dead_fraction
+
+
+def check_dead_fraction(fn: Callable[..., float], model: Any, sae: Any, tokens: Tensor) -> None:
+    """Check ``fn(model, sae, tokens) -> float``: the share of latents that never fire.
+
+    Over the non-BOS positions of ``tokens``. The reference is
+    :func:`saebook.metrics.reconstruction_metrics` (its ``dead_fraction``). Cases: a few
+    rows, one row and a short prefix (on few tokens most latents look dead).
+    """
+    cases = _metrics_cases(model, sae, tokens)
+    check_function(fn, reference_dead_fraction, cases, atol=1e-6, rtol=1e-6)
+
+
+def reference_ce_with_sae(model: Any, sae: Any, tokens: Tensor) -> float:
+    """``reconstruction_metrics(model, sae, tokens).ce_with_sae``."""
+    from saebook.metrics import reconstruction_metrics
+
+    with torch.no_grad():
+        return reconstruction_metrics(model, sae, tokens).ce_with_sae
+
+
+def check_ce_with_sae(fn: Callable[..., float], model: Any, sae: Any, tokens: Tensor) -> None:
+    """Check ``fn(model, sae, tokens) -> float``: mean next-token loss with the SAE spliced in
+    everywhere except at BOS positions, where the clean activation is kept.
+
+    The reference is :func:`saebook.metrics.reconstruction_metrics` (its ``ce_with_sae``,
+    from SAELens' ``run_with_saes(..., exclude_special_tokens=[bos])``). Cases: a few rows,
+    one row and a short prefix.
+    """
+    cases = _metrics_cases(model, sae, tokens)
+    check_function(fn, reference_ce_with_sae, cases, atol=1e-4, rtol=1e-4)
