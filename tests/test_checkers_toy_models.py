@@ -129,6 +129,34 @@ class JumpReLUStub(torch.autograd.Function):
         raise NotImplementedError
 
 
+def weighted_mse_summed_over_features(output, target, importance):
+    return (importance * (output - target) ** 2).sum(-1).mean(0)
+
+
+def weighted_mse_unweighted(output, target, importance):
+    return ((output - target) ** 2).mean(dim=(0, 2))
+
+
+def dead_latents_strict(last_fired, step, window):
+    return (step - last_fired) > window
+
+
+def dead_latents_never_fired_only(last_fired, step, window):
+    return last_fired < 0
+
+
+def rectangle_closed(u):
+    return ((u >= -0.5) & (u <= 0.5)).to(u.dtype)
+
+
+def rectangle_as_bool(u):
+    return (u > -0.5) & (u < 0.5)
+
+
+def rectangle_in_float32(u):
+    return ((u > -0.5) & (u < 0.5)).float()
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_toy_forward": [forward_without_relu, forward_relu_before_bias],
     "check_feature_dimensionality": [
@@ -146,6 +174,9 @@ WRONG: dict[str, list[Callable]] = {
     ],
     "check_topk_activation": [topk_without_relu, topk_smallest, topk_off_by_one],
     "check_jumprelu_function": [JumpReLUStraightThrough, JumpReLUWholeWindow],
+    "check_weighted_mse": [weighted_mse_summed_over_features, weighted_mse_unweighted],
+    "check_dead_latents": [dead_latents_strict, dead_latents_never_fired_only],
+    "check_rectangle": [rectangle_closed, rectangle_as_bool, rectangle_in_float32],
 }
 STUBS: dict[str, Callable] = {"check_jumprelu_function": JumpReLUStub}
 #: checker -> (chapter, the name its solution cell defines)
@@ -156,6 +187,9 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_max_cosine_similarity": (CHAPTER_2, "max_cosine_similarity"),
     "check_topk_activation": (CHAPTER_3, "topk_activation"),
     "check_jumprelu_function": (CHAPTER_3, "JumpReLU"),
+    "check_weighted_mse": (CHAPTER_1, "weighted_mse"),
+    "check_dead_latents": (CHAPTER_2, "dead_latents"),
+    "check_rectangle": (CHAPTER_3, "rectangle"),
 }
 
 

@@ -22,6 +22,13 @@ to ``<out>/<same path>.ipynb`` (``book/intro/01_running_saes.md`` ->
   ``{doc}`` references become the page title or path in italics;
 * a first markdown cell says where the notebook came from.
 
+Next to each notebook it writes ``<chapter>_exercises.ipynb`` (:func:`exercise_notebook`):
+the same notebook with every exercise's solution cell (tag ``solution``) replaced by a stub,
+the signature from the exercise's ```` ```python ```` block (def line and docstring, found
+with ``ast``) and ``raise NotImplementedError``; an answer that is data (``NAME: type``)
+becomes ``NAME: type = NotImplemented``. The checker after it then says "not implemented
+yet" until the reader fills it in.
+
 Usage (run from anywhere; the workflow ``.github/workflows/colab.yml`` runs it on main)::
 
     python .github/scripts/make_colab.py --out _build/colab            # sha = git HEAD
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import re
 import subprocess
 import sys
@@ -251,8 +259,123 @@ def colab_notebook(md_path: Path, chapter: str, repo_url: str, sha: str) -> nbfo
     return nb
 
 
+SOLUTION_TAG = "solution"
+EXERCISES_SUFFIX = "_exercises"
+STUB_LINE = "raise NotImplementedError  # your code here"
+_SIGNATURE_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def _stub_node(node: ast.stmt, lines: list[str]) -> list[str]:
+    """Stub lines for one top-level definition of a signature block."""
+    if isinstance(node, ast.AnnAssign):  # "NAME: type  # comment" -> "NAME: type = ..."
+        head = lines[node.lineno - 1 : node.end_lineno]
+        code, comment = head[-1][: node.end_col_offset], head[-1][node.end_col_offset :]
+        return [*head[:-1], f"{code} = NotImplemented{comment}"]
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return []
+    start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+    first = node.body[0]
+    has_doc = (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    )
+    if first.lineno == node.lineno:  # one line: "def f(x): ..." -> keep up to the colon
+        header = lines[start - 1 : node.lineno - 1] + [
+            lines[node.lineno - 1][: first.col_offset].rstrip()
+        ]
+    else:
+        first_line = min([first.lineno] + [d.lineno for d in getattr(first, "decorator_list", [])])
+        header = lines[start - 1 : (first.end_lineno if has_doc else first_line - 1)]
+    indent = " " * (node.col_offset + 4)
+    if isinstance(node, ast.ClassDef):
+        body = [
+            stub
+            for item in node.body
+            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for stub in _stub_node(item, lines)
+        ]
+        return header + (body or [indent + "pass"])
+    return header + [indent + STUB_LINE]
+
+
+def stub_source(signature: str) -> str:
+    """The exercise notebook's stub for a signature block (see the module docstring)."""
+    lines = signature.splitlines()
+    stubs = [_stub_node(node, lines) for node in ast.parse(signature).body]
+    text = "\n\n".join("\n".join(s) for s in stubs if s)
+    if not text:
+        raise ValueError(
+            f"the signature block defines no function, class or NAME: type: {signature!r}"
+        )
+    return text
+
+
+def exercise_notebook(
+    nb: nbformat.NotebookNode, md_path: Path
+) -> tuple[nbformat.NotebookNode, list[str]]:
+    """The exercise version of a Colab notebook and the names whose solutions it stubs.
+
+    Every code cell tagged ``solution`` becomes a visible cell holding the stub of the
+    signature block of its exercise (the last ```` ```python ```` block in the markdown since
+    the previous code cell). Everything else is unchanged.
+    """
+    out = nbformat.from_dict(copy.deepcopy(dict(nb)))
+    stubbed: list[str] = []
+    signature = None
+    for cell in out.cells:
+        if cell.cell_type == "markdown":
+            blocks = _SIGNATURE_BLOCK.findall(cell.source)
+            signature = blocks[-1] if blocks else signature
+            continue
+        if SOLUTION_TAG not in cell.metadata.get("tags", []):
+            signature = None
+            continue
+        if signature is None:
+            raise ValueError(
+                f"{md_path}: a solution cell has no ```python signature block before it"
+            )
+        cell.source = stub_source(signature)
+        cell.metadata.pop("cellView", None)
+        cell.metadata["tags"] = [SOLUTION_TAG]
+        cell.outputs, cell.execution_count = [], None
+        stubbed += sorted(_defined(signature))
+        signature = None
+    out.cells[0].source = out.cells[0].source.replace(
+        "*Generated from",
+        "*Exercise notebook: each exercise's solution is replaced by a stub that raises "
+        "`NotImplementedError`; write your code there and run the checker below it. "
+        "Generated from",
+        1,
+    )
+    out.metadata["colab"]["name"] = f"{md_path.stem}{EXERCISES_SUFFIX}.ipynb"
+    nbformat.validate(out)
+    return out, stubbed
+
+
+def _defined(source: str) -> set[str]:
+    names = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def write_exercise_notebook(nb: nbformat.NotebookNode, md_path: Path, target: Path) -> Path:
+    """Write the exercise notebook of ``nb`` next to ``target`` (``<stem>_exercises.ipynb``)."""
+    exercises, _ = exercise_notebook(nb, md_path)
+    path = target.with_name(f"{target.stem}{EXERCISES_SUFFIX}.ipynb")
+    nbformat.write(exercises, path)
+    return path
+
+
 def build(out: Path, sha: str, root: Path = ROOT, repo_url: str | None = None) -> list[Path]:
-    """Write the Colab notebook of every executable chapter under ``out``; return their paths."""
+    """Write the Colab notebook of every executable chapter under ``out``; return their paths.
+
+    Each notebook's exercise version (:func:`write_exercise_notebook`) is written beside it.
+    """
     repo_url = repo_url or repository_url(root)
     written = []
     for chapter in executable_chapters(root):
@@ -261,6 +384,7 @@ def build(out: Path, sha: str, root: Path = ROOT, repo_url: str | None = None) -
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, target)
         written.append(target)
+        write_exercise_notebook(nb, root / f"{chapter}.md", target)  # <stem>_exercises.ipynb
     if not written:
         raise ValueError(f"no executable chapters (a .md with a kernelspec) in {root / '_toc.yml'}")
     (out / "README.md").write_text(

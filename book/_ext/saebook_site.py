@@ -165,9 +165,26 @@ def _on_launch_buttons(
     for group in context.get("header_buttons", []):
         if group.get("label") != "launch-buttons":
             continue
-        for button in group.get("buttons", []):
+        buttons = group.get("buttons", [])
+        for button in list(buttons):
             if COLAB_HOST in str(button.get("url", "")):
                 button["url"] = colab_url(button["url"], branch, app.config.saebook_colab_branch)
+                buttons.insert(buttons.index(button) + 1, exercises_button(button))
+                button["text"] = COLAB_READ
+
+
+#: Texts of the two Colab launch buttons of a chapter: the full notebook and the exercise one.
+COLAB_READ, COLAB_EXERCISES = "Open in Colab: read", "Open in Colab: do the exercises"
+
+
+def exercises_button(button: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a Colab launch button that opens the chapter's exercise notebook
+    (``<page>_exercises.ipynb``, written by .github/scripts/make_colab.py next to the full one).
+    """
+    url = str(button["url"])
+    if not url.endswith(".ipynb"):
+        raise ValueError(f"a Colab button's URL must end in .ipynb, got {url!r}")
+    return {**button, "url": url[: -len(".ipynb")] + "_exercises.ipynb", "text": COLAB_EXERCISES}
 
 
 def _on_dedupe_assets(

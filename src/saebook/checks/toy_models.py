@@ -20,7 +20,6 @@ def reference_toy_forward(W: Tensor, b: Tensor, x: Tensor) -> Tensor:
     return torch.relu(x @ W.T @ W + b)
 
 
-
 def check_toy_forward(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
     """Check ``fn(W, b, x) -> ReLU(W^T W x + b)`` for a single toy model.
 
@@ -194,3 +193,72 @@ def check_jumprelu_function(function: Any) -> None:
         ("batch of one", (near[:1], theta, 0.2, weight[:1]), {}),
     ]
     check_function(_jumprelu_probe(function), _jumprelu_probe(toy_saes.JumpReLUFunction), cases)
+
+
+def check_weighted_mse(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(output, target, importance) -> (instances,)``, the toy model's loss.
+
+    ``output`` and ``target`` are ``(batch, instances, features)``, ``importance`` is
+    ``(features,)``; the result is the importance-weighted squared error averaged over the
+    batch and the features, per instance. The reference is
+    :func:`saebook.toy_models.weighted_mse`. Cases include equal importances, one instance,
+    a perfect output and zero importance on all but one feature.
+    """
+    g = _generator(10)
+    out = torch.randn(8, 3, 5, generator=g)
+    target = torch.rand(8, 3, 5, generator=g)
+    importance = 0.7 ** torch.arange(5.0)
+    cases: list[Case] = [
+        ("random", (out, target, importance), {}),
+        ("equal importances", (out, target, torch.ones(5)), {}),
+        ("one instance", (out[:, :1], target[:, :1], importance), {}),
+        ("perfect output", (target, target, importance), {}),
+        ("only feature 0 matters", (out, target, torch.eye(5)[0]), {}),
+        ("batch of one", (out[:1], target[:1], importance), {}),
+    ]
+    check_function(fn, toy_models.weighted_mse, cases)
+
+
+def check_dead_latents(fn: Callable[[Tensor, int, int], Tensor]) -> None:
+    """Check ``fn(last_fired, step, window) -> bool (instances, d_sae)``.
+
+    A latent is dead when it has not fired in the ``window`` steps up to ``step``:
+    ``step - last_fired >= window`` (``last_fired`` is -1 for a latent that never fired).
+    The reference is :func:`saebook.toy_saes.dead_latents`. Cases include a latent that last
+    fired exactly ``window`` steps ago (dead), one step later than that (alive), latents that
+    never fired, and step 0.
+    """
+    last = torch.tensor([[-1, 0, 5, 10, 11, 20], [3, 3, -1, 19, 20, 15]])
+    cases: list[Case] = [
+        ("step 20, window 10", (last, 20, 10), {}),
+        ("step 20, window 1", (last, 20, 1), {}),
+        ("step 0, window 1", (torch.full((2, 3), -1), 0, 1), {}),
+        ("window longer than the run", (last, 20, 100), {}),
+        ("one instance", (last[:1], 15, 5), {}),
+    ]
+    check_function(fn, toy_saes.dead_latents, cases)
+
+
+def check_rectangle(fn: Callable[[Tensor], Tensor]) -> None:
+    """Check ``fn(u)``: the rectangle kernel ``1[-1/2 < u < 1/2]`` as floats of ``u``'s dtype.
+
+    The reference is :func:`saebook.toy_saes.rectangle`. Cases include the edges ``±1/2``
+    (outside: the inequalities are strict), zero, float64 input and a 2-D input.
+    """
+    g = _generator(11)
+    cases: list[Case] = [
+        ("random", (torch.randn(20, generator=g),), {}),
+        ("the edges ±1/2", (torch.tensor([-0.5, 0.5, -0.4999, 0.4999]),), {}),
+        ("zero", (torch.zeros(3),), {}),
+        ("float64", (torch.randn(10, generator=g).double(),), {}),
+        ("2-D", (torch.randn(4, 6, generator=g),), {}),
+    ]
+
+    def with_dtype(kernel: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Any]:
+        def run(u: Tensor) -> Any:
+            out = torch.as_tensor(kernel(u))
+            return out, str(out.dtype)
+
+        return run
+
+    check_function(with_dtype(fn), with_dtype(toy_saes.rectangle), cases)
