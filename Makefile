@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.saebook-installed
 export SAEBOOK_PROFILE ?= tiny
 
-.PHONY: setup book test notebooks lint clean
+.PHONY: setup book test test-unit notebooks lint clean
 
 # Re-runs only when the pins change. CPU torch from the pinned wheel unless CUDA is present.
 $(STAMP): requirements.txt pyproject.toml
@@ -34,6 +34,10 @@ book: setup
 # _toc.yml order, appendix last), then the tests that read them (site, browser, determinism).
 test: setup
 	SAEBOOK_PROFILE=tiny $(PY) -m pytest --nbmake
+
+# The fast loop: unit tests only (no chapter executed; site tests skip without executed chapters)
+test-unit: setup
+	$(PY) -m pytest -m "not determinism and not after_chapters"
 
 notebooks: setup
 	$(PY) book/_ext/chapters.py notebooks
