@@ -1,6 +1,8 @@
 # Two entry points do all set-up on a fresh machine:
 #   make book   build the site (every chapter executed; SAEBOOK_PROFILE, default tiny)
-#   make test   unit tests of saebook + every chapter executed under the tiny profile
+#   make test   unit tests of saebook, then every chapter executed by nbmake (tiny profile),
+#               then the site assembled from them and checked in headless Chromium
+#   make notebooks   generate book/**/<chapter>.ipynb (jupytext) for `pytest --nbmake <file>`
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 PYTHON ?= python3
@@ -9,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.saebook-installed
 export SAEBOOK_PROFILE ?= tiny
 
-.PHONY: setup book test lint clean
+.PHONY: setup book test test-unit notebooks lint clean
 
 # Re-runs only when the pins change. CPU torch from the pinned wheel unless CUDA is present.
 $(STAMP): requirements.txt pyproject.toml
@@ -23,15 +25,26 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
+# TQDM_DISABLE: third-party progress bars stay out of the pages (saebook_site drops the rest)
 book: setup
-	$(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
+	TQDM_DISABLE=1 $(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "Site: _build/html/index.html"
 
+# One pytest session over tests/ and book/: unit tests first, then the chapters (nbmake, in
+# _toc.yml order, appendix last), then the tests that read them (site, browser, determinism).
 test: setup
-	$(PY) -m pytest
+	SAEBOOK_PROFILE=tiny $(PY) -m pytest --nbmake
+
+# The fast loop: unit tests only (no chapter executed; site tests skip without executed chapters)
+test-unit: setup
+	$(PY) -m pytest -m "not determinism and not after_chapters"
+
+notebooks: setup
+	$(PY) book/_ext/chapters.py notebooks
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks book/_ext .github/scripts
 
 clean:
 	rm -rf _build
+	find book -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' -delete

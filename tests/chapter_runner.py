@@ -1,26 +1,68 @@
-"""Execute one chapter of the book in a fresh Jupyter kernel: shared by the chapter,
-determinism and secrets tests.
+"""pytest plugin: nbmake executes the book's chapters (loaded by the root ``conftest.py``).
 
-A chapter is executed by ``book/_ext/chapters.py`` (as the site's per-chapter jobs do:
-jupytext, nbclient on the ``python3`` kernel in the chapter's folder, the site's plotly
-renderer) and saved executed. The kernel's environment is the test process's plus
-``SAEBOOK_PROFILE`` and, unless ``SAEBOOK_ALLOW_NETWORK=1``, a ``PYTHONPATH`` entry for
-``tests/netblock`` whose ``sitecustomize`` blocks remote connections.
+``pytest --nbmake`` runs every notebook it collects. This plugin makes that the book's chapter
+check, for ``make test`` (``pytest --nbmake`` over ``tests`` and ``book``), for one chapter::
+
+    python -m pytest --nbmake book/intro/01_running_saes.ipynb
+
+and for the site workflow's per-chapter GPU jobs. With ``--nbmake`` it
+
+* generates ``<chapter>.ipynb`` beside every chapter's ``.md`` with jupytext (git-ignored;
+  ``make notebooks`` does the same) before collection, and ignores any other ``.ipynb``
+  under ``book/`` (a stale copy of a removed chapter);
+* turns on nbmake's ``--overwrite`` (it writes the executed notebook back over the generated
+  one) and raises nbmake's default cell timeout of 300 s to ``DEFAULT_TIMEOUT`` (a chapter's
+  ``execution: {timeout: N}`` front matter still wins, as in myst-nb);
+* runs each chapter's kernel with :func:`chapter_env`: ``SAEBOOK_PROFILE`` (default ``tiny``),
+  the site's plotly renderer, ``TQDM_DISABLE=1`` (third-party progress bars stay out of the
+  pages) and, unless ``SAEBOOK_ALLOW_NETWORK=1``, ``tests/netblock`` first on ``PYTHONPATH``
+  (its ``sitecustomize`` blocks remote connections);
+* orders the session: unit tests first, then the chapters in ``_toc.yml`` order (the appendix
+  last: its page "How this book checks itself" reads what the unit tests recorded), then the
+  tests that read the executed chapters (the assembled site, determinism reruns, secrets);
+* keeps each executed notebook, with its run time and outcome in the metadata key
+  ``saebook_execution``, in ``_build/executed/<chapter>.ipynb`` for assembling the site;
+* prints a table of per-chapter wall and CPU seconds (flagging chapters over
+  ``CHAPTER_BUDGET_S``) and writes it to ``_build/chapter_times.json``.
+
+Determinism and secrets tests re-execute a chapter the same way with :func:`rerun`.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import re
-from dataclasses import dataclass
+import platform
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
+from chapters import (
+    DEFAULT_TIMEOUT,
+    EXECUTION_KEY,
+    chapters,
+    keep_executed,
+    mark_executed,
+    notebook_path,
+    write_notebook,
+    write_notebooks,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NETBLOCK = Path(__file__).resolve().parent / "netblock"
-EXECUTED = ROOT / "_build" / "executed"  # executed notebooks, kept for inspection and scans
+EXECUTED = ROOT / "_build" / "executed"  # executed notebooks: the site assembly reads them
+TIMES_JSON = ROOT / "_build" / "chapter_times.json"
 ALLOW_NETWORK_ENV = "SAEBOOK_ALLOW_NETWORK"
+NBMAKE_DEFAULT_TIMEOUT = 300  # nbmake's own default for --nbmake-timeout
 
-from chapters import execute_chapter, execute_notebook, write_executed  # noqa: E402, F401
+CHAPTER_BUDGET_S = 60  # wall seconds per chapter on the 2-core CI machine, uncontended
+BOOK_BUDGET_S = 8 * 60  # every chapter together (make test's target: 12 minutes in all)
+
+_times: list[dict] = []
+_chapters_ran = False  # a chapter was executed in this session
 
 
 def network_allowed(environ: dict[str, str] | None = None) -> bool:
@@ -28,56 +70,93 @@ def network_allowed(environ: dict[str, str] | None = None) -> bool:
     return (os.environ if environ is None else environ).get(ALLOW_NETWORK_ENV) == "1"
 
 
-def kernel_env(profile: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a chapter's kernel: this process's, the profile, ``extra``, and the
-    network block first on ``PYTHONPATH`` (unless switched off)."""
-    env = dict(os.environ, SAEBOOK_PROFILE=profile, **(extra or {}))
-    if not network_allowed(env):
-        parts = [str(NETBLOCK)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+def chapter_profile() -> str:
+    """The profile chapters run on: ``SAEBOOK_PROFILE``, default ``tiny``."""
+    return os.environ.get("SAEBOOK_PROFILE", "").strip() or "tiny"
+
+
+def chapter_env(
+    profile: str | None = None,
+    extra: dict[str, str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The variables a chapter's kernel gets on top of ``environ`` (default: this process's).
+
+    ``SAEBOOK_PROFILE``, the site's plotly renderer (the outputs are the ones the site
+    embeds), ``TQDM_DISABLE=1`` unless set, ``extra``, and the network block first on
+    ``PYTHONPATH`` unless ``SAEBOOK_ALLOW_NETWORK=1``.
+    """
+    from saebook.display import RENDERER_ENV, SITE_RENDERER
+
+    environ = dict(os.environ if environ is None else environ)
+    env = {
+        "SAEBOOK_PROFILE": profile or chapter_profile(),
+        RENDERER_ENV: SITE_RENDERER,
+        "TQDM_DISABLE": environ.get("TQDM_DISABLE", "1"),
+        **(extra or {}),
+    }
+    if not network_allowed({**environ, **env}):
+        parts = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        parts = [str(NETBLOCK)] + [p for p in parts if p != str(NETBLOCK)]
         env["PYTHONPATH"] = os.pathsep.join(parts)
     return env
 
 
-@dataclass
-class ChapterRun:
-    """An executed chapter: the notebook with outputs, the error if any, wall time, file."""
-
-    entry: str
-    nb: object  # nbformat.NotebookNode
-    md_text: str
-    error: BaseException | None
-    seconds: float
-    saved: Path
-
-
-def run_chapter(
-    entry: str,
-    workdir: Path,
-    profile: str = "tiny",
-    extra_env: dict[str, str] | None = None,
-    keep: bool = True,
-) -> ChapterRun:
-    """Execute chapter ``entry`` (a ``_toc.yml`` path without ``.md``) and return the run.
-
-    The executed notebook is written to ``workdir``; with ``keep`` it is also saved atomically
-    to ``_build/executed/<entry>.ipynb`` (what the site assembly and the secrets scan read).
-    Errors of the chapter (a failing cell, a timeout, a dead kernel) are returned, not raised.
-    """
-    import nbformat
-
-    md = ROOT / f"{entry}.md"
-    execution = execute_chapter(entry, profile, env=kernel_env(profile, extra_env))
-    workdir.mkdir(parents=True, exist_ok=True)
-    saved = workdir / f"{md.stem}.executed.ipynb"
-    nbformat.write(execution.notebook, saved)
-    if keep:
-        write_executed(execution, EXECUTED)
-    nb, error, seconds = execution.notebook, execution.error, execution.seconds
-    md_text = md.read_text(encoding="utf-8")
-    return ChapterRun(entry, nb, md_text, error, seconds, saved)
+@contextmanager
+def kernel_environment(
+    profile: str | None = None, extra: dict[str, str] | None = None
+) -> Iterator[dict[str, str]]:
+    """Set :func:`chapter_env` in ``os.environ`` (kernels started meanwhile inherit it), then
+    restore the previous values."""
+    env = chapter_env(profile, extra)
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+def run_notebook(
+    path: Path, extra_env: dict[str, str] | None = None, timeout: int = DEFAULT_TIMEOUT
+):
+    """Execute notebook ``path`` with nbmake's runner in its folder, in a kernel started with
+    :func:`chapter_env` (plus ``extra_env``); returns nbmake's ``NotebookResult`` (``.nb``,
+    ``.error`` with ``.summary`` and ``.trace``). The file itself is not changed."""
+    from nbmake.nb_run import NotebookRun
+
+    with kernel_environment(extra=extra_env):
+        return NotebookRun(Path(path), timeout).execute()
+
+
+def rerun(entry: str, extra_env: dict[str, str] | None = None):
+    """Generate chapter ``entry``'s notebook afresh and execute it (see :func:`run_notebook`)."""
+    return run_notebook(write_notebook(entry), extra_env)
+
+
+def entry_of(path: Path | str) -> str | None:
+    """The chapter (toc entry) whose generated notebook is ``path``, or None."""
+    try:
+        relative = Path(path).resolve().relative_to(ROOT)
+    except ValueError:
+        return None
+    entry = relative.with_suffix("").as_posix()
+    return entry if relative.suffix == ".ipynb" and entry in chapters() else None
+
+
+def fresh_execution(entry: str) -> dict | None:
+    """The ``saebook_execution`` metadata of ``_build/executed/<entry>.ipynb`` when it ran
+    successfully after the chapter's last edit, else None."""
+    path = EXECUTED / f"{entry}.ipynb"
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text(encoding="utf-8"))["metadata"].get(EXECUTION_KEY) or {}
+    fresh = meta.get("mtime", 0) >= (ROOT / f"{entry}.md").stat().st_mtime
+    return meta if fresh and meta.get("succeeded") else None
 
 
 def _line_of(source: str, md_text: str) -> int | None:
@@ -87,22 +166,172 @@ def _line_of(source: str, md_text: str) -> int | None:
     return md_text.count("\n", 0, pos) + 1 if pos >= 0 else None
 
 
-def failure_report(run: ChapterRun) -> str:
-    """Describe the failing cell: index, tags, source and traceback, without ANSI colours."""
-    for index, cell in enumerate(run.nb.cells):
-        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
-        if cell.cell_type != "code" or not errors:
-            continue
-        err = errors[0]
-        traceback = ANSI.sub("", "\n".join(err.get("traceback", [])))
-        line = _line_of(cell.source, run.md_text)
-        where = f"{run.entry}.md" + (f", line {line}" if line else "")
-        tags = cell.metadata.get("tags", [])
-        return (
-            f"cell {index} ({where}; tags {tags}) raised {err.get('ename')}: {err.get('evalue')}"
-            f"\n\n--- cell source ---\n{cell.source}\n\n--- traceback ---\n{traceback}"
-            f"\n\nexecuted notebook: {run.saved}"
+def failed_cell(entry: str, nb) -> str:
+    """Where the first failing cell of executed notebook ``nb`` is in the chapter's source."""
+    md_text = (ROOT / f"{entry}.md").read_text(encoding="utf-8")
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and any(
+            o.get("output_type") == "error" for o in cell.get("outputs", [])
+        ):
+            line = _line_of(cell.source, md_text)
+            where = f"{entry}.md" + (f", line {line}" if line else "")
+            return f"cell {index} ({where}; tags {cell.metadata.get('tags', [])})"
+    return f"{entry}.md: no cell recorded an error (a timeout or a dead kernel)"
+
+
+# --- hooks -----------------------------------------------------------------------------------
+
+
+def _nbmake(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "nbmake", False))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "chapter: executes one chapter of the book (nbmake)")
+    config.addinivalue_line(
+        "markers", "after_chapters: reads what this session's chapter runs left; runs after them"
+    )
+    if not _nbmake(config):
+        return
+    write_notebooks()
+    config.option.overwrite = True  # nbmake writes the executed notebook back: we keep it
+    if config.option.nbmake_timeout == NBMAKE_DEFAULT_TIMEOUT:
+        config.option.nbmake_timeout = DEFAULT_TIMEOUT
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Skip notebooks under ``book/`` that are not generated chapters (stale copies)."""
+    if collection_path.suffix == ".ipynb" and (ROOT / "book") in collection_path.parents:
+        return None if entry_of(collection_path) else True
+    return None
+
+
+def _is_chapter(item: pytest.Item) -> bool:
+    return bool(getattr(item, "nbmake", False))
+
+
+def _phase(item: pytest.Item) -> int:
+    """0: unit tests, 1: chapters, 2: tests reading the chapters' results."""
+    if _is_chapter(item):
+        return 1
+    if "site_html" in getattr(item, "fixturenames", ()) or any(
+        item.get_closest_marker(m) for m in ("after_chapters", "determinism")
+    ):
+        return 2
+    return 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    order = {entry: i for i, entry in enumerate(chapters())}
+    for item in items:
+        if _is_chapter(item):
+            item.add_marker(pytest.mark.chapter)
+
+    def key(item: pytest.Item) -> tuple[int, int]:
+        entry = entry_of(item.path) if _is_chapter(item) else None
+        return _phase(item), order.get(entry, len(order)) if entry else 0
+
+    items.sort(key=key)  # stable: within a phase, collection order is kept
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    entry = entry_of(item.path) if _is_chapter(item) else None
+    if entry is None:
+        return (yield)
+    global _chapters_ran
+    _chapters_ran = True
+    profile = chapter_profile()
+    error = None
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    try:
+        with kernel_environment(profile):
+            return (yield)
+    except BaseException as exc:
+        error = type(exc).__name__
+        raise
+    finally:
+        seconds = time.perf_counter() - start
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel, once reaped
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        item.user_properties += [
+            ("chapter", entry),
+            ("chapter_seconds", round(seconds, 2)),
+            ("chapter_cpu_seconds", round(cpu, 2)),
+            ("chapter_profile", profile),
+        ]
+        _keep(item, entry, seconds, profile, error)
+
+
+def _keep(item: pytest.Item, entry: str, seconds: float, profile: str, error: str | None) -> None:
+    """Copy the executed notebook (nbmake overwrote the generated one) to ``_build/executed``."""
+    import nbformat
+
+    nb = nbformat.read(notebook_path(entry), as_version=4)
+    mark_executed(nb, seconds, profile, error)
+    saved = keep_executed(entry, nb, EXECUTED)
+    if error is not None:
+        where = failed_cell(entry, nb)
+        item.add_report_section("call", "chapter", f"{where}\nexecuted notebook: {saved}")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call":
+        return
+    props = dict(report.user_properties)
+    if "chapter_seconds" in props:
+        _times.append(
+            {
+                "chapter": props["chapter"],
+                "seconds": props["chapter_seconds"],
+                "cpu_seconds": props.get("chapter_cpu_seconds"),
+                "outcome": report.outcome,
+                "profile": props.get("chapter_profile", ""),
+            }
         )
-    # no error output recorded: a timeout, a dead kernel or a failure to start
-    exc = run.error
-    return f"{type(exc).__name__}: {ANSI.sub('', str(exc))}\n\nexecuted notebook: {run.saved}"
+
+
+def budget_lines(times: list[dict], cpus: int | None = None) -> list[str]:
+    """The timing table: one line per chapter (wall s, CPU s, outcome, over budget?), a total."""
+    if not times:
+        return ["no chapter was executed"]
+    width = max(len(t["chapter"]) for t in times)
+    lines = [f"{'chapter':<{width}}  {'wall':>8}  {'cpu':>8}"]
+    for t in times:
+        over = "  OVER BUDGET" if t["seconds"] > CHAPTER_BUDGET_S else ""
+        cpu = t.get("cpu_seconds")
+        cpu_text = f"{cpu:>6.1f} s" if cpu is not None else f"{'-':>8}"
+        lines.append(
+            f"{t['chapter']:<{width}}  {t['seconds']:>6.1f} s  {cpu_text}  {t['outcome']}{over}"
+        )
+    total = sum(t["seconds"] for t in times)
+    total_cpu = sum(t.get("cpu_seconds") or 0 for t in times)
+    over = "  OVER BUDGET" if total > BOOK_BUDGET_S else ""
+    lines.append(
+        f"{'total':<{width}}  {total:>6.1f} s  {total_cpu:>6.1f} s  (budget {CHAPTER_BUDGET_S} s "
+        f"per chapter, {BOOK_BUDGET_S} s in all; {cpus or os.cpu_count()} cpus){over}"
+    )
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if not _chapters_ran:
+        return  # e.g. `pytest tests/test_repo_lint.py`: keep the last chapter timings
+    from saebook.files import atomic_write_text
+
+    profile = ",".join(sorted({t["profile"] for t in _times})) or chapter_profile()
+    terminalreporter.write_sep("=", f"chapter execution times (SAEBOOK_PROFILE={profile})")
+    for line in budget_lines(_times):
+        terminalreporter.write_line(line)
+    record = {
+        "profile": profile,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "budget_s": {"chapter": CHAPTER_BUDGET_S, "book": BOOK_BUDGET_S},
+        "chapters": _times,
+    }
+    atomic_write_text(TIMES_JSON, json.dumps(record, indent=2) + "\n")
+    terminalreporter.write_line(f"written to {TIMES_JSON.relative_to(ROOT)}")
+

@@ -3,9 +3,9 @@
 - The network is blocked for the whole session (tests/netblock/sitecustomize.py, also put on
   the PYTHONPATH of every chapter kernel by tests/chapter_runner.py); set
   `SAEBOOK_ALLOW_NETWORK=1` to lift it.
-- Each chapter test records `chapter` and `chapter_seconds` with `record_property`; the hooks
-  below collect them with the test's outcome, print a timing table at the end of the session
-  and write `_build/chapter_times.json` (uploaded as an artifact by CI).
+- Chapters are executed by nbmake through the plugin tests/chapter_runner.py (loaded by the
+  root conftest.py): it orders the session (unit tests, chapters, then the tests below that
+  read the executed chapters), keeps executed notebooks and prints the timing table.
 - Tests that compare a technique with an independent reference record one row each with the
   `reference_row` fixture; rows go to `_build/reference_checks.json` as they are recorded
   (keyed by technique and quantity, with the test's node id and the time), feed the appendix
@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,16 +27,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "book" / "_ext"))  # chapters.py: list, execute, assemble
-TIMES_JSON = ROOT / "_build" / "chapter_times.json"
+sys.path.insert(0, str(ROOT / "book" / "_ext"))  # chapters.py (also done by ../conftest.py)
 REFERENCES_JSON = ROOT / "_build" / "reference_checks.json"
 NETBLOCK_FILE = Path(__file__).resolve().parent / "netblock" / "sitecustomize.py"
 
-CHAPTER_BUDGET_S = 120  # per chapter, on the 2-core CI machine (issue: build budget)
-BOOK_BUDGET_S = 15 * 60  # the whole book
-
-_times: list[dict] = []
-_chapter_tests_ran = False  # a chapter test ran or was skipped (no chapters yet)
 _tallies: dict[str, list[str]] = {"bad_input": [], "determinism": []}
 _reference_rows: list[dict] = []
 
@@ -53,30 +46,17 @@ netblock = _load_netblock()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "chapter: executes one chapter of the book")
     config.addinivalue_line("markers", "determinism: executes one chapter twice")
     netblock.install()  # no-op with SAEBOOK_ALLOW_NETWORK=1
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    global _chapter_tests_ran
-    if "chapter" in report.keywords and (report.when == "call" or report.skipped):
-        _chapter_tests_ran = True
     if report.when != "call":
         return
     props = dict(report.user_properties)
     for key, seen in _tallies.items():
         if key in props:
             seen.append(str(props[key]))
-    if "chapter_seconds" in props:
-        _times.append(
-            {
-                "chapter": props.get("chapter", report.nodeid),
-                "seconds": props["chapter_seconds"],
-                "outcome": report.outcome,
-                "profile": props.get("chapter_profile", ""),
-            }
-        )
 
 
 def tally_lines() -> list[str]:
@@ -110,40 +90,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
                 f"{row['technique']} / {row['quantity']}: {row['measured']} "
                 f"(tolerance {row['tolerance']}) vs {row['reference']}: {verdict}"
             )
-    if not _chapter_tests_ran:
-        return  # e.g. `pytest tests/test_repo_lint.py`: keep the last chapter timings
-    profile = ",".join(sorted({t["profile"] for t in _times})) or "tiny"
-    tr = terminalreporter
-    tr.write_sep("=", f"chapter execution times (SAEBOOK_PROFILE={profile})")
-    if _times:
-        width = max(len(t["chapter"]) for t in _times)
-        for t in _times:
-            over = "  OVER BUDGET" if t["seconds"] > CHAPTER_BUDGET_S else ""
-            tr.write_line(f"{t['chapter']:<{width}}  {t['seconds']:>8.1f} s  {t['outcome']}{over}")
-        total = sum(t["seconds"] for t in _times)
-        tr.write_line(
-            f"{'total':<{width}}  {total:>8.1f} s  (budget {CHAPTER_BUDGET_S} s per chapter, "
-            f"{BOOK_BUDGET_S} s in all; {os.cpu_count()} cpus)"
-        )
-    else:
-        tr.write_line("no chapter was executed")
-    from saebook.files import atomic_write_text
-
-    atomic_write_text(
-        TIMES_JSON,
-        json.dumps(
-            {
-                "profile": profile,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "python": platform.python_version(),
-                "cpus": os.cpu_count(),
-                "chapters": _times,
-            },
-            indent=2,
-        )
-        + "\n",
-    )
-    tr.write_line(f"written to {TIMES_JSON.relative_to(ROOT)}")
 
 
 @pytest.fixture(scope="session")
@@ -164,30 +110,29 @@ def micro_model(micro_world):
     return load_shipped(micro_world[0])
 
 
-def _fresh_executions() -> dict[str, dict]:
-    """Execution metadata per chapter; skips when a notebook is missing or older than its .md."""
-    from chapters import EXECUTION_KEY, chapters
+def _fresh_executions() -> list[str]:
+    """The chapters the site is assembled from (``SAEBOOK_SITE_CHAPTERS``, default all); skips
+    when one was not executed successfully after its last edit."""
+    from chapter_runner import fresh_execution
+    from chapters import site_chapters
 
-    found, problems = {}, []
-    for entry in chapters():
-        path = ROOT / "_build" / "executed" / f"{entry}.ipynb"
-        if not path.is_file():
-            problems.append(f"{entry} (not executed)")
-            continue
-        meta = json.loads(path.read_text(encoding="utf-8"))["metadata"].get(EXECUTION_KEY, {})
-        if meta.get("mtime", 0) < (ROOT / f"{entry}.md").stat().st_mtime:
-            problems.append(f"{entry} (executed before its last edit)")
-        found[entry] = meta
-    if problems:
-        pytest.skip(f"run tests/test_chapters.py in the same session first: {problems}")
-    return found
+    entries = site_chapters()
+    stale = [entry for entry in entries if fresh_execution(entry) is None]
+    if stale:
+        pytest.skip(
+            f"execute these chapters in the same session first (pytest --nbmake), or they "
+            f"failed: {stale}"
+        )
+    return entries
 
 
 @pytest.fixture(scope="session")
 def site_html() -> Path:
     """The built site to test: ``$SAEBOOK_SITE_HTML`` (e.g. ``_build/html`` after ``make book``)
     or, by default, the site assembled with ``book/_ext/chapters.py`` from the notebooks that
-    tests/test_chapters.py executed (into ``_build/assembled``), as the site workflow does."""
+    nbmake executed in this session (into ``_build/assembled``), as the site workflow does.
+    ``SAEBOOK_SITE_CHAPTERS`` (comma-separated chapters) assembles only those, for a quick
+    local check; the other chapters' pages are then built without outputs."""
     given = os.environ.get("SAEBOOK_SITE_HTML")
     if given:
         site = Path(given).resolve()
@@ -196,10 +141,8 @@ def site_html() -> Path:
         return site
     from chapters import assemble
 
-    executions = _fresh_executions()
-    failed = [e for e, meta in executions.items() if not meta.get("succeeded")]
-    assert not failed, f"chapters that failed to execute cannot be assembled: {failed}"
-    return assemble(ROOT / "_build" / "executed", ROOT / "_build" / "assembled")
+    entries = _fresh_executions()
+    return assemble(ROOT / "_build" / "executed", ROOT / "_build" / "assembled", only=entries)
 
 
 @pytest.fixture

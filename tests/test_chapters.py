@@ -1,32 +1,46 @@
-"""Execute every chapter of the book, and check that _toc.yml and book/ agree.
+"""The book's chapters: _toc.yml and book/ agree, and the chapter plugin works.
 
-A chapter is a `_toc.yml` entry whose `.md` file has a `kernelspec` in its front matter.
-Each one becomes a test with the chapter's path as its id:
+Chapters are executed by nbmake (``pytest --nbmake``; ``make test`` runs it over ``tests`` and
+``book``) through the plugin tests/chapter_runner.py: a chapter is a ``_toc.yml`` entry whose
+``.md`` has a ``kernelspec``; its notebook is generated beside the ``.md`` with jupytext and
+executed under ``SAEBOOK_PROFILE=tiny`` with the network blocked (tests/netblock;
+``SAEBOOK_ALLOW_NETWORK=1`` lifts it). One chapter::
 
-    pytest tests/test_chapters.py -k running_saes
+    python -m pytest --nbmake book/intro/01_running_saes.ipynb
 
-It is executed by `book/_ext/chapters.py` exactly as the site's per-chapter build jobs do
-(jupytext, then nbclient on the `python3` kernel in the chapter's folder, the site's plotly
-renderer), with `SAEBOOK_PROFILE=tiny` and the network blocked (tests/netblock;
-`SAEBOOK_ALLOW_NETWORK=1` lifts it), and fails with the source and traceback of the failing
-cell. The executed notebook is kept in `_build/executed/`, which tests/test_site.py assembles
-into the site (see tests/chapter_runner.py, shared with the determinism and secrets tests).
-Per-chapter wall times are printed at the end of the session and written to
-`_build/chapter_times.json` (see conftest.py).
+(the plugin generates the file first; ``make notebooks`` generates them all). The tests here
+are fast: the table of contents, front matter, and the plugin's pieces.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
+import nbformat
 import pytest
-from chapter_runner import failure_report, run_chapter
+from chapter_runner import (
+    BOOK_BUDGET_S,
+    CHAPTER_BUDGET_S,
+    NETBLOCK,
+    budget_lines,
+    chapter_env,
+    entry_of,
+    kernel_environment,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
-PROFILE = "tiny"
 
-from chapters import chapters, front_matter, toc_entries  # noqa: E402  (book/_ext, conftest)
+from chapters import (  # noqa: E402  (book/_ext, conftest)
+    GENERATED_KEY,
+    chapters,
+    front_matter,
+    site_chapters,
+    toc_entries,
+    write_notebook,
+)
 
 
 def _chapter_params() -> list:
@@ -35,20 +49,6 @@ def _chapter_params() -> list:
         return [pytest.param(entry, id=entry) for entry in found]
     reason = "no executable chapters (no .md with a kernelspec) in _toc.yml yet"
     return [pytest.param(None, id="no-chapters", marks=pytest.mark.skip(reason=reason))]
-
-
-@pytest.mark.chapter
-@pytest.mark.parametrize("entry", _chapter_params())
-def test_chapter_executes(entry: str, tmp_path: Path, record_property) -> None:
-    run = run_chapter(entry, tmp_path, profile=PROFILE)
-    record_property("chapter_seconds", round(run.seconds, 2))
-    record_property("chapter", entry)
-    record_property("chapter_profile", PROFILE)
-    if run.error is not None:
-        pytest.fail(
-            f"chapter {entry} failed under SAEBOOK_PROFILE={PROFILE}:\n" + failure_report(run),
-            pytrace=False,
-        )
 
 
 def test_toc_entries_exist() -> None:
@@ -80,3 +80,63 @@ def test_chapter_front_matter(entry: str) -> None:
     fmt = (meta.get("jupytext") or {}).get("text_representation", {}).get("format_name")
     assert fmt == "myst", f"{entry}.md: set jupytext.text_representation.format_name: myst"
     assert meta["kernelspec"].get("name") == "python3", f"{entry}.md: kernelspec.name: python3"
+
+
+def test_generated_notebook_is_the_chapter_and_git_ignored() -> None:
+    entry = chapters()[0]
+    path = write_notebook(entry)
+    nb = nbformat.read(path, as_version=4)
+    assert path == ROOT / f"{entry}.ipynb" and nb.metadata[GENERATED_KEY] == f"{entry}.md"
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert [c for c in nb.cells if c.cell_type == "code"], entry
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=ROOT)
+    assert ignored.returncode == 0, f"{path} must be git-ignored (a generated file)"
+    assert entry_of(path) == entry and entry_of(ROOT / f"{entry}.md") is None
+    assert entry_of(BOOK / "nowhere.ipynb") is None
+
+
+def test_chapter_env_blocks_the_network_unless_allowed(monkeypatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    monkeypatch.delenv("SAEBOOK_ALLOW_NETWORK", raising=False)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    env = chapter_env("tiny")
+    first, rest = env["PYTHONPATH"].split(os.pathsep, 1)
+    assert first == str(NETBLOCK) and rest == "/somewhere"
+    assert env["SAEBOOK_PROFILE"] == "tiny" and env["TQDM_DISABLE"] == "1"
+    assert chapter_env("tiny", environ={"PYTHONPATH": env["PYTHONPATH"]})["PYTHONPATH"] == (
+        env["PYTHONPATH"]  # not added twice
+    )
+    monkeypatch.setenv("SAEBOOK_ALLOW_NETWORK", "1")
+    assert "PYTHONPATH" not in chapter_env("tiny")
+    with kernel_environment("gpt2", {"X_SAEBOOK_TEST": "1"}):
+        assert os.environ["SAEBOOK_PROFILE"] == "gpt2" and os.environ["X_SAEBOOK_TEST"] == "1"
+    assert "X_SAEBOOK_TEST" not in os.environ
+
+
+def test_budget_table_flags_slow_chapters() -> None:
+    times = [
+        {"chapter": "book/a/01", "seconds": 12.0, "cpu_seconds": 20.5, "outcome": "passed"},
+        {"chapter": "book/a/02", "seconds": CHAPTER_BUDGET_S + 1, "cpu_seconds": None,
+         "outcome": "failed"},
+    ]  # fmt: skip
+    lines = budget_lines(times, cpus=2)
+    assert "OVER BUDGET" not in lines[1] and "20.5 s" in lines[1]
+    assert lines[2].endswith("failed  OVER BUDGET")
+    assert lines[3].startswith("total") and f"{BOOK_BUDGET_S} s in all; 2 cpus" in lines[3]
+    assert budget_lines([]) == ["no chapter was executed"]
+
+
+def test_site_chapters_reads_the_environment() -> None:
+    every = chapters()
+    assert site_chapters("") == every
+    assert site_chapters(f" {every[-1]}.md,{every[0]} ") == [every[0], every[-1]]
+    with pytest.raises(ValueError, match="SAEBOOK_SITE_CHAPTERS must name executable chapters"):
+        site_chapters("book/nope")
+
+
+def test_appendix_chapters_run_last() -> None:
+    """The appendix page "How this book checks itself" reads what earlier tests recorded."""
+    order = chapters()
+    appendix = [i for i, e in enumerate(order) if e.startswith("book/appendix/")]
+    assert appendix and appendix == list(range(len(order) - len(appendix), len(order)))

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import jupytext
 import nbformat
 import pytest
 import yaml
@@ -36,20 +37,6 @@ def _load(path: Path, name: str) -> ModuleType:
 
 make_colab = _load(ROOT / ".github" / "scripts" / "make_colab.py", "make_colab")
 site_ext = _load(ROOT / "book" / "_ext" / "saebook_site.py", "saebook_site_under_test")
-
-TEMPLATE_SETUP = """# In Colab, install saebook first; everywhere else it is already installed.
-import importlib.util
-import subprocess
-import sys
-
-if importlib.util.find_spec("google.colab") and not importlib.util.find_spec("saebook"):
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "saebook @ git+https://github.com/saebook/saebook"], check=True)
-
-import saebook
-
-profile = saebook.setup()"""
-
 
 @pytest.fixture(scope="module")
 def notebooks(tmp_path_factory) -> dict[str, nbformat.NotebookNode]:
@@ -149,13 +136,23 @@ def test_generated_setup_header_runs_and_picks_tiny_without_gpu() -> None:
     assert "PROFILE=tiny" in result.stdout  # not in Colab: nothing installed, no GPU: tiny
 
 
-def test_strip_colab_install() -> None:
-    assert make_colab.strip_colab_install(TEMPLATE_SETUP) == (
-        "import saebook\n\nprofile = saebook.setup()"
-    )
-    still_used = TEMPLATE_SETUP + "\nprint(sys.version)"
-    assert "import sys" in make_colab.strip_colab_install(still_used)
-    assert "subprocess" not in make_colab.strip_colab_install(still_used)
+def test_chapter_sources_hold_no_install_code() -> None:
+    """The Colab install block is generated (make_colab.setup_header), never written in a
+    chapter: each chapter's first code cell is its set-up call, with no pip or Colab check."""
+    for chapter in make_colab.executable_chapters():
+        nb = jupytext.read(ROOT / f"{chapter}.md", fmt="md:myst")
+        code = [c.source for c in nb.cells if c.cell_type == "code"]
+        assert code and make_colab.SETUP_CALL in code[0], f"{chapter}: first cell must set up"
+        everything = "\n".join(code)
+        for marker in ("google.colab", "pip install", '"pip"', "git+https://"):
+            assert marker not in everything, f"{chapter}.md: install code ({marker!r}) found"
+
+
+def test_generated_setup_cell_keeps_the_chapter_call(notebooks) -> None:
+    for chapter, nb in notebooks.items():
+        source = _setup_cell(nb).source
+        assert source.count("google.colab") == 1, chapter  # the generated block, once
+        assert source.index("google.colab") < source.index(make_colab.SETUP_CALL), chapter
 
 
 def test_names_profile_and_install_spec() -> None:

@@ -15,7 +15,8 @@ import time
 
 import nbformat
 import pytest
-from chapter_runner import ROOT, execute_notebook, kernel_env, network_allowed
+from chapter_runner import network_allowed, run_notebook
+
 from conftest import netblock
 
 pytestmark = pytest.mark.skipif(
@@ -76,16 +77,6 @@ def test_install_is_idempotent_and_can_be_switched_off(monkeypatch):
     assert netblock.install() is False
 
 
-def test_kernel_env_puts_the_block_first_unless_allowed(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", "/somewhere")
-    env = kernel_env("tiny")
-    first, rest = env["PYTHONPATH"].split(":", 1)
-    assert first.endswith("tests/netblock") and rest == "/somewhere"
-    assert env["SAEBOOK_PROFILE"] == "tiny"
-    monkeypatch.setenv("SAEBOOK_ALLOW_NETWORK", "1")
-    assert "netblock" not in kernel_env("tiny")["PYTHONPATH"]
-
-
 PROBE = r"""
 import json, socket, time, urllib.request
 report = {"patched": getattr(socket.create_connection, "_saebook_blocked", False)}
@@ -114,19 +105,23 @@ print(json.dumps(report))
 """
 
 
-def _probe_kernel(extra_env: dict[str, str] | None = None) -> dict:
+def _probe_kernel(tmp_path, monkeypatch) -> dict:
+    """Run PROBE in a kernel started as nbmake starts a chapter's (tests/chapter_runner.py)."""
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(PROBE)])
-    env = kernel_env("tiny", extra_env)
-    env.pop("HF_HUB_OFFLINE", None)
-    error = execute_notebook(nb, ROOT / "book", env, timeout=120)
-    assert error is None, error
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    path = tmp_path / "probe.ipynb"
+    nbformat.write(nb, path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    result = run_notebook(path, extra_env={"SAEBOOK_PROFILE": "tiny"}, timeout=120)
+    assert result.error is None, result.error.trace
+    nb = result.nb
     text = "".join(o.get("text", "") for o in nb.cells[0].outputs if o.output_type == "stream")
     return json.loads(text.strip().splitlines()[-1])
 
 
-def test_a_chapter_kernel_cannot_open_a_connection():
+def test_a_chapter_kernel_cannot_open_a_connection(tmp_path, monkeypatch):
     """A kernel started the way chapters are started cannot reach the internet."""
-    report = _probe_kernel()
+    report = _probe_kernel(tmp_path, monkeypatch)
     assert report["patched"], "the kernel did not import tests/netblock/sitecustomize.py"
     for name in ("create_connection", "urlopen"):
         assert report[name].startswith("NetworkBlocked"), report

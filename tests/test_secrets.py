@@ -22,8 +22,9 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import nbformat
 import pytest
-from chapter_runner import EXECUTED, ROOT, failure_report, run_chapter
+from chapter_runner import EXECUTED, ROOT, rerun
 
 CHAPTER_ENV = "SAEBOOK_SECRETS_CHAPTER"
 DEFAULT_CHAPTER = "book/deeper/06_autointerp"
@@ -137,12 +138,13 @@ def test_sources_hold_no_keys():
     assert not problems, "key-like strings in the sources:\n" + "\n".join(problems)
 
 
+@pytest.mark.after_chapters
 def test_executed_notebooks_hold_no_keys():
     paths = sorted(EXECUTED.rglob("*.ipynb"))
     if not paths:
         pytest.skip(
-            f"no executed notebooks under {EXECUTED.relative_to(ROOT)}: run "
-            "tests/test_chapters.py first (it saves every executed chapter there)"
+            f"no executed notebooks under {EXECUTED.relative_to(ROOT)}: run the chapters "
+            "first (pytest --nbmake saves every executed chapter there)"
         )
     problems = _scan(paths)
     assert not problems, "key-like strings in executed notebooks:\n" + "\n".join(problems)
@@ -155,7 +157,8 @@ def test_built_site_holds_no_keys(site_html: Path):
     assert not problems, "key-like strings in the built site:\n" + "\n".join(problems)
 
 
-def test_keys_in_the_environment_stay_out_of_the_notebook(tmp_path):
+@pytest.mark.after_chapters
+def test_keys_in_the_environment_stay_out_of_the_notebook():
     entry = os.environ.get(CHAPTER_ENV, DEFAULT_CHAPTER).removesuffix(".md")
     fakes = {
         "OPENAI_API_KEY": FAKE_OPENAI,
@@ -164,9 +167,9 @@ def test_keys_in_the_environment_stay_out_of_the_notebook(tmp_path):
         "AWS_ACCESS_KEY_ID": FAKE_AWS,
         "GITHUB_TOKEN": FAKE_GH,
     }
-    run = run_chapter(entry, tmp_path, extra_env=fakes, keep=False)
-    assert run.error is None, failure_report(run)
-    text = run.saved.read_text(encoding="utf-8")
+    result = rerun(entry, extra_env=fakes)
+    assert result.error is None, result.error.trace
+    text = nbformat.writes(result.nb)
     leaked = sorted(name for name, value in fakes.items() if value in text)
     assert not leaked, f"{entry}: the values of {leaked} appear in the executed notebook"
     assert not find_secrets(text), find_secrets(text)

@@ -1,7 +1,7 @@
 """The site assembled from separately executed chapters: the GPU build's fan-out, on CPU.
 
-tests/test_chapters.py executes every chapter under the tiny profile and leaves the executed
-notebooks in `_build/executed/`; here `book/_ext/chapters.py assemble` builds the site from
+nbmake executes every chapter under the tiny profile (tests/chapter_runner.py) and leaves the
+executed notebooks in `_build/executed/`; here `book/_ext/chapters.py assemble` builds the site from
 them with execution off and warnings as errors, as the site workflow's last job does.
 """
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXECUTED = ROOT / "_build" / "executed"
 OUT = ROOT / "_build" / "assembled"  # the site_html fixture (conftest.py) builds it here
 
-from chapters import EXECUTION_KEY, chapters, stage_book  # noqa: E402
+from chapters import EXECUTION_KEY, site_chapters, stage_book  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def site(site_html: Path) -> tuple[Path, dict[str, dict]]:
         entry: json.loads((EXECUTED / f"{entry}.ipynb").read_text(encoding="utf-8"))["metadata"][
             EXECUTION_KEY
         ]
-        for entry in chapters()
+        for entry in site_chapters()
     }
     return site_html, executions
 
@@ -65,7 +65,7 @@ def test_execution_table_lists_every_chapter(site) -> None:
     table = (html / "book" / "appendix" / "execution_times.html").read_text(encoding="utf-8")
     for entry in executions:
         assert entry in table, f"{entry} missing from the execution-times table"
-    assert "separate job (tiny)" in table
+    assert "nbmake (tiny)" in table
 
 
 def test_circuitsvis_widgets_use_the_served_bundle() -> None:

@@ -15,8 +15,14 @@ hosts are aborted and listed, so the pages must work offline (plotly.js comes fr
 * every plotly figure drew its ``.main-svg``; every circuitsvis widget rendered children;
 * every internal ``href`` resolves to a file of the site, and its ``#fragment`` to an id
   on the target page;
+* every maths element (``span.math``/``div.math``) was typeset by MathJax (holds an
+  ``mjx-container``; MathJax is served from ``_static``) and no raw TeX (``\\(``, ``\\[``,
+  ``$...\\cmd...$``) is left in the prose;
 
-and, once: ``search.html?q=...`` lists results; screenshots of the landing page and of the
+and, without a browser, over the HTML of every page: no warning text (``SomethingWarning:``),
+no progress-bar redraws or terminal cursor codes, and no absolute path of the building machine
+(the repository, the virtualenv, ``$HOME``, ``/work/``); and, once: ``search.html?q=...`` lists
+results; screenshots of the landing page and of the
 first page with a figure land in ``<site>/../screenshots/``.
 
 Browser: Playwright (pinned in requirements.txt) driving an installed Chromium (no browser
@@ -27,10 +33,12 @@ on PATH.
 from __future__ import annotations
 
 import functools
+import html as html_lib
 import http.server
 import os
 import re
 import shutil
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +58,22 @@ REFRESH_RE = re.compile(
     r"""<meta\s+http-equiv=["']refresh["']\s+content=["']\d+;\s*url=([^"']+)["']""", re.I
 )
 ID_RE = re.compile(r"""\bid\s*=\s*["']([^"']+)["']""")
+MATH_JS = """async () => {
+    if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+        await MathJax.startup.promise;
+    }
+    const maths = [...document.querySelectorAll('span.math, div.math')];
+    const prose = document.body.cloneNode(true);
+    prose.querySelectorAll('pre, code, script, style, mjx-container, .math, svg')
+        .forEach(e => e.remove());
+    return [maths.length, maths.filter(m => m.querySelector('mjx-container')).length,
+            prose.textContent];
+}"""
+RAW_TEX = re.compile(r"\\\(|\\\[|\$\$|\$[^$\n]{0,200}\\[A-Za-z]+[^$\n]{0,200}\$")
+WARNING_TEXT = re.compile(r"\b\w*Warning: |warnings\.warn\(")
+PROGRESS_TEXT = re.compile(  # tqdm redraws; cursor-movement codes, raw or as text ("[A")
+    r"\d{1,3}%\|[^|\n]*\|\s*\S+/\S+|\x1b\[|\[A(?=[\s\r]|$)|\d+(?:\.\d+)?it/s\]"
+)
 
 
 def _chromium() -> str | None:
@@ -119,6 +143,8 @@ class PageReport:
     # widget's `<div ... />` is not self-closing in HTML, so the script lands inside it)
     widgets: list[tuple[str, int]] = field(default_factory=list)
     hrefs: list[str] = field(default_factory=list)  # absolute same-origin hrefs
+    math: tuple[int, int] = (0, 0)  # (maths elements, typeset ones)
+    raw_tex: list[str] = field(default_factory=list)  # untypeset TeX left in the prose
 
 
 def _visit(context, site: Path, base: str, path: str) -> PageReport:
@@ -167,6 +193,10 @@ def _visit(context, site: Path, base: str, path: str) -> PageReport:
                         .filter(c => !['SCRIPT', 'STYLE'].includes(c.tagName)).length])"""
             )
         ]
+    if 'class="math' in html:
+        total, typeset, prose = page.evaluate(MATH_JS)
+        report.math = (total, typeset)
+        report.raw_tex = [m.group(0)[:80] for m in RAW_TEX.finditer(prose)]
     report.hrefs = page.evaluate(  # getAttribute: an SVG <a>'s .href is not a string
         """base => [...document.querySelectorAll('a[href]')]
             .map(a => new URL(a.getAttribute('href'), document.baseURI).href)
@@ -248,6 +278,67 @@ def test_circuitsvis_widgets_render(reports) -> None:
         f"circuitsvis widgets rendered nothing: {empty}. If their script imports the bundle "
         "from a CDN, it cannot load offline: serve circuitsvis' bundle from _static."
     )
+
+
+def test_maths_is_typeset(reports) -> None:
+    with_maths = {p: r.math for p, r in reports.items() if r.math[0]}
+    untypeset = {p: f"{total - done}/{total} maths elements not typeset"
+                 for p, (total, done) in with_maths.items() if done != total}  # fmt: skip
+    raw = {p: r.raw_tex for p, r in reports.items() if r.raw_tex}
+    assert not untypeset and not raw, (
+        f"MathJax did not typeset: {untypeset}; raw TeX in the text: {raw}. MathJax is served "
+        "from _static/mathjax (book/_ext/saebook_site.py): is sphinx-mathjax-offline installed?"
+    )
+    if not with_maths:
+        pytest.skip("no page of this site has maths")
+
+
+def machine_paths() -> list[str]:
+    """Absolute paths of the building machine that must not appear in a published page."""
+    found = {str(ROOT), os.path.realpath(ROOT), sys.prefix, os.path.realpath(sys.prefix), "/work/"}
+    home = os.path.expanduser("~")
+    if home not in {"", "/", "~"}:
+        found.add(home.rstrip("/") + "/")
+    return sorted(p for p in found if len(p) > 1)
+
+
+def page_text(html: str) -> str:
+    """The text of an HTML page as a reader sees it (tags, scripts and styles removed)."""
+    html = re.sub(r"(?is)<(script|style)\b.*?</\1>", "", html)
+    return html_lib.unescape(re.sub(r"<[^>]+>", "", html))
+
+
+def site_problems(site: Path) -> list[str]:
+    """Warning text, progress-bar redraws and machine paths in the site's pages."""
+    problems = []
+    paths = machine_paths()
+    for path in site_pages(site):
+        html = (site / path).read_text(encoding="utf-8", errors="replace")
+        text = page_text(html)
+        for what, pattern in (("warning text", WARNING_TEXT), ("progress bar", PROGRESS_TEXT)):
+            for match in list(pattern.finditer(text))[:3]:
+                line = text[max(0, match.start() - 60) : match.end() + 60].replace("\n", " ")
+                problems.append(f"{path}: {what}: ...{line.strip()}...")
+        problems += [f"{path}: machine path {p!r}" for p in paths if p in html]
+    return problems
+
+
+def test_pages_show_no_warnings_progress_or_machine_paths(site_html) -> None:
+    problems = site_problems(site_html)
+    assert not problems, "\n".join(problems)
+
+
+def test_site_problems_are_found(tmp_path) -> None:
+    page = (
+        f"<p>fine</p><pre>{sys.prefix}/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: "
+        "IProgress not found</pre><pre>Training:  40%|####  | 2/5 [00:01&lt;00:01, 2.1it/s]"
+        "</pre>"
+    )
+    (tmp_path / "index.html").write_text(page, encoding="utf-8")
+    (tmp_path / "ok.html").write_text("<p>Warnings are errors; 40% of latents</p>", "utf-8")
+    found = "\n".join(site_problems(tmp_path))
+    assert "index.html: warning text" in found and "index.html: progress bar" in found
+    assert f"index.html: machine path {sys.prefix!r}" in found and "ok.html" not in found
 
 
 def _target(site: Path, base: str, href: str) -> tuple[Path, str]:

@@ -6,12 +6,12 @@ to ``<out>/<same path>.ipynb`` (``book/intro/01_running_saes.md`` ->
 ``<out>/book/intro/01_running_saes.ipynb``), the layout the site's Colab buttons expect on the
 ``colab`` branch (see ``book/_ext/saebook_site.py``). In each notebook:
 
-* the chapter's set-up cell (the one that installs saebook in Colab and calls
-  ``saebook.setup()``) starts with a generated block that installs saebook pinned to the
-  commit the notebook came from (``pip install "saebook @ git+<repo>@<sha>"``) and, unless the
+* the chapter's set-up cell (its first code cell that calls ``saebook.setup()``) starts with
+  a generated block that installs saebook pinned to the commit the notebook came from
+  (``pip install "saebook @ git+<repo>@<sha>"``, only when running in Colab) and, unless the
   chapter names its profile, sets ``SAEBOOK_PROFILE = "gpt2" if torch.cuda.is_available()
-  else "tiny"``, one line the reader can change, before ``saebook.setup()``; the chapter's own
-  unpinned install block is removed;
+  else "tiny"``, one line the reader can change, before ``saebook.setup()``. Chapter sources
+  hold no install code of their own (tests/test_colab.py checks it): this is its one home;
 * the notebook asks Colab for a GPU runtime (``accelerator: GPU`` and ``colab`` metadata);
 * cells hidden on the site (tags ``hide-input``, ``hide-cell``, ``remove-cell``,
   ``remove-input``) are collapsed to a titled Colab form, so exercise solutions stay hidden
@@ -74,41 +74,6 @@ def install_spec(repo_url: str, sha: str) -> str:
     if not SHA_RE.fullmatch(sha):
         raise ValueError(f"sha must be a hex commit id (7 to 40 characters), got {sha!r}")
     return f"saebook @ git+{repo_url}@{sha}"
-
-
-def _names_used(tree: ast.Module) -> set[str]:
-    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
-
-
-def strip_colab_install(source: str) -> str:
-    """``source`` without its Colab install block and the imports only that block used.
-
-    Removes top-level ``if`` statements whose test mentions ``google.colab``, comment lines
-    that talk about installing saebook, and top-level ``import importlib.util / subprocess /
-    sys`` statements whose names are no longer used.
-    """
-    tree = ast.parse(source)
-    lines = source.splitlines()
-    drop: set[int] = set()
-    for node in tree.body:
-        if isinstance(node, ast.If) and "google.colab" in ast.unparse(node.test):
-            drop.update(range(node.lineno - 1, node.end_lineno))
-    kept_tree = ast.parse("\n".join(line for i, line in enumerate(lines) if i not in drop))
-    used = _names_used(kept_tree)
-    for node in tree.body:
-        if isinstance(node, ast.Import) and all(
-            alias.asname is None
-            and alias.name in {"importlib", "importlib.util", "subprocess", "sys"}
-            and alias.name.split(".")[0] not in used
-            for alias in node.names
-        ):
-            drop.update(range(node.lineno - 1, node.end_lineno))
-    for index, line in enumerate(lines):
-        if line.lstrip().startswith("#") and re.search(r"install(s|ing)? saebook", line, re.I):
-            drop.add(index)
-    kept = [line for i, line in enumerate(lines) if i not in drop]
-    text = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip("\n")
-    return text
 
 
 _ROLE = re.compile(r"\{(glue:text|glue|doc|ref)\}`([^`]*)`")
@@ -204,9 +169,8 @@ def colab_notebook(md_path: Path, chapter: str, repo_url: str, sha: str) -> nbfo
     nb = jupytext.read(md_path, fmt="md:myst")
     spec = install_spec(repo_url, sha)
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
-    setup_cell = next((c for c in code_cells if "google.colab" in c.source), None)
-    setup_cell = setup_cell or next((c for c in code_cells if SETUP_CALL in c.source), None)
-    rest = strip_colab_install(setup_cell.source) if setup_cell is not None else ""
+    setup_cell = next((c for c in code_cells if SETUP_CALL in c.source), None)
+    rest = setup_cell.source.strip("\n") if setup_cell is not None else ""
     header = setup_header(spec, chapter, sha, choose_profile=not names_profile(rest))
     if setup_cell is None:
         setup_cell = nbformat.v4.new_code_cell(header)

@@ -1,19 +1,20 @@
-"""The book's chapter tooling: list the chapters, execute one, assemble the site from many.
+"""The book's chapter tooling: list the chapters, generate their notebooks, assemble the site.
 
-The GPU site build fans out one job per chapter and assembles the site at the end, so its wall
-time stays flat as chapters are added; the test suite uses the same functions on the ``tiny``
-profile, so the fan-out is proven on every CPU test run::
+Chapters are executed by nbmake (``pytest --nbmake``) on notebooks that jupytext generates
+beside each chapter's ``.md`` (git-ignored); ``tests/chapter_runner.py`` is the pytest plugin
+that generates them, sets the kernels' environment, times each chapter and keeps the executed
+notebook in ``_build/executed/``. The GPU site build fans out one nbmake job per chapter and
+assembles the site at the end, so its wall time stays flat as chapters are added; the test
+suite runs the same path on the ``tiny`` profile, so the fan-out is proven on every CPU run::
 
     python book/_ext/chapters.py list                     # JSON list of chapters (CI matrix)
-    python book/_ext/chapters.py execute book/intro/01_running_saes --out _build/executed
+    python book/_ext/chapters.py notebooks                # book/**/<chapter>.ipynb (jupytext)
+    python -m pytest --nbmake book/intro/01_running_saes.ipynb   # -> _build/executed/...
     python book/_ext/chapters.py assemble _build/executed --out _build/assembled
 
 A chapter is a ``_toc.yml`` entry whose ``.md`` has a ``kernelspec`` in its front matter.
-``execute`` converts it with jupytext, runs it with nbclient in the chapter's folder exactly as
-myst-nb would (same profile, same plotly renderer as the site build) and writes the executed
-notebook, with its run time in the metadata key ``saebook_execution``. ``assemble`` stages a
-copy of the book in which every chapter's ``.md`` is replaced by its executed notebook, turns
-execution off and builds the site with warnings as errors.
+``assemble`` stages a copy of the book in which every chapter's ``.md`` is replaced by its
+executed notebook, turns execution off and builds the site with warnings as errors.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT = 600  # seconds per cell, as execute.timeout in _config.yml
-EXECUTION_KEY = "saebook_execution"  # notebook metadata written by execute_chapter
+EXECUTION_KEY = "saebook_execution"  # notebook metadata: run time, outcome (mark_executed)
+GENERATED_KEY = "saebook_generated_from"  # metadata of a notebook generated from a chapter
 
 
 def toc_entries(root: Path = ROOT) -> list[str]:
@@ -72,97 +73,81 @@ def chapters(root: Path = ROOT) -> list[str]:
     ]
 
 
-@dataclass
-class Execution:
-    """One executed chapter: the notebook (with outputs), seconds taken, and the error if any."""
-
-    entry: str
-    notebook: object  # nbformat.NotebookNode
-    seconds: float
-    profile: str
-    error: BaseException | None
+def notebook_path(entry: str, root: Path = ROOT) -> Path:
+    """The generated notebook of chapter ``entry``: ``<entry>.ipynb`` beside its ``.md``."""
+    return root / f"{entry}.ipynb"
 
 
-def execute_notebook(
-    nb, cwd: Path, env: dict[str, str], timeout: float | None = DEFAULT_TIMEOUT
-) -> BaseException | None:
-    """Run every cell of ``nb`` in place in a fresh ``python3`` kernel started with ``env`` and
-    working directory ``cwd``; return the error that stopped it, or None."""
-    from nbclient import NotebookClient
-
-    client = NotebookClient(
-        nb,
-        kernel_name="python3",
-        timeout=timeout,
-        allow_errors=False,
-        resources={"metadata": {"path": str(cwd)}},
-    )
-    try:
-        client.execute(env=env)
-    except Exception as exc:  # CellExecutionError, CellTimeoutError, DeadKernelError, ...
-        return exc
-    return None
-
-
-def execute_chapter(
-    entry: str,
-    profile: str | None = None,
-    root: Path = ROOT,
-    env: dict[str, str] | None = None,
-) -> Execution:
-    """Execute chapter ``entry`` (e.g. ``book/intro/01_running_saes``) under ``profile``.
-
-    The profile defaults to ``SAEBOOK_PROFILE`` or ``tiny``. The kernel gets ``env`` (default:
-    this process's environment) plus the profile and the site's plotly renderer, so the
-    outputs are the ones the site build would embed. Errors are returned, not raised, with the
-    partial notebook.
-    """
+def write_notebook(entry: str, root: Path = ROOT) -> Path:
+    """Convert chapter ``entry``'s MyST source to ``<entry>.ipynb`` beside it (git-ignored)
+    with jupytext, without outputs; returns the path. nbmake executes that file."""
     import jupytext
 
-    from saebook.display import RENDERER_ENV, SITE_RENDERER
-
     md = root / f"{entry}.md"
-    if entry not in chapters(root):
-        raise ValueError(f"entry must be an executable chapter listed in _toc.yml, got {entry!r}")
-    profile = profile or os.environ.get("SAEBOOK_PROFILE", "").strip() or "tiny"
     nb = jupytext.reads(md.read_text(encoding="utf-8"), fmt="md:myst")
-    timeout = (nb.metadata.get("execution") or {}).get("timeout", DEFAULT_TIMEOUT)
-    if timeout is not None and timeout < 0:
-        timeout = None  # -1 disables the limit, as in myst-nb
-    env = dict(os.environ if env is None else env, SAEBOOK_PROFILE=profile)
-    env[RENDERER_ENV] = SITE_RENDERER
-    start = time.perf_counter()
-    error = execute_notebook(nb, md.parent, env, timeout)  # cwd = the chapter's folder
-    seconds = time.perf_counter() - start
+    nb.metadata[GENERATED_KEY] = f"{entry}.md"
+    path = notebook_path(entry, root)
+    jupytext.write(nb, path, fmt="ipynb")
+    return path
+
+
+def write_notebooks(root: Path = ROOT) -> list[Path]:
+    """Generate the notebook of every chapter (see :func:`write_notebook`)."""
+    return [write_notebook(entry, root) for entry in chapters(root)]
+
+
+def mark_executed(nb, seconds: float, profile: str, error: str | None) -> None:
+    """Record a run in ``nb.metadata["saebook_execution"]``: the site's execution table and the
+    freshness check of the assembled site read it."""
     nb.metadata[EXECUTION_KEY] = {
         "mtime": time.time(),
         "runtime": round(seconds, 2),
-        "method": f"separate job ({profile})",
+        "method": f"nbmake ({profile})",
         "succeeded": error is None,
-        "error": type(error).__name__ if error else None,
+        "error": error,
         "traceback": None,
     }
-    return Execution(entry, nb, seconds, profile, error)
 
 
-def write_executed(execution: Execution, out: Path) -> Path:
-    """Write the executed notebook to ``out/<entry>.ipynb`` (atomically) and return its path."""
+def keep_executed(entry: str, nb, out: Path) -> Path:
+    """Write executed notebook ``nb`` to ``out/<entry>.ipynb`` (atomically); return its path."""
     import nbformat
 
     from saebook.files import atomic_write_text
 
-    path = out / f"{execution.entry}.ipynb"
-    atomic_write_text(path, nbformat.writes(execution.notebook))
+    path = out / f"{entry}.ipynb"
+    atomic_write_text(path, nbformat.writes(nb))
     return path
 
 
-def stage_book(executed: Path, stage: Path, root: Path = ROOT) -> list[str]:
+SITE_CHAPTERS_ENV = "SAEBOOK_SITE_CHAPTERS"
+
+
+def site_chapters(value: str | None = None, root: Path = ROOT) -> list[str]:
+    """The chapters a site is assembled from: those named (comma-separated) by
+    ``SAEBOOK_SITE_CHAPTERS``, for a quick local check, else every chapter."""
+    value = (os.environ.get(SITE_CHAPTERS_ENV, "") if value is None else value).strip()
+    every = chapters(root)
+    if not value:
+        return every
+    names = [v.strip().removesuffix(".md").removesuffix(".ipynb") for v in value.split(",")]
+    unknown = [n for n in names if n and n not in every]
+    if unknown:
+        raise ValueError(f"{SITE_CHAPTERS_ENV} must name executable chapters, got {unknown}")
+    return [e for e in every if e in names]
+
+
+def stage_book(
+    executed: Path, stage: Path, root: Path = ROOT, only: list[str] | None = None
+) -> list[str]:
     """Copy the book to ``stage`` with each chapter's ``.md`` replaced by its executed notebook.
 
-    Returns the chapters staged; raises ``FileNotFoundError`` naming the chapters that have no
-    executed notebook under ``executed``.
+    ``only`` limits the replaced chapters (default: all); the others keep their ``.md`` and,
+    with execution off, are built without outputs. Returns the chapters staged; raises
+    ``FileNotFoundError`` naming the chapters that have no executed notebook under
+    ``executed``.
     """
-    entries = chapters(root)
+    entries = chapters(root) if only is None else list(only)
     missing = [e for e in entries if not (executed / f"{e}.ipynb").is_file()]
     if missing:
         raise FileNotFoundError(f"executed must hold a notebook per chapter; missing: {missing}")
@@ -182,18 +167,24 @@ def stage_book(executed: Path, stage: Path, root: Path = ROOT) -> list[str]:
     return entries
 
 
-def assemble(executed: Path, out: Path, root: Path = ROOT) -> Path:
+def assemble(
+    executed: Path, out: Path, root: Path = ROOT, only: list[str] | None = None
+) -> Path:
     """Build the site from executed notebooks without executing anything; returns the html dir.
 
-    Runs ``jupyter-book build`` with warnings as errors (``-W -n --keep-going``) on a staged
-    copy (``out/src``); the site lands in ``out/_build/html``. Raises ``RuntimeError`` with the
-    build log's tail when the build fails.
+    Runs ``jupyter-book build`` with warnings as errors (``-W -n --keep-going``; without
+    ``-W -n`` when ``only`` leaves chapters out) on a staged copy (``out/src``); the site lands
+    in ``out/_build/html``. Raises ``RuntimeError`` with the build log's tail when the build
+    fails.
     """
     stage = out / "src"
-    stage_book(executed, stage, root)
+    staged = stage_book(executed, stage, root, only)
     book = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(book), "build", str(stage), "--path-output", str(out)]
-    cmd += ["--warningiserror", "--nitpick", "--keep-going"]
+    cmd = [str(book), "build", str(stage), "--path-output", str(out), "--keep-going"]
+    if set(staged) == set(chapters(root)):
+        cmd += ["--warningiserror", "--nitpick"]
+    # else a quick check on a few chapters: the others have no outputs (so no glued values),
+    # which would be warnings; the full assembly keeps warnings as errors
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     (out / "build.log").write_text(result.stdout + result.stderr, encoding="utf-8")
     if result.returncode != 0:
@@ -206,10 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="print the executable chapters as a JSON list")
-    run = sub.add_parser("execute", help="execute one chapter into OUT/<chapter>.ipynb")
-    run.add_argument("chapter")
-    run.add_argument("--out", type=Path, required=True)
-    run.add_argument("--profile", default=None)
+    sub.add_parser("notebooks", help="generate <chapter>.ipynb beside every chapter's .md")
     build = sub.add_parser("assemble", help="build the site from executed notebooks")
     build.add_argument("executed", type=Path)
     build.add_argument("--out", type=Path, required=True)
@@ -217,13 +205,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "list":
         print(json.dumps(chapters()))
-    elif args.command == "execute":
-        execution = execute_chapter(args.chapter.removesuffix(".md"), args.profile)
-        path = write_executed(execution, args.out)
-        print(f"{execution.entry}: {execution.seconds:.1f} s under {execution.profile} -> {path}")
-        if execution.error is not None:
-            print(f"failed: {execution.error}", file=sys.stderr)
-            return 1
+    elif args.command == "notebooks":
+        written = write_notebooks()
+        print(f"generated {len(written)} chapter notebooks (.ipynb beside each .md)")
     else:
         print(f"site: {assemble(args.executed, args.out)}")
     return 0

@@ -34,6 +34,15 @@
    from ``html_context``) is set to ``auto`` when unset: an empty mode makes the theme log
    "Got invalid theme mode" on every page.
    ``tests/test_site_browser.py`` fails on either error.
+8. Maths offline: MathJax 3 comes from the ``sphinx-mathjax-offline`` package (pinned in
+   requirements.txt; used as a source of files, not as an extension, because it copies 24 MB
+   on every build) and is served from ``_static/mathjax`` (the ``tex-chtml`` bundle, its fonts
+   and the components it loads on demand); ``mathjax_path`` points there unless set to
+   something else. The browser test fails on a page whose maths is not typeset.
+9. Progress bars: text progress bars written to stderr (tqdm's ``\r``-redrawn lines and
+   cursor codes) are dropped from the pages when the doctree is read, so the site shows the
+   final outputs, not hundreds of redraws; any other stderr text (a warning) is kept, and the
+   site tests fail on it. The kernels of site builds also run with ``TQDM_DISABLE=1``.
 """
 
 from __future__ import annotations
@@ -67,7 +76,48 @@ def _plotly_bundle() -> tuple[Path, str]:
     return source, f"plotly-{get_plotlyjs_version()}.min.js"
 
 
+MATHJAX_BUNDLE = "tex-chtml.js"  # TeX input, HTML output: what myst's $...$ needs
+
+
+def _mathjax_source() -> Path:
+    """The MathJax 3 distribution shipped by the ``sphinx-mathjax-offline`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sphinx-mathjax-offline")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "the site serves MathJax offline from the sphinx-mathjax-offline package: "
+            "pip install -r requirements.txt"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "static" / "mathjax"
+
+
+def serve_mathjax(static: Path) -> Path:
+    """Copy MathJax's ``tex-chtml`` bundle and what it loads on demand to ``static/mathjax``
+    (once: skipped when the bundle is already there with the same size); returns the folder."""
+    source = _mathjax_source()
+    target = static / "mathjax"
+    bundle = source / MATHJAX_BUNDLE
+    copied = target / MATHJAX_BUNDLE
+    if copied.is_file() and copied.stat().st_size == bundle.stat().st_size:
+        return target
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        if Path(folder) == source:  # top level: keep the one bundle and the folders
+            return {n for n in names if n.endswith(".js") and n != MATHJAX_BUNDLE}
+        if Path(folder) == source / "output":
+            return {n for n in names if n.startswith("svg")}
+        return set()
+
+    shutil.copytree(source, target, ignore=ignore, dirs_exist_ok=True)
+    return target
+
+
 def _on_config_inited(app: Sphinx, config: Config) -> None:
+    from sphinx.ext.mathjax import MATHJAX_URL
+
+    if config.mathjax_path == MATHJAX_URL:  # Sphinx's CDN default: serve it from the site
+        config.mathjax_path = f"mathjax/{MATHJAX_BUNDLE}"
     profile = os.environ.get("SAEBOOK_PROFILE", "").strip() or "tiny"
     os.environ["SAEBOOK_PROFILE"] = profile  # the kernels run what the cache is keyed on
     config.saebook_profile = profile
@@ -91,6 +141,8 @@ def _on_builder_inited(app: Sphinx) -> None:
     if not target.exists() or target.stat().st_size != source.stat().st_size:
         shutil.copyfile(source, target)
     app.config.saebook_circuitsvis_js = name
+    if app.config.mathjax_path == f"mathjax/{MATHJAX_BUNDLE}":
+        serve_mathjax(Path(app.outdir) / "_static")
 
 
 def _circuitsvis_bundle() -> tuple[Path, str]:
@@ -140,6 +192,40 @@ def _on_source_read(app: Sphinx, docname: str, source: list[str]) -> None:
     data = json.loads(source[0]).get("metadata", {}).get(EXECUTION_KEY)
     if data and NbMetadataCollector.get_exec_data(app.env, docname) is None:
         NbMetadataCollector.set_exec_data(app.env, docname, data)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+#: one redraw of a tqdm bar: "desc:  40%|####  | 2/5 [00:01<00:01, 2.1it/s]" or, without a
+#: total, "desc: 12it [00:01, 9.5it/s]"
+PROGRESS_LINE = re.compile(
+    r"\d{1,3}%\|.*\|\s*\S+/\S+|\b\d+(?:\.\d+)?[kMG]?[A-Za-z]* \[\d+:\d\d(?::\d\d)?[<,\]]"
+)
+
+
+def without_progress(text: str) -> str:
+    """``text`` (a stderr stream) without progress-bar redraws and terminal cursor codes.
+
+    Splits on newlines and carriage returns, drops ANSI escape sequences and every piece that
+    looks like a tqdm bar (:data:`PROGRESS_LINE`); the rest (warnings, messages) is kept.
+    """
+    kept = []
+    for line in re.split(r"\r\n|\r|\n", ANSI.sub("", text)):
+        if line.strip() and not PROGRESS_LINE.search(line):
+            kept.append(line)
+    return "\n".join(kept) + ("\n" if kept else "")
+
+
+def _on_doctree_read(app: Sphinx, doctree: nodes.document) -> None:
+    """Drop progress bars from the stderr outputs of a page (see :func:`without_progress`)."""
+    for node in list(doctree.findall(nodes.literal_block)):
+        if "stderr" not in node.get("classes", []):
+            continue
+        text = without_progress(node.astext())
+        if not text:
+            node.parent.remove(node)
+        elif text != node.astext():
+            node.children = [nodes.Text(text)]
+            node.rawsource = text
 
 
 COLAB_HOST = "colab.research.google.com"
@@ -388,6 +474,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("builder-inited", _on_builder_inited)
     app.connect("html-page-context", _on_html_page_context)
     app.connect("source-read", _on_source_read)
+    app.connect("doctree-read", _on_doctree_read)
     app.add_config_value("saebook_colab_branch", COLAB_BRANCH, "html", types=[str])
     # after sphinx-book-theme's add_launch_buttons (priority 501)
     app.connect("html-page-context", _on_launch_buttons, priority=600)

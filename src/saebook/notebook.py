@@ -6,10 +6,20 @@ import os
 import random
 import warnings
 
-import numpy as np
-import torch
+# Two notices are printed when sae_lens is imported, before any chapter code runs, so they are
+# filtered here, before saebook.profiles imports it: TransformerLens 3 deprecating its `utils`
+# module (sae_lens imports it; the book pins TransformerLens < 4 on purpose), and tqdm's
+# "IProgress not found" (without ipywidgets, tqdm.auto draws text bars, which is what the
+# book's kernels want; Colab has ipywidgets and draws widgets).
+warnings.filterwarnings(
+    "ignore", message=r"The 'utils' module has been deprecated", category=DeprecationWarning
+)
+warnings.filterwarnings("ignore", message=r"IProgress not found")
 
-from saebook import display, profiles
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from saebook import display, profiles  # noqa: E402
 
 __all__ = ["setup", "seed_everything"]
 

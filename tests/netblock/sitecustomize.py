@@ -1,7 +1,7 @@
 """Block network connections in any Python process that puts this folder on PYTHONPATH.
 
 Python imports ``sitecustomize`` at start-up, so a chapter's Jupyter kernel started with
-``PYTHONPATH=tests/netblock`` (see tests/test_chapters.py) cannot reach the internet: every
+``PYTHONPATH=tests/netblock`` (see tests/chapter_runner.py) cannot reach the internet: every
 ``socket.connect``/``connect_ex`` and ``socket.create_connection`` to a host that is not the
 machine itself raises :class:`NetworkBlocked` at once, without a DNS lookup. Loopback
 addresses and Unix sockets stay allowed (a kernel talks to its client over localhost ZMQ,
