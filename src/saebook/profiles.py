@@ -86,7 +86,7 @@ PROFILES: dict[str, ProfileSpec] = {
                 "gpt2-small-res-jb-feature-splitting",
                 tuple(f"blocks.8.hook_resid_pre_{w}" for w in (768, 1536, 3072, 6144, 12288)),
             ),
-            dataset="Skylion007/openwebtext",
+            dataset="NeelNanda/pile-10k",  # parquet; openwebtext ships a loading script
             sizes=dict(
                 seq_len=128, n_seqs=1024, batch_size=32, gen_tokens=32, train_tokens=2_048_000
             ),
@@ -260,26 +260,62 @@ def resolve_sae_id(release: str, sae_id: str) -> str:
     return sorted(ids)[0]
 
 
+DATASET_ENV_VAR = "SAEBOOK_DATASET"
+
+
+def _open_stream(dataset: str, seed: int):
+    """``dataset``'s train split, streamed and shuffled, or an error that names the fix."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(dataset, split="train", streaming=True).shuffle(
+            seed=seed, buffer_size=10_000
+        )
+    except Exception as err:  # datasets raises many types (scripts, offline, missing codecs)
+        raise MissingArtifactError(
+            f"The token stream could not open the dataset {dataset!r} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); set "
+            f"${DATASET_ENV_VAR} to a Hugging Face dataset with a 'text' column in parquet or "
+            f"json format (no loading script), e.g. {PROFILES['gpt2'].dataset!r}, or check "
+            f"that the hub is reachable and that 'zstandard' is installed for .zst files."
+        ) from err
+
+
 def _hub_token_source(
     model: HookedSAETransformer, dataset: str
 ) -> Callable[[int, int, int], Tensor]:
-    """Rows of ``seq_len`` tokens from a streamed text dataset, BOS first, shuffled by seed."""
+    """Rows of ``seq_len`` tokens from a streamed text dataset, shuffled by seed.
+
+    Every row starts with exactly one BOS. Documents are tokenized without special tokens
+    and joined by one EOS (the model's end-of-document token; on gpt2 the same id as BOS),
+    so a separator always sits between two documents' tokens: never right after a row's
+    BOS, never twice in a row. ``$SAEBOOK_DATASET`` overrides ``dataset``.
+    """
+    tokenizer = model.tokenizer
 
     def source(n_seqs: int, seq_len: int, seed: int) -> Tensor:
-        from datasets import load_dataset
-
-        stream = load_dataset(dataset, split="train", streaming=True).shuffle(
-            seed=seed, buffer_size=10_000
-        )
-        rows, buffer = [], []
-        bos = model.tokenizer.bos_token_id
+        stream = _open_stream(os.environ.get(DATASET_ENV_VAR, "").strip() or dataset, seed)
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        rows: list[list[int]] = []
+        buffer: list[int] = []
         for example in stream:
-            buffer += model.tokenizer(example["text"])["input_ids"] + [model.tokenizer.eos_token_id]
-            while len(buffer) >= seq_len - 1 and len(rows) < n_seqs:
+            ids = tokenizer(example["text"], add_special_tokens=False)["input_ids"]
+            if not ids:
+                continue
+            buffer += ids + [eos]
+            while len(buffer) >= seq_len and len(rows) < n_seqs:
+                if buffer[0] == eos:
+                    del buffer[0]  # a row never opens on a separator (BOS then EOS)
+                    continue
                 rows.append([bos] + buffer[: seq_len - 1])
-                buffer = buffer[seq_len - 1 :]
+                del buffer[: seq_len - 1]
             if len(rows) == n_seqs:
                 break
+        if len(rows) < n_seqs:
+            raise MissingArtifactError(
+                f"dataset {dataset!r} gave {len(rows)} rows of {seq_len} tokens, "
+                f"n_seqs asked for {n_seqs}"
+            )
         return torch.tensor(rows, dtype=torch.long)
 
     return source
