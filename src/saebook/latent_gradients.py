@@ -46,6 +46,7 @@ __all__ = [
     "ordered_pairs",
     "latent_map",
     "latent_jacobian",
+    "auto_chunk_size",
     "finite_difference",
     "token_attribution",
     "latent_logit_jacobian",
@@ -391,6 +392,24 @@ class LatentJacobian:
         return pd.DataFrame(rows)
 
 
+JACOBIAN_BUDGET = 1 << 24  # vectorised passes x (inputs + outputs) held at once, in floats
+
+
+def auto_chunk_size(n_passes: int, per_pass: int, budget: int = JACOBIAN_BUDGET) -> int:
+    """How many of ``n_passes`` Jacobian passes to vectorise at once within ``budget`` floats.
+
+    Each vectorised pass carries tensors at least the size of the map's inputs plus outputs
+    (``per_pass``) through the model, so the chunk is ``budget // per_pass`` (at least 1, at
+    most ``n_passes``): all at once for small maps, bounded memory for wide SAEs (on gpt2 the
+    dense map of a 24576-latent SAE would otherwise vectorise 24576 backward passes).
+    """
+    if n_passes < 1 or per_pass < 1 or budget < 1:
+        raise ValueError(
+            f"n_passes, per_pass and budget must be >= 1, got {n_passes}, {per_pass}, {budget}"
+        )
+    return max(1, min(n_passes, budget // per_pass))
+
+
 def _jacobian(
     fn: Callable[[Tensor], Tensor], inputs: Tensor, n_out: int, mode: str, chunk_size: int | None
 ) -> Tensor:
@@ -400,6 +419,9 @@ def _jacobian(
         mode = "rev" if n_out <= inputs.numel() else "fwd"
     if n_out == 0 or inputs.numel() == 0:
         return torch.zeros(n_out, inputs.numel(), device=inputs.device)
+    if chunk_size is None:
+        n_passes = n_out if mode == "rev" else inputs.numel()
+        chunk_size = auto_chunk_size(n_passes, inputs.numel() + n_out, JACOBIAN_BUDGET)
     with torch.enable_grad():
         if mode == "rev":
             return jacrev(fn, chunk_size=chunk_size)(inputs).detach()
@@ -430,7 +452,8 @@ def latent_jacobian(
     active rows and columns afterwards: the same numbers at a far higher cost. ``mode``:
     ``"rev"`` (one backward pass per output, :func:`torch.func.jacrev`), ``"fwd"`` (one
     forward-mode pass per input, :func:`torch.func.jacfwd`) or ``"auto"`` (the smaller side).
-    ``chunk_size`` bounds how many passes are vectorised at once (memory).
+    ``chunk_size`` bounds how many passes are vectorised at once (memory); ``None`` picks
+    :func:`auto_chunk_size`.
     """
     lmap = latent_map(
         model, up_sae, down_sae, tokens, up_positions=up_positions,
