@@ -124,3 +124,17 @@ def test_tiny_profile_loads_quickly_with_every_role():
         tiny.tokens(2, 10_000)
     with pytest.raises(ValueError, match="n_seqs"):
         tiny.tokens(0)
+
+
+def test_sizes_override_for_rehearsals(monkeypatch):
+    spec = profiles.PROFILES["gpt2"]
+    monkeypatch.delenv("SAEBOOK_SIZES", raising=False)
+    assert profiles._sizes(spec) == spec.sizes
+    monkeypatch.setenv("SAEBOOK_SIZES", '{"n_seqs": 16, "train_tokens": 4096}')
+    got = profiles._sizes(spec)
+    assert got["n_seqs"] == 16 and got["train_tokens"] == 4096
+    assert got["seq_len"] == spec.sizes["seq_len"] and spec.sizes["n_seqs"] == 1024
+    for bad in ('{"n_seqs": 0}', '{"widths": 3}', "[1]", "n_seqs=3"):
+        monkeypatch.setenv("SAEBOOK_SIZES", bad)
+        with pytest.raises(ValueError, match="SAEBOOK_SIZES"):
+            profiles._sizes(spec)

@@ -321,6 +321,36 @@ def _hub_token_source(
     return source
 
 
+SIZES_ENV_VAR = "SAEBOOK_SIZES"
+
+
+def _sizes(spec: ProfileSpec) -> dict[str, int]:
+    """The profile's sizes, with ``$SAEBOOK_SIZES`` (JSON, e.g. ``{"n_seqs": 64}``) applied.
+
+    The override exists for rehearsals at reduced token counts (``scripts/rehearse.py``);
+    only sizes the profile already has may be set, to positive ints.
+    """
+    sizes = dict(spec.sizes)
+    raw = os.environ.get(SIZES_ENV_VAR, "").strip()
+    if not raw:
+        return sizes
+    import json
+
+    try:
+        override = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"${SIZES_ENV_VAR} must be a JSON object, got {raw!r}") from err
+    if not isinstance(override, dict):
+        raise ValueError(f"${SIZES_ENV_VAR} must be a JSON object, got {raw!r}")
+    for key, value in override.items():
+        if key not in sizes or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"${SIZES_ENV_VAR} may set {sorted(sizes)} to positive ints, got {key}={value!r}"
+            )
+    sizes.update(override)
+    return sizes
+
+
 def _load_hub(spec: ProfileSpec, device: str) -> Profile:
     _require_hub(spec.name)
     loader = (
@@ -341,7 +371,7 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
         model=model,
         saes=saes,
         width_family=family,
-        sizes=dict(spec.sizes),
+        sizes=_sizes(spec),
         device=device,
         task_name=spec.task,
         _token_source=_hub_token_source(model, spec.dataset),
