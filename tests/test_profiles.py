@@ -10,7 +10,7 @@ import torch
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
 from saebook import profiles
-from saebook.errors import HubUnavailableError, UnknownProfileError
+from saebook.errors import HubUnavailableError, MissingArtifactError, UnknownProfileError
 
 
 def test_unknown_profile_lists_valid_names(monkeypatch):
@@ -138,3 +138,23 @@ def test_sizes_override_for_rehearsals(monkeypatch):
         monkeypatch.setenv("SAEBOOK_SIZES", bad)
         with pytest.raises(ValueError, match="SAEBOOK_SIZES"):
             profiles._sizes(spec)
+
+
+def test_gated_model_names_the_fix(monkeypatch):
+    class GatedRepoError(OSError):
+        pass
+
+    def refuse(cls, name, device):
+        try:
+            raise GatedRepoError("401 Client Error")
+        except GatedRepoError as err:
+            raise OSError("You are trying to access a gated repo.") from err
+
+    monkeypatch.setattr(profiles, "_require_hub", lambda name: None)
+    monkeypatch.setattr(
+        profiles.HookedSAETransformer, "from_pretrained_no_processing", classmethod(refuse)
+    )
+    monkeypatch.setattr(profiles, "_CACHE", {})
+    with pytest.raises(MissingArtifactError, match="gated.*licence.*HF_TOKEN"):
+        profiles.load("gemma", device="cpu")
+    assert not profiles._is_gated(OSError("connection refused"))

@@ -351,6 +351,16 @@ def _sizes(spec: ProfileSpec) -> dict[str, int]:
     return sizes
 
 
+def _is_gated(err: BaseException) -> bool:
+    """True when ``err`` (or an exception it was raised from) says a hub repo is gated."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if type(seen).__name__ == "GatedRepoError" or "gated repo" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _load_hub(spec: ProfileSpec, device: str) -> Profile:
     _require_hub(spec.name)
     loader = (
@@ -358,7 +368,16 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
         if spec.raw_weights
         else HookedSAETransformer.from_pretrained
     )
-    model = loader(spec.model, device=device)
+    try:
+        model = loader(spec.model, device=device)
+    except Exception as err:
+        if _is_gated(err):
+            raise MissingArtifactError(
+                f"Profile {spec.name!r} needs {spec.model!r}, a gated model on the Hugging Face "
+                f"hub: accept its licence on the model's hub page with your account, then log "
+                f"in on this machine (`hf auth login`, or set HF_TOKEN) and load again."
+            ) from err
+        raise
     saes = {
         role: SAE.from_pretrained(release, resolve_sae_id(release, sae_id), device=device)
         for role, (release, sae_id) in spec.saes.items()
