@@ -158,3 +158,25 @@ def test_gated_model_names_the_fix(monkeypatch):
     with pytest.raises(MissingArtifactError, match="gated.*licence.*HF_TOKEN"):
         profiles.load("gemma", device="cpu")
     assert not profiles._is_gated(OSError("connection refused"))
+
+
+def test_ev_floor_follows_the_published_figures():
+    """Content checks demand a share of each hub SAE's registry EV, 0.5 on tiny (issue 15)."""
+    hub = profiles.Profile(
+        name="gpt2", description="", model=None, sizes={}, device="cpu", task_name="ioi",
+        saes={"attn": object(), "mlp": object(), "resid": object()}, width_family=[],
+        _token_source=None,
+    )  # fmt: skip
+    directory = get_pretrained_saes_directory()
+    for role in ("attn", "mlp", "resid"):
+        release, sae_id = profiles.PROFILES["gpt2"].saes[role]
+        published = directory[release].expected_var_explained[sae_id]
+        assert hub.ev_floor(role) == pytest.approx(0.8 * published)
+    assert hub.ev_floor("attn") == pytest.approx(0.8 * 0.13)  # hook-z-kk: far below 0.5
+    assert hub.ev_floor("attn", fraction=1.0) == pytest.approx(0.13)
+    with pytest.raises(KeyError, match="transcoder"):
+        hub.ev_floor("transcoder")
+    with pytest.raises(ValueError, match="fraction"):
+        hub.ev_floor("attn", fraction=0)
+    tiny = profiles.load("tiny", device="cpu")
+    assert tiny.ev_floor("resid") == 0.5

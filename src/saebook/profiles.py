@@ -164,6 +164,27 @@ class Profile:
             )
         return self.saes[role]
 
+    def ev_floor(self, role: str, fraction: float = 0.8) -> float:
+        """The explained variance a content check may demand of the SAE for ``role``.
+
+        On a hub profile: ``fraction`` of the figure SAELens' registry publishes for that SAE
+        (``expected_var_explained``; e.g. 0.13 for ``gpt2-small-hook-z-kk``, 0.46 for
+        ``gpt2-small-mlp-tm``), measured on other text, hence the margin; 0.5 where the
+        registry lists none and on ``tiny`` (whose SAEs the book trained, reaching more).
+        """
+        self.sae(role)  # a clear error for an unknown role
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        spec = PROFILES[self.name]
+        if role not in spec.saes:
+            return 0.5
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        release, sae_id = spec.saes[role]
+        entry = get_pretrained_saes_directory()[release]
+        published = (entry.expected_var_explained or {}).get(resolve_sae_id(release, sae_id))
+        return 0.5 if published is None else fraction * float(published)
+
     def describe_saes(self) -> dict[str, str]:
         """role -> a short description (architecture, width, hook) of each SAE."""
         out = {}
