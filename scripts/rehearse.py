@@ -90,7 +90,7 @@ def kernel_env(cache_root: Path, full: bool, sizes: dict | None = None) -> dict[
 
 
 def rehearse_chapter(entry: str, env: dict[str, str], memory_gb: float,
-                     cell_timeout: float) -> ChapterRecord:
+                     cell_timeout: float, verbose: bool = True) -> ChapterRecord:
     """Execute ``entry`` cell by cell; see the module docstring for what is recorded."""
     import jupytext
     from nbclient import NotebookClient
@@ -136,6 +136,10 @@ def rehearse_chapter(entry: str, env: dict[str, str], memory_gb: float,
                 record.peak_gb = max(record.peak_gb, peak)
                 record.cells.append(CellRecord(index, round(time.perf_counter() - t0, 2),
                                                round(peak, 2), outcome, error))
+                if verbose:
+                    c = record.cells[-1]
+                    print(f"  cell {index:3d} {c.seconds:7.1f} s {c.peak_gb:6.2f} GB {outcome}"
+                          f" {error[:100]}", flush=True)
                 if outcome == "error":
                     record.status = "killed (memory)" if killed.is_set() else "failed"
                     record.error = f"cell {index}: {error}"
