@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("chapters", nargs="*", help="toc entries (default: every chapter)")
     parser.add_argument("--full", action="store_true", help="the profile's full sizes")
     parser.add_argument("--memory-gb", type=float, default=12.0)
-    parser.add_argument("--cell-timeout", type=float, default=1800.0)
+    parser.add_argument("--cell-timeout", type=int, default=1800)
     parser.add_argument("--cache", default=str(ROOT / ".cache" / "rehearsal"))
     parser.add_argument("--json", default=str(ROOT / "_build" / "rehearsal.json"))
     parser.add_argument("--sizes", type=json.loads, default=None,
@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 records.append(ChapterRecord(entry, status="not run (deadline)"))
                 continue
             timeout = min(timeout, left)
+        timeout = int(timeout)  # nbclient wants an int
         record = rehearse_chapter(entry, env, args.memory_gb, timeout)
         records.append(record)
         print(table([record]).splitlines()[1], flush=True)
