@@ -109,7 +109,9 @@ def rehearse_chapter(entry: str, env: dict[str, str], memory_gb: float,
 
         def watch() -> None:
             while not stop.wait(0.2):
-                if _status_kb(pid, "VmRSS") > memory_gb * 1024**2:
+                rss = _status_kb(pid, "VmRSS")
+                if rss > memory_gb * 1024**2:
+                    record.peak_gb = max(record.peak_gb, rss / 1024**2)
                     killed.set()
                     os.kill(pid, 9)
                     return

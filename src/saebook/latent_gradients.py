@@ -411,7 +411,12 @@ def auto_chunk_size(n_passes: int, per_pass: int, budget: int = JACOBIAN_BUDGET)
 
 
 def _jacobian(
-    fn: Callable[[Tensor], Tensor], inputs: Tensor, n_out: int, mode: str, chunk_size: int | None
+    fn: Callable[[Tensor], Tensor],
+    inputs: Tensor,
+    n_out: int,
+    mode: str,
+    chunk_size: int | None,
+    per_pass: int | None = None,
 ) -> Tensor:
     if mode not in ("auto", "rev", "fwd"):
         raise ValueError(f"mode must be 'auto', 'rev' or 'fwd', got {mode!r}")
@@ -421,7 +426,8 @@ def _jacobian(
         return torch.zeros(n_out, inputs.numel(), device=inputs.device)
     if chunk_size is None:
         n_passes = n_out if mode == "rev" else inputs.numel()
-        chunk_size = auto_chunk_size(n_passes, inputs.numel() + n_out, JACOBIAN_BUDGET)
+        per_pass = max(per_pass or 0, inputs.numel() + n_out)
+        chunk_size = auto_chunk_size(n_passes, per_pass, JACOBIAN_BUDGET)
     with torch.enable_grad():
         if mode == "rev":
             return jacrev(fn, chunk_size=chunk_size)(inputs).detach()
@@ -461,7 +467,10 @@ def latent_jacobian(
     )  # fmt: skip
     with torch.no_grad():
         n_out = int(lmap.fn(lmap.inputs).numel())
-    full = _jacobian(lmap.fn, lmap.inputs, n_out, mode, chunk_size)
+    # each vectorised pass carries both SAEs' latents and the model's activations per position
+    n_pos = int(torch.as_tensor(tokens).shape[-1])
+    width = up_sae.cfg.d_sae + down_sae.cfg.d_sae + 4 * model.cfg.n_layers * model.cfg.d_model
+    full = _jacobian(lmap.fn, lmap.inputs, n_out, mode, chunk_size, per_pass=n_pos * width)
     jac = full[lmap.down_index.to(full.device)][:, lmap.up_index.to(full.device)]
     return LatentJacobian(jac.cpu(), lmap.up, lmap.down, lmap.up_hook, lmap.down_hook)
 
