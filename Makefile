@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.saebook-installed
 export SAEBOOK_PROFILE ?= tiny
 
-.PHONY: setup book test test-unit notebooks lint clean
+.PHONY: setup book test test-unit notebooks lint clean rehearse
 
 # Re-runs only when the pins change. CPU torch from the pinned wheel unless CUDA is present.
 $(STAMP): requirements.txt pyproject.toml
@@ -41,6 +41,10 @@ test-unit: setup
 
 notebooks: setup
 	$(PY) book/_ext/chapters.py notebooks
+
+# every chapter on gpt2's real shapes, random weights, offline, 12 GB cap (issue 15)
+rehearse: setup
+	$(PY) scripts/rehearse.py
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks book/_ext .github/scripts

@@ -168,16 +168,6 @@ def metrics_mse_per_element(t, r, a):
     return {**_metrics(t, r, a), "mse": float((t - r).pow(2).mean())}
 
 
-def kl_reversed(clean_logits, new_logits):
-    log_p, log_q = clean_logits.log_softmax(-1), new_logits.log_softmax(-1)
-    return (log_q.exp() * (log_q - log_p)).sum(-1)
-
-
-def kl_of_raw_logits(clean_logits, new_logits):
-    p = clean_logits.softmax(-1)
-    return (p * (clean_logits - new_logits)).sum(-1)
-
-
 def frequent_sparse_including_the_limit(density, limit):
     d = density.double().clone()
     d[(d > limit) | (d == 0)] = -1
@@ -238,7 +228,6 @@ WRONG: dict[str, list[Any]] = {
         metrics_l0_summed,
         metrics_mse_per_element,
     ],
-    "check_kl_divergence": [kl_reversed, kl_of_raw_logits],
     "check_most_frequent_sparse": [
         frequent_sparse_including_the_limit,
         frequent_sparse_rarest,
@@ -262,7 +251,6 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_most_selective": ("book/training/03_case_studies", "pick_most_selective"),
     "check_top_k_by_mean_difference": ("book/training/04_evaluation", "my_top_k"),
     "check_activation_metrics": ("book/training/04_evaluation", "recon_metrics"),
-    "check_kl_divergence": ("book/training/04_evaluation", "next_token_kl"),
 }
 #: the exercise notebook's stub of an answer that is data
 STUBS: dict[str, Any] = {"check_diagnosis": NotImplemented}

@@ -47,6 +47,18 @@ def test_saelens_evals_agree_with_ours(micro_model, tokens, role, reference_row)
     assert ours_cost == pytest.approx(theirs_cost, abs=0.05 + 0.2 * abs(theirs_cost))
 
 
+@pytest.mark.parametrize("role", ["resid", "attn"])
+def test_reconstruction_metrics_do_not_depend_on_chunking(micro_model, tokens, role):
+    """Row chunks bound memory at real widths (issue 15); every metric stays the same."""
+    model, saes, _ = micro_model
+    whole = reconstruction_metrics(model, saes[role], tokens, batch_size=len(tokens))
+    one_by_one = reconstruction_metrics(model, saes[role], tokens, batch_size=1)
+    for name, value in vars(whole).items():
+        assert getattr(one_by_one, name) == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    with pytest.raises(ValueError, match="batch_size"):
+        reconstruction_metrics(model, saes[role], tokens, batch_size=0)
+
+
 def test_saelens_evals_rejects_bad_tokens(micro_model, tokens):
     model, saes, _ = micro_model
     with pytest.raises(ValueError, match="BOS"):

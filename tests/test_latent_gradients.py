@@ -159,3 +159,23 @@ def test_residual_connected(setup):
     assert lg.residual_connected(saes["transcoder"], saes["resid"])
     assert not lg.residual_connected(saes["mlp"], saes["attn"])
     assert not lg.residual_connected(saes["resid"], saes["attn"])
+
+
+def test_auto_chunk_size_bounds_vectorised_passes(setup, monkeypatch):
+    assert lg.auto_chunk_size(10, 100, budget=10_000) == 10  # small maps: all at once
+    assert lg.auto_chunk_size(24576, 24576 * 17, budget=1 << 24) == 40  # gpt2-wide dense map
+    assert lg.auto_chunk_size(5, 10**9, budget=100) == 1
+    with pytest.raises(ValueError, match="n_passes"):
+        lg.auto_chunk_size(0, 10)
+    # a tiny budget forces one pass at a time and gives the same dense Jacobian
+    model, saes, tokens = setup
+    kw = dict(down_positions=[-1], dense=True)
+    whole = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, **kw)
+    monkeypatch.setattr(lg, "JACOBIAN_BUDGET", 1)
+    seen = []
+    real = lg.jacrev
+    monkeypatch.setattr(lg, "jacrev", lambda fn, chunk_size: seen.append(chunk_size) or real(
+        fn, chunk_size=chunk_size))
+    chunked = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, mode="rev", **kw)
+    assert seen == [1]
+    assert torch.allclose(whole.jacobian, chunked.jacobian, atol=1e-5)

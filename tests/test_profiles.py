@@ -10,7 +10,7 @@ import torch
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
 from saebook import profiles
-from saebook.errors import HubUnavailableError, UnknownProfileError
+from saebook.errors import HubUnavailableError, MissingArtifactError, UnknownProfileError
 
 
 def test_unknown_profile_lists_valid_names(monkeypatch):
@@ -144,3 +144,59 @@ def test_tiny_labeled_tokens_label_the_profiles_rows():
     assert any(bool(v.any()) for v in labels.values())
     with pytest.raises(ValueError, match="n_seqs"):
         tiny.labeled_tokens(0)
+
+
+def test_sizes_override_for_rehearsals(monkeypatch):
+    spec = profiles.PROFILES["gpt2"]
+    monkeypatch.delenv("SAEBOOK_SIZES", raising=False)
+    assert profiles._sizes(spec) == spec.sizes
+    monkeypatch.setenv("SAEBOOK_SIZES", '{"n_seqs": 16, "train_tokens": 4096}')
+    got = profiles._sizes(spec)
+    assert got["n_seqs"] == 16 and got["train_tokens"] == 4096
+    assert got["seq_len"] == spec.sizes["seq_len"] and spec.sizes["n_seqs"] == 1024
+    for bad in ('{"n_seqs": 0}', '{"widths": 3}', "[1]", "n_seqs=3"):
+        monkeypatch.setenv("SAEBOOK_SIZES", bad)
+        with pytest.raises(ValueError, match="SAEBOOK_SIZES"):
+            profiles._sizes(spec)
+
+
+def test_gated_model_names_the_fix(monkeypatch):
+    class GatedRepoError(OSError):
+        pass
+
+    def refuse(cls, name, device):
+        try:
+            raise GatedRepoError("401 Client Error")
+        except GatedRepoError as err:
+            raise OSError("You are trying to access a gated repo.") from err
+
+    monkeypatch.setattr(profiles, "_require_hub", lambda name: None)
+    monkeypatch.setattr(
+        profiles.HookedSAETransformer, "from_pretrained_no_processing", classmethod(refuse)
+    )
+    monkeypatch.setattr(profiles, "_CACHE", {})
+    with pytest.raises(MissingArtifactError, match="gated.*licence.*HF_TOKEN"):
+        profiles.load("gemma", device="cpu")
+    assert not profiles._is_gated(OSError("connection refused"))
+
+
+def test_ev_floor_follows_the_published_figures():
+    """Content checks demand a share of each hub SAE's registry EV, 0.5 on tiny (issue 15)."""
+    hub = profiles.Profile(
+        name="gpt2", description="", model=None, sizes={}, device="cpu", task_name="ioi",
+        saes={"attn": object(), "mlp": object(), "resid": object()}, width_family=[],
+        _token_source=None,
+    )  # fmt: skip
+    directory = get_pretrained_saes_directory()
+    for role in ("attn", "mlp", "resid"):
+        release, sae_id = profiles.PROFILES["gpt2"].saes[role]
+        published = directory[release].expected_var_explained[sae_id]
+        assert hub.ev_floor(role) == pytest.approx(0.8 * published)
+    assert hub.ev_floor("attn") == pytest.approx(0.8 * 0.13)  # hook-z-kk: far below 0.5
+    assert hub.ev_floor("attn", fraction=1.0) == pytest.approx(0.13)
+    with pytest.raises(KeyError, match="transcoder"):
+        hub.ev_floor("transcoder")
+    with pytest.raises(ValueError, match="fraction"):
+        hub.ev_floor("attn", fraction=0)
+    tiny = profiles.load("tiny", device="cpu")
+    assert tiny.ev_floor("resid") == 0.5

@@ -78,6 +78,18 @@ def test_de_embedding_matches_reference(setup):
         tr.de_embedding(model, tc, [tc.cfg.d_sae])
 
 
+def test_de_embedding_in_small_blocks_matches_reference(setup, monkeypatch):
+    """Blocks of a few vocabulary rows give the same scores (bounded memory, issue 15)."""
+    model, tc, _ = setup
+    monkeypatch.setattr(tr, "_DE_EMBEDDING_BLOCK", 3 * tc.cfg.d_sae)  # 3 rows per block
+    scores = tr.de_embedding(model, tc, [1, 2])
+    ref = checks.reference_de_embedding(
+        model.W_E, model.W_pos, tc.W_enc[:, [1, 2]], tc.b_enc[[1, 2]], model.cfg.eps
+    )
+    assert scores.shape == (2, model.cfg.d_vocab)
+    assert torch.allclose(scores, ref.detach(), atol=1e-4)
+
+
 def test_overlap_finds_planted_prediction(setup):
     model, tc, tokens = setup
     stats = latent_stats(model, tc, tokens, k=5, progress=False)

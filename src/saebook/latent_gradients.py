@@ -54,6 +54,7 @@ __all__ = [
     "ordered_pairs",
     "latent_map",
     "latent_jacobian",
+    "auto_chunk_size",
     "finite_difference",
     "token_attribution",
     "latent_logit_jacobian",
@@ -421,8 +422,31 @@ class LatentJacobian:
         return pd.DataFrame(rows)
 
 
+JACOBIAN_BUDGET = 1 << 24  # vectorised passes x (inputs + outputs) held at once, in floats
+
+
+def auto_chunk_size(n_passes: int, per_pass: int, budget: int = JACOBIAN_BUDGET) -> int:
+    """How many of ``n_passes`` Jacobian passes to vectorise at once within ``budget`` floats.
+
+    Each vectorised pass carries tensors at least the size of the map's inputs plus outputs
+    (``per_pass``) through the model, so the chunk is ``budget // per_pass`` (at least 1, at
+    most ``n_passes``): all at once for small maps, bounded memory for wide SAEs (on gpt2 the
+    dense map of a 24576-latent SAE would otherwise vectorise 24576 backward passes).
+    """
+    if n_passes < 1 or per_pass < 1 or budget < 1:
+        raise ValueError(
+            f"n_passes, per_pass and budget must be >= 1, got {n_passes}, {per_pass}, {budget}"
+        )
+    return max(1, min(n_passes, budget // per_pass))
+
+
 def _jacobian(
-    fn: Callable[[Tensor], Tensor], inputs: Tensor, n_out: int, mode: str, chunk_size: int | None
+    fn: Callable[[Tensor], Tensor],
+    inputs: Tensor,
+    n_out: int,
+    mode: str,
+    chunk_size: int | None,
+    per_pass: int | None = None,
 ) -> Tensor:
     if mode not in ("auto", "rev", "fwd"):
         raise ValueError(f"mode must be 'auto', 'rev' or 'fwd', got {mode!r}")
@@ -430,6 +454,10 @@ def _jacobian(
         mode = "rev" if n_out <= inputs.numel() else "fwd"
     if n_out == 0 or inputs.numel() == 0:
         return torch.zeros(n_out, inputs.numel(), device=inputs.device)
+    if chunk_size is None:
+        n_passes = n_out if mode == "rev" else inputs.numel()
+        per_pass = max(per_pass or 0, inputs.numel() + n_out)
+        chunk_size = auto_chunk_size(n_passes, per_pass, JACOBIAN_BUDGET)
     with torch.enable_grad():
         if mode == "rev":
             return jacrev(fn, chunk_size=chunk_size)(inputs).detach()
@@ -460,7 +488,8 @@ def latent_jacobian(
     active rows and columns afterwards: the same numbers at a far higher cost. ``mode``:
     ``"rev"`` (one backward pass per output, :func:`torch.func.jacrev`), ``"fwd"`` (one
     forward-mode pass per input, :func:`torch.func.jacfwd`) or ``"auto"`` (the smaller side).
-    ``chunk_size`` bounds how many passes are vectorised at once (memory).
+    ``chunk_size`` bounds how many passes are vectorised at once (memory); ``None`` picks
+    :func:`auto_chunk_size`.
     """
     lmap = latent_map(
         model, up_sae, down_sae, tokens, up_positions=up_positions,
@@ -468,7 +497,10 @@ def latent_jacobian(
     )  # fmt: skip
     with torch.no_grad():
         n_out = int(lmap.fn(lmap.inputs).numel())
-    full = _jacobian(lmap.fn, lmap.inputs, n_out, mode, chunk_size)
+    # each vectorised pass carries both SAEs' latents and the model's activations per position
+    n_pos = int(torch.as_tensor(tokens).shape[-1])
+    width = up_sae.cfg.d_sae + down_sae.cfg.d_sae + 4 * model.cfg.n_layers * model.cfg.d_model
+    full = _jacobian(lmap.fn, lmap.inputs, n_out, mode, chunk_size, per_pass=n_pos * width)
     jac = full[lmap.down_index.to(full.device)][:, lmap.up_index.to(full.device)]
     return LatentJacobian(jac.cpu(), lmap.up, lmap.down, lmap.up_hook, lmap.down_hook)
 

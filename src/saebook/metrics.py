@@ -151,47 +151,76 @@ class ReconstructionMetrics:
         return {**asdict(self), "ce_loss_recovered": self.ce_loss_recovered}
 
 
+METRICS_BUDGET = 1 << 26  # floats of latents or logits one chunk of rows may hold (256 MB)
+
+
 @torch.no_grad()
 def reconstruction_metrics(
-    model: HookedSAETransformer, sae: SAE, tokens: Int[Tensor, "batch seq"]
+    model: HookedSAETransformer,
+    sae: SAE,
+    tokens: Int[Tensor, "batch seq"],
+    batch_size: int | None = None,
 ) -> ReconstructionMetrics:
     """Explained variance, MSE, L0, dead latents, CE losses, KL and L2 ratio of ``sae``.
 
     All on ``tokens``. The SAE is spliced in without its error term and bypassed at BOS
     positions (as it was trained); "zero ablation" sets the SAE's output hook to zero at the
-    same positions.
+    same positions. Rows go through in chunks of ``batch_size`` (default: as many as keep
+    the latents and logits of a chunk within :data:`METRICS_BUDGET` floats), so memory does
+    not grow with the number of rows; the numbers do not depend on the chunking.
     """
     _, hook_out = check_sae_hooks(model, sae)
     tokens = check_tokens(tokens, model)
-    keep = bos_mask(model, tokens)
-    x_in, target = sae_input_and_target(model, sae, tokens)
-    acts = sae.encode(x_in)
-    recon = sae.decode(acts)
-    flat = (lambda t: t.flatten(2)) if target.ndim == 4 else (lambda t: t)
-    tgt, rec = flat(target)[keep], flat(recon)[keep]
-    basic = activation_metrics(tgt, rec, acts[keep])
+    if batch_size is None:
+        per_row = tokens.shape[1] * max(sae.cfg.d_sae, model.cfg.d_vocab)
+        batch_size = max(1, METRICS_BUDGET // per_row)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    tgts, recs, l0s, kls = [], [], [], []
+    ce = {"clean": [], "sae": [], "zero": []}
+    fired_any = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=sae.W_enc.device)
+    for start in range(0, tokens.shape[0], batch_size):
+        chunk = tokens[start : start + batch_size]
+        keep = bos_mask(model, chunk)
+        x_in, target = sae_input_and_target(model, sae, chunk)
+        acts = sae.encode(x_in)
+        recon = sae.decode(acts)
+        flat = (lambda t: t.flatten(2)) if target.ndim == 4 else (lambda t: t)
+        tgts.append(flat(target)[keep])
+        recs.append(flat(recon)[keep])
+        fired = acts[keep] > 0
+        l0s.append(fired.sum(-1).float())
+        fired_any |= fired.any(0)
+        del acts, recon, fired
 
-    def loss_with(hook_fn) -> float:
-        return float(
-            model.run_with_hooks(tokens, return_type="loss", fwd_hooks=[(hook_out, hook_fn)])
+        def zero(act, hook, keep=keep):
+            mask = keep.view(*keep.shape, *([1] * (act.ndim - 2)))
+            return torch.where(mask, torch.zeros_like(act), act)
+
+        clean_logits, ce_clean = model(chunk, return_type="both", loss_per_token=True)
+        sae_logits, ce_sae = model.run_with_saes(
+            chunk, saes=[sae], return_type="both", loss_per_token=True,
+            exclude_special_tokens=exclude_special_tokens(model),
+        )  # fmt: skip
+        kls.append(kl_divergence(clean_logits, sae_logits)[keep])
+        del clean_logits, sae_logits
+        ce["clean"].append(ce_clean.flatten())
+        ce["sae"].append(ce_sae.flatten())
+        ce["zero"].append(
+            model.run_with_hooks(
+                chunk, return_type="loss", loss_per_token=True, fwd_hooks=[(hook_out, zero)]
+            ).flatten()
         )
-
-    def zero(act, hook):
-        mask = keep.view(*keep.shape, *([1] * (act.ndim - 2)))
-        return torch.where(mask, torch.zeros_like(act), act)
-
-    clean_logits, ce_clean = model(tokens, return_type="both")
-    sae_logits, ce_sae = model.run_with_saes(
-        tokens, saes=[sae], return_type="both", exclude_special_tokens=exclude_special_tokens(model)
-    )
+    tgt, rec = torch.cat(tgts), torch.cat(recs)
+    mean_ce = {k: float(torch.cat(v).mean()) for k, v in ce.items()}
     return ReconstructionMetrics(
-        explained_variance=basic["explained_variance"],
-        mse=basic["mse"],
-        l0=basic["l0"],
-        dead_fraction=basic["dead_fraction"],
-        ce_clean=float(ce_clean),
-        ce_with_sae=float(ce_sae),
-        ce_zero_ablation=loss_with(zero),
-        kl_div=float(kl_divergence(clean_logits, sae_logits)[keep].mean()),
-        l2_ratio=basic["l2_ratio"],
+        explained_variance=explained_variance(tgt, rec),
+        mse=float((tgt - rec).pow(2).sum(-1).mean()),
+        l0=float(torch.cat(l0s).mean()),
+        dead_fraction=float((~fired_any).float().mean()),
+        ce_clean=mean_ce["clean"],
+        ce_with_sae=mean_ce["sae"],
+        ce_zero_ablation=mean_ce["zero"],
+        kl_div=float(torch.cat(kls).mean()),
+        l2_ratio=l2_ratio(tgt, rec),
     )

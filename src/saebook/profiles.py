@@ -86,7 +86,7 @@ PROFILES: dict[str, ProfileSpec] = {
                 "gpt2-small-res-jb-feature-splitting",
                 tuple(f"blocks.8.hook_resid_pre_{w}" for w in (768, 1536, 3072, 6144, 12288)),
             ),
-            dataset="Skylion007/openwebtext",
+            dataset="NeelNanda/pile-10k",  # parquet; openwebtext ships a loading script
             sizes=dict(
                 seq_len=128, n_seqs=1024, batch_size=32, gen_tokens=32, train_tokens=2_048_000
             ),
@@ -184,6 +184,27 @@ class Profile:
                 f"role must be one of {sorted(self.saes)} on profile {self.name!r}, got {role!r}"
             )
         return self.saes[role]
+
+    def ev_floor(self, role: str, fraction: float = 0.8) -> float:
+        """The explained variance a content check may demand of the SAE for ``role``.
+
+        On a hub profile: ``fraction`` of the figure SAELens' registry publishes for that SAE
+        (``expected_var_explained``; e.g. 0.13 for ``gpt2-small-hook-z-kk``, 0.46 for
+        ``gpt2-small-mlp-tm``), measured on other text, hence the margin; 0.5 where the
+        registry lists none and on ``tiny`` (whose SAEs the book trained, reaching more).
+        """
+        self.sae(role)  # a clear error for an unknown role
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+        spec = PROFILES[self.name]
+        if role not in spec.saes:
+            return 0.5
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        release, sae_id = spec.saes[role]
+        entry = get_pretrained_saes_directory()[release]
+        published = (entry.expected_var_explained or {}).get(resolve_sae_id(release, sae_id))
+        return 0.5 if published is None else fraction * float(published)
 
     def describe_saes(self) -> dict[str, str]:
         """role -> a short description (architecture, width, hook) of each SAE."""
@@ -285,29 +306,105 @@ def resolve_sae_id(release: str, sae_id: str) -> str:
     return sorted(ids)[0]
 
 
+DATASET_ENV_VAR = "SAEBOOK_DATASET"
+
+
+def _open_stream(dataset: str, seed: int):
+    """``dataset``'s train split, streamed and shuffled, or an error that names the fix."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(dataset, split="train", streaming=True).shuffle(
+            seed=seed, buffer_size=10_000
+        )
+    except Exception as err:  # datasets raises many types (scripts, offline, missing codecs)
+        raise MissingArtifactError(
+            f"The token stream could not open the dataset {dataset!r} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); set "
+            f"${DATASET_ENV_VAR} to a Hugging Face dataset with a 'text' column in parquet or "
+            f"json format (no loading script), e.g. {PROFILES['gpt2'].dataset!r}, or check "
+            f"that the hub is reachable and that 'zstandard' is installed for .zst files."
+        ) from err
+
+
 def _hub_token_source(
     model: HookedSAETransformer, dataset: str
 ) -> Callable[[int, int, int], Tensor]:
-    """Rows of ``seq_len`` tokens from a streamed text dataset, BOS first, shuffled by seed."""
+    """Rows of ``seq_len`` tokens from a streamed text dataset, shuffled by seed.
+
+    Every row starts with exactly one BOS. Documents are tokenized without special tokens
+    and joined by one EOS (the model's end-of-document token; on gpt2 the same id as BOS),
+    so a separator always sits between two documents' tokens: never right after a row's
+    BOS, never twice in a row. ``$SAEBOOK_DATASET`` overrides ``dataset``.
+    """
+    tokenizer = model.tokenizer
 
     def source(n_seqs: int, seq_len: int, seed: int) -> Tensor:
-        from datasets import load_dataset
-
-        stream = load_dataset(dataset, split="train", streaming=True).shuffle(
-            seed=seed, buffer_size=10_000
-        )
-        rows, buffer = [], []
-        bos = model.tokenizer.bos_token_id
+        stream = _open_stream(os.environ.get(DATASET_ENV_VAR, "").strip() or dataset, seed)
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        rows: list[list[int]] = []
+        buffer: list[int] = []
         for example in stream:
-            buffer += model.tokenizer(example["text"])["input_ids"] + [model.tokenizer.eos_token_id]
-            while len(buffer) >= seq_len - 1 and len(rows) < n_seqs:
+            ids = tokenizer(example["text"], add_special_tokens=False)["input_ids"]
+            if not ids:
+                continue
+            buffer += ids + [eos]
+            while len(buffer) >= seq_len and len(rows) < n_seqs:
+                if buffer[0] == eos:
+                    del buffer[0]  # a row never opens on a separator (BOS then EOS)
+                    continue
                 rows.append([bos] + buffer[: seq_len - 1])
-                buffer = buffer[seq_len - 1 :]
+                del buffer[: seq_len - 1]
             if len(rows) == n_seqs:
                 break
+        if len(rows) < n_seqs:
+            raise MissingArtifactError(
+                f"dataset {dataset!r} gave {len(rows)} rows of {seq_len} tokens, "
+                f"n_seqs asked for {n_seqs}"
+            )
         return torch.tensor(rows, dtype=torch.long)
 
     return source
+
+
+SIZES_ENV_VAR = "SAEBOOK_SIZES"
+
+
+def _sizes(spec: ProfileSpec) -> dict[str, int]:
+    """The profile's sizes, with ``$SAEBOOK_SIZES`` (JSON, e.g. ``{"n_seqs": 64}``) applied.
+
+    The override exists for rehearsals at reduced token counts (``scripts/rehearse.py``);
+    only sizes the profile already has may be set, to positive ints.
+    """
+    sizes = dict(spec.sizes)
+    raw = os.environ.get(SIZES_ENV_VAR, "").strip()
+    if not raw:
+        return sizes
+    import json
+
+    try:
+        override = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"${SIZES_ENV_VAR} must be a JSON object, got {raw!r}") from err
+    if not isinstance(override, dict):
+        raise ValueError(f"${SIZES_ENV_VAR} must be a JSON object, got {raw!r}")
+    for key, value in override.items():
+        if key not in sizes or not isinstance(value, int) or value < 1:
+            raise ValueError(
+                f"${SIZES_ENV_VAR} may set {sorted(sizes)} to positive ints, got {key}={value!r}"
+            )
+    sizes.update(override)
+    return sizes
+
+
+def _is_gated(err: BaseException) -> bool:
+    """True when ``err`` (or an exception it was raised from) says a hub repo is gated."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if type(seen).__name__ == "GatedRepoError" or "gated repo" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _load_hub(spec: ProfileSpec, device: str) -> Profile:
@@ -317,7 +414,16 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
         if spec.raw_weights
         else HookedSAETransformer.from_pretrained
     )
-    model = loader(spec.model, device=device)
+    try:
+        model = loader(spec.model, device=device)
+    except Exception as err:
+        if _is_gated(err):
+            raise MissingArtifactError(
+                f"Profile {spec.name!r} needs {spec.model!r}, a gated model on the Hugging Face "
+                f"hub: accept its licence on the model's hub page with your account, then log "
+                f"in on this machine (`hf auth login`, or set HF_TOKEN) and load again."
+            ) from err
+        raise
     saes = {
         role: SAE.from_pretrained(release, resolve_sae_id(release, sae_id), device=device)
         for role, (release, sae_id) in spec.saes.items()
@@ -330,7 +436,7 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
         model=model,
         saes=saes,
         width_family=family,
-        sizes=dict(spec.sizes),
+        sizes=_sizes(spec),
         device=device,
         task_name=spec.task,
         _token_source=_hub_token_source(model, spec.dataset),

@@ -195,6 +195,9 @@ def extended_embedding(
     return attention_free_inputs(model, f"blocks.{layer}.hook_resid_pre")
 
 
+_DE_EMBEDDING_BLOCK = 1 << 25  # floats of pre-activations held at once (128 MB in float32)
+
+
 @torch.no_grad()
 def de_embedding(
     model: HookedSAETransformer,
@@ -209,6 +212,8 @@ def de_embedding(
     ``path="direct"``: the pure-weights pullback ``W_E @ W_enc[:, latent]`` (no LayerNorm, no
     position, no bias; only meaningful for an SAE that reads the residual stream near the
     embedding).
+    Memory is bounded: vocabulary rows go through the SAE in blocks, and only the ``latents``
+    asked for are kept (``(n_latents, d_vocab)``).
     """
     hook_in, _ = check_sae_hooks(model, sae)
     index = torch.arange(sae.cfg.d_sae) if latents is None else check_latents(sae, latents)
@@ -223,8 +228,14 @@ def de_embedding(
     if path != "attention_free":
         raise ValueError(f"path must be 'attention_free' or 'direct', got {path!r}")
     x = attention_free_inputs(model, hook_in).to(sae.W_enc.device)
-    pre = pre_activations(sae, x)  # (d_vocab, d_sae)
-    return pre[:, index].T.cpu()
+    # a block of vocabulary rows at a time: never the full (d_vocab, d_sae) matrix (4.9 GB on
+    # gpt2's 24576-latent SAEs); peak about _DE_EMBEDDING_BLOCK floats plus the result
+    rows = max(1, _DE_EMBEDDING_BLOCK // sae.cfg.d_sae)
+    out = torch.empty(index.numel(), x.shape[0], dtype=sae.W_enc.dtype)
+    for start in range(0, x.shape[0], rows):
+        pre = pre_activations(sae, x[start : start + rows])  # (rows, d_sae)
+        out[:, start : start + rows] = pre[:, index].T.cpu()
+    return out
 
 
 def activating_tokens(

@@ -283,23 +283,6 @@ def check_activation_metrics(fn: Callable[[Tensor, Tensor, Tensor], dict]) -> No
                    activation_metrics, cases)  # fmt: skip
 
 
-def check_kl_divergence(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
-    """Check ``fn(clean_logits, new_logits) -> (...)`` per-position ``KL(p_clean || p_new)``
-    in nats against :func:`saebook.metrics.kl_divergence` (logits, not probabilities)."""
-    from saebook.metrics import kl_divergence
-
-    g = _generator(45)
-    clean = torch.randn(3, 5, 30, generator=g) * 2
-    cases: list[Case] = [
-        ("small perturbation", (clean, clean + 0.1 * torch.randn(3, 5, 30, generator=g)), {}),
-        ("identical (0)", (clean, clean.clone()), {}),
-        ("shifted logits are the same distribution", (clean, clean + 5.0), {}),
-        ("unrelated", (clean, torch.randn(3, 5, 30, generator=g)), {}),
-        ("one position", (clean[0, 0], clean[1, 1]), {}),
-    ]
-    check_function(fn, kl_divergence, cases, atol=1e-5, rtol=1e-4)
-
-
 def check_most_frequent_sparse(fn: Callable[[Tensor, float], int]) -> None:
     """Check ``fn(density, limit) -> int`` against
     :func:`saebook.latent_selection.most_frequent_sparse`: among latents with
