@@ -273,6 +273,55 @@ def k_sparse_main_latents(
 _EPS = 1e-8  # SAEBench's "does not fire" threshold
 
 
+def _check_absorption_inputs(
+    latent_acts: Tensor, model_acts: Tensor, decoder: Tensor, reference: Tensor, main_latents
+) -> list[int]:
+    """Validate :func:`measure_absorption`'s tensors; return the main latents as ints."""
+    _check_2d("latent_acts", latent_acts)
+    _check_2d("model_acts", model_acts)
+    _check_2d("decoder", decoder)
+    n, d_sae = latent_acts.shape
+    if model_acts.shape[0] != n:
+        raise ValueError(
+            f"model_acts must have {n} rows like latent_acts, got {model_acts.shape[0]}"
+        )
+    if decoder.shape[0] != d_sae:
+        raise ValueError(
+            f"decoder must have one row per latent ({d_sae}), got {decoder.shape[0]} rows"
+        )
+    d = decoder.shape[1]
+    if model_acts.shape[1] != d:
+        raise ValueError(
+            f"model_acts must have {d} columns like decoder, got {model_acts.shape[1]}"
+        )
+    if reference.shape != (d,):
+        raise ValueError(f"reference must have shape ({d},), got {tuple(reference.shape)}")
+    main = [int(m) for m in main_latents]
+    if not main or any(not 0 <= m < d_sae for m in main):
+        raise ValueError(f"main_latents must be a non-empty list in [0, {d_sae}), got {main}")
+    return main
+
+
+def _absorption_fraction(
+    proj: Tensor, total: Tensor, is_main: Tensor, eligible: Tensor, max_absorbers: int,
+    min_proportion: float,
+) -> Tensor:
+    """Per scored position, the share of the probe projection ``total`` that up to
+    ``max_absorbers`` eligible non-main latents carry instead of the main ones (see
+    :func:`measure_absorption`)."""
+    main_proj = proj[:, is_main].sum(-1)
+    allowed = (~is_main & eligible)[None, :] & (proj > 0)
+    k = min(max_absorbers, proj.shape[1])
+    absorbing = torch.where(allowed, proj, torch.zeros_like(proj)).topk(k, dim=-1).values.sum(-1)
+    fraction = torch.zeros_like(total)
+    some = ~((main_proj >= total) | (absorbing / total < min_proportion))
+    fraction[some & (main_proj <= 0)] = 1.0
+    partial = some & (main_proj > 0)
+    taken = torch.minimum(absorbing, total - main_proj)
+    fraction[partial] = (taken / (taken + main_proj))[partial].clamp(0.0, 1.0)
+    return fraction
+
+
 def measure_absorption(
     latent_acts: Float[Tensor, "n d_sae"],
     model_acts: Float[Tensor, "n d"],
@@ -301,30 +350,10 @@ def measure_absorption(
     ``min_proportion`` of it or the main latents already carry it all). The defaults are
     SAEBench's; the decoder rows are assumed to have comparable norms, as SAEBench does.
     """
-    _check_2d("latent_acts", latent_acts)
-    _check_2d("model_acts", model_acts)
-    _check_2d("decoder", decoder)
-    n, d_sae = latent_acts.shape
-    if model_acts.shape[0] != n:
-        raise ValueError(
-            f"model_acts must have {n} rows like latent_acts, got {model_acts.shape[0]}"
-        )
-    if decoder.shape[0] != d_sae:
-        raise ValueError(
-            f"decoder must have one row per latent ({d_sae}), got {decoder.shape[0]} rows"
-        )
-    d = decoder.shape[1]
-    if model_acts.shape[1] != d:
-        raise ValueError(
-            f"model_acts must have {d} columns like decoder, got {model_acts.shape[1]}"
-        )
-    if reference.shape != (d,):
-        raise ValueError(f"reference must have shape ({d},), got {tuple(reference.shape)}")
-    main = [int(m) for m in main_latents]
-    if not main or any(not 0 <= m < d_sae for m in main):
-        raise ValueError(f"main_latents must be a non-empty list in [0, {d_sae}), got {main}")
+    main = _check_absorption_inputs(latent_acts, model_acts, decoder, reference, main_latents)
     if isinstance(max_absorbers, bool) or not isinstance(max_absorbers, int) or max_absorbers < 1:
         raise ValueError(f"max_absorbers must be a positive int, got {max_absorbers!r}")
+    n, d_sae = latent_acts.shape
     label = _check_mask("label", label, n)
     positive = label & (_check_mask("positions", positions, n) if positions is not None else True)
     idx = torch.nonzero(positive).flatten()
@@ -337,17 +366,9 @@ def measure_absorption(
     is_main = torch.zeros(d_sae, dtype=torch.bool)
     is_main[main] = True
 
-    main_proj = proj[:, is_main].sum(-1)
-    allowed = (~is_main & (cos >= fraction_cosine))[None, :] & (proj > 0)
-    k = min(max_absorbers, d_sae)
-    absorbing = torch.where(allowed, proj, torch.zeros_like(proj)).topk(k, dim=-1).values.sum(-1)
-    share = absorbing / total
-    fraction = torch.zeros_like(total)
-    some = ~((main_proj >= total) | (share < min_proportion))
-    fraction[some & (main_proj <= 0)] = 1.0
-    partial = some & (main_proj > 0)
-    taken = torch.minimum(absorbing, total - main_proj)
-    fraction[partial] = (taken / (taken + main_proj))[partial].clamp(0.0, 1.0)
+    fraction = _absorption_fraction(
+        proj, total, is_main, cos >= fraction_cosine, max_absorbers, min_proportion
+    )
 
     silent = (acts[:, is_main] < _EPS).all(-1)
     top = proj.argmax(-1)

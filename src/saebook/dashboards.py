@@ -45,6 +45,7 @@ from saebook.directions import (
     effective_unembedding,
     logit_effects,
 )
+from saebook.files import atomic_write_text
 from saebook.hooks import reachable
 from saebook.latent_stats import Example, Interval, LatentStats, encode_at_hook
 from saebook.validate import check_int
@@ -725,11 +726,11 @@ def write_dashboards(
     paths = []
     for dash in _iter_dashboards(model, sae, tokens, stats, latents, opt, chunk):
         path = folder / f"latent_{dash.latent}.html"
-        path.write_text(
+        atomic_write_text(
+            path,
             "<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>Latent {dash.latent} · {html.escape(dash.hook_name)}</title></head>"
             f"<body>{dash.html}</body></html>",
-            encoding="utf-8",
         )
         paths.append(path)
     return paths
