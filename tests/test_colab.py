@@ -180,10 +180,12 @@ def test_launch_buttons_point_at_generated_notebooks(site_html: Path, notebooks)
     for chapter in notebooks:
         page = (site_html / f"{chapter}.html").read_text(encoding="utf-8")
         links = set(pattern.findall(page))
-        assert len(links) == 1, f"{chapter}: expected one Colab link, got {links}"
-        branch, path = links.pop()
-        assert branch == site_ext.COLAB_BRANCH, chapter
-        assert path == f"{chapter}.ipynb" and path in generated, (chapter, path)
+        expected = {
+            (site_ext.COLAB_BRANCH, f"{chapter}.ipynb"),  # read
+            (site_ext.COLAB_BRANCH, f"{chapter}_exercises.ipynb"),  # do the exercises
+        }
+        assert links == expected, f"{chapter}: expected the read and exercise links, got {links}"
+        assert f"{chapter}.ipynb" in generated, chapter
     landing = (site_html / "book" / "index.html").read_text("utf-8")  # the toc root page
     assert "colab.research.google.com" not in landing
 

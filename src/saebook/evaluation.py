@@ -50,19 +50,6 @@ def saelens_evals(
         raise ValueError("tokens must start every row with the model's BOS token")
     n_rows, seq_len = tokens.shape
     dataset = Dataset.from_dict({"input_ids": tokens.cpu().tolist()})
-    store = ActivationsStore.from_sae(
-        model=model,
-        sae=sae,
-        dataset=dataset,
-        context_size=seq_len,
-        streaming=False,
-        store_batch_size_prompts=n_rows,
-        n_batches_in_buffer=1,
-        train_batch_size_tokens=seq_len,
-        total_tokens=tokens.numel(),
-        device=str(tokens.device),
-        disable_concat_sequences=True,
-    )
     config = EvalConfig(
         batch_size_prompts=n_rows,
         n_eval_reconstruction_batches=1,
@@ -75,6 +62,19 @@ def saelens_evals(
     )
     with warnings.catch_warnings():  # the store's notes on dataset size and tensor copies
         warnings.simplefilter("ignore", UserWarning)
+        store = ActivationsStore.from_sae(
+            model=model,
+            sae=sae,
+            dataset=dataset,
+            context_size=seq_len,
+            streaming=False,
+            store_batch_size_prompts=n_rows,
+            n_batches_in_buffer=1,
+            train_batch_size_tokens=seq_len,
+            total_tokens=tokens.numel(),
+            device=str(tokens.device),
+            disable_concat_sequences=True,
+        )
         metrics, _ = run_evals(
             sae, store, model, ActivationScaler(), eval_config=config, exclude_special_tokens=[bos]
         )
