@@ -2,7 +2,10 @@
 
 sae-dashboard 0.8 pins transformer-lens 2.x, transformers < 4.57, numpy 1.26 and safetensors
 0.4, so it cannot share the book's environment. :func:`sae_dashboard_python` builds a separate
-virtualenv (git-ignored, ``benchmarks/.venv-sae-dashboard``) on first use and reuses it after:
+virtualenv on first use and reuses it after. It lives outside the repository, under
+``~/.cache/saebook/`` (``$SAEBOOK_CACHE`` overrides that folder), in a folder named by a hash of
+the constraints, the Python and the torch version, so every clone and worktree on a machine
+shares one build and a new pin builds a new one:
 
 * every package it installs is pinned by ``benchmarks/sae-dashboard-constraints.txt`` (a
   ``pip freeze`` of a working build), so a fresh clone gets the versions that were tested;
@@ -22,6 +25,7 @@ virtualenv and prints its Python (``--rebuild`` forces a fresh build).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import os
 import shutil
@@ -32,14 +36,14 @@ from pathlib import Path
 __all__ = [
     "CONSTRAINTS",
     "SAE_DASHBOARD",
-    "VENV",
+    "cache_root",
+    "default_venv",
     "SideVenvError",
     "run_in_venv",
     "sae_dashboard_python",
 ]
 
 HERE = Path(__file__).resolve().parent
-VENV = HERE / ".venv-sae-dashboard"  # git-ignored
 CONSTRAINTS = HERE / "sae-dashboard-constraints.txt"
 SAE_DASHBOARD = "sae-dashboard==0.8.0"
 #: packages that a dependency drags in, built for another torch; transformers then fails on
@@ -67,6 +71,19 @@ def _stamp(constraints: Path) -> str:
     digest = hashlib.sha256(constraints.read_bytes()).hexdigest()[:16]
     py = ".".join(map(str, sys.version_info[:3]))
     return f"constraints {digest} python {py} torch {_torch_version()} {SAE_DASHBOARD}\n"
+
+
+def cache_root() -> Path:
+    """Where side virtualenvs live: ``$SAEBOOK_CACHE`` or ``~/.cache/saebook``."""
+    return Path(os.environ.get("SAEBOOK_CACHE") or Path.home() / ".cache" / "saebook")
+
+
+def default_venv(constraints: Path = CONSTRAINTS) -> Path:
+    """The side virtualenv's folder for ``constraints`` (keyed by :func:`_stamp`'s hash)."""
+    if not Path(constraints).is_file():
+        raise SideVenvError(f"constraints file {constraints} is missing (it is part of the repo)")
+    key = hashlib.sha256(_stamp(Path(constraints)).encode()).hexdigest()[:12]
+    return cache_root() / f"venv-sae-dashboard-{key}"
 
 
 def _tail(text: str, n: int = 12) -> str:
@@ -102,11 +119,21 @@ def _build(venv: Path, constraints: Path, python: Path) -> None:
 
 
 def sae_dashboard_python(
-    venv: Path = VENV, constraints: Path = CONSTRAINTS, rebuild: bool = False
+    venv: Path | None = None, constraints: Path = CONSTRAINTS, rebuild: bool = False
 ) -> Path:
-    """The Python of a working sae-dashboard virtualenv: reused when its stamp matches,
-    otherwise built from scratch. Raises :class:`SideVenvError` saying why when it cannot."""
-    venv, constraints = Path(venv), Path(constraints)
+    """The Python of a working sae-dashboard virtualenv (``venv``, by default
+    :func:`default_venv`): reused when its stamp matches, otherwise built from scratch (a lock
+    keeps two processes from building it at once). Raises :class:`SideVenvError` saying why
+    when it cannot."""
+    constraints = Path(constraints)
+    venv = Path(venv) if venv is not None else default_venv(constraints)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.with_name(venv.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure(venv, constraints, rebuild)
+
+
+def _ensure(venv: Path, constraints: Path, rebuild: bool) -> Path:
     python = venv / "bin" / "python"
     stamp_file = venv / ".installed"
     stamp = _stamp(constraints) if constraints.is_file() else None
@@ -155,8 +182,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Build or check sae-dashboard's virtualenv.")
     parser.add_argument("--rebuild", action="store_true", help="build it from scratch")
     args = parser.parse_args()
-    if args.rebuild and VENV.exists():
-        shutil.rmtree(VENV)
+    venv = default_venv()
+    if args.rebuild and venv.exists():
+        shutil.rmtree(venv)
     try:
         print(sae_dashboard_python(rebuild=args.rebuild))
     except SideVenvError as exc:
