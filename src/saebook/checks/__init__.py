@@ -117,10 +117,12 @@ from saebook.checks.toy_models import (  # noqa: F401
 from saebook.checks.training import (  # noqa: F401
     DIAGNOSIS_RUNS,
     check_activation_metrics,
+    check_best_latent_f1,
     check_ce_loss_recovered,
     check_diagnosis,
     check_l2_ratio,
     check_largest_mean_active,
+    check_max_correlations,
     check_most_frequent_sparse,
     check_most_selective,
     check_standard_sae_loss,
@@ -234,4 +236,6 @@ __all__ = [
     "check_most_frequent_sparse",
     "check_largest_mean_active",
     "check_most_selective",
+    "check_best_latent_f1",
+    "check_max_correlations",
 ]
