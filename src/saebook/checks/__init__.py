@@ -17,6 +17,7 @@ from __future__ import annotations
 from saebook.checks.circuits import (  # noqa: F401
     check_de_embedding,
     check_finite_difference,
+    check_graph_edge,
     check_influence_matrix,
     check_latent_jacobian,
     check_logit_influence,
@@ -215,6 +216,7 @@ __all__ = [
     "check_salient_logits",
     "check_logit_influence",
     "check_prediction_overlap",
+    "check_graph_edge",
     "check_split_coverage",
     "check_leaf_counts",
     "check_latent_labels",
