@@ -270,7 +270,9 @@ def check_prediction_overlap(fn: Callable[..., tuple]) -> None:
     check_function(lambda *a: tuple(fn(*a)), prediction_overlap, cases)
 
 
-def check_graph_edge(fn: Callable[..., float], model, transcoder, tokens: Tensor, graph=None) -> None:
+def check_graph_edge(
+    fn: Callable[..., float], model, transcoder, tokens: Tensor, graph=None
+) -> None:
     """Check ``fn(model, transcoder, tokens, source_pos, source_feature, token) -> float``, one
     edge of an attribution graph: the direct effect of the transcoder latent
     ``source_feature`` at ``source_pos`` on the logit of ``token`` minus the mean logit at the
@@ -304,10 +306,14 @@ def check_graph_edge(fn: Callable[..., float], model, transcoder, tokens: Tensor
 
     top = int(logits.index[0])
     picks: list[tuple[str, int, int]] = []
-    picks.append(("the strongest edge into the top logit", latents.index[strongest(latents, top)], top))
+    picks.append(
+        ("the strongest edge into the top logit", latents.index[strongest(latents, top)], top)
+    )
     earlier = latents[latents["pos"] < last]
     if not earlier.empty:
-        picks.append(("an earlier position (through attention)", earlier.index[strongest(earlier, top)], top))
+        picks.append(
+            ("an earlier position (through attention)", earlier.index[strongest(earlier, top)], top)
+        )
     at_last = latents[latents["pos"] == last]
     if not at_last.empty:
         picks.append(("the last position", at_last.index[strongest(at_last, top)], top))
