@@ -358,6 +358,16 @@ def l0_counting_zeros(model, sae, tokens):
     return float((acts >= 0).sum(-1).float().mean())
 
 
+def l0_counting_bos(model, sae, tokens):
+    acts = _latents(model, sae, tokens)
+    return float((acts > 0).sum(-1).float().mean())
+
+
+def l0_leaving_out_position_0_only(model, sae, tokens):
+    acts = _latents(model, sae, tokens)[:, 1:]
+    return float((acts > 0).sum(-1).float().mean())
+
+
 def l0_summed_activations(model, sae, tokens):
     acts = _latents(model, sae, tokens)[tokens != model.tokenizer.bos_token_id]
     return float(acts.sum(-1).mean())
@@ -421,7 +431,12 @@ WRONG: dict[str, list[Callable]] = {
     "check_spliced_loss": [loss_with_the_error_term, loss_of_the_encoder_only],
     "check_bottom_logits": [bottom_logits_without_the_layernorm, bottom_logits_reversed],
     "check_repeat_gain": [repeat_gain_counting_bos, repeat_gain_reversed],
-    "check_l0": [l0_counting_zeros, l0_summed_activations],
+    "check_l0": [
+        l0_counting_zeros,
+        l0_summed_activations,
+        l0_counting_bos,
+        l0_leaving_out_position_0_only,
+    ],
     "check_dead_fraction": [dead_counting_bos, dead_as_a_count],
     "check_ce_with_sae": [ce_splicing_bos_too, ce_clean_model],
     "check_logit_diff": [logit_diff_every_pair, logit_diff_first_position],

@@ -662,13 +662,45 @@ def check_repeat_gain(fn: Callable[..., Tensor], model: Any, sae: Any, tokens: T
 # --- Part 1, chapter 2: checking a loaded SAE -----------------------------------------------
 
 
+def relu_twin(sae: Any) -> Any:
+    """A ReLU (``StandardSAE``) SAE with ``sae``'s weights, hook and metadata.
+
+    A TopK SAE fires exactly k latents at every position, BOS included, so a metric that
+    forgets to leave BOS out gives the same L0 on it; with the same weights behind a ReLU the
+    number of active latents varies from position to position (and is large at BOS, whose
+    activation has a large norm), so the checkers' cases catch that mistake on every profile.
+    """
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    cfg = StandardSAEConfig(
+        d_in=sae.cfg.d_in,
+        d_sae=sae.cfg.d_sae,
+        dtype=sae.cfg.dtype,
+        device=str(sae.W_enc.device),
+        apply_b_dec_to_input=sae.cfg.apply_b_dec_to_input,
+        normalize_activations=sae.cfg.normalize_activations,
+        reshape_activations=sae.cfg.reshape_activations,
+        metadata=sae.cfg.metadata,
+    )
+    twin = StandardSAE(cfg)
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(twin, name).copy_(getattr(sae, name))
+    return twin.eval()
+
+
 def _metrics_cases(model: Any, sae: Any, tokens: Tensor) -> list[Case]:
     sample = tokens[:4, : min(32, tokens.shape[1])]
+    packed = sample[:2].clone()
+    packed[:, ::4] = model.tokenizer.bos_token_id  # documents packed into rows: BOS inside
     return [
         (f"{sample.shape[0]} rows", (model, sae, sample), {}),
         ("one row", (model, sae, sample[:1]), {}),
         ("an 8-token prefix", (model, sae, sample[:, :8]), {}),
-    ]
+        ("BOS tokens inside the rows", (model, sae, packed), {}),
+        ("a ReLU SAE with the same weights (L0 varies by position), BOS inside the rows",
+         (model, relu_twin(sae), packed[:, :16]), {}),
+    ]  # fmt: skip
 
 
 def reference_l0(model: Any, sae: Any, tokens: Tensor) -> float:
@@ -684,7 +716,9 @@ def check_l0(fn: Callable[..., float], model: Any, sae: Any, tokens: Tensor) -> 
 
     The mean over non-BOS positions of the number of latents with activation > 0. The
     reference is :func:`saebook.metrics.reconstruction_metrics` (its ``l0``). Cases: a few
-    rows, one row and a short prefix (where BOS is a large share of the positions).
+    rows, one row, a short prefix (where BOS is a large share of the positions), rows with
+    BOS tokens inside them, and a ReLU SAE with the same weights (:func:`relu_twin`: a TopK
+    SAE's L0 is k at every position, BOS included, so it cannot tell BOS mistakes apart).
     """
     check_function(fn, reference_l0, _metrics_cases(model, sae, tokens), atol=1e-4, rtol=1e-4)
 
