@@ -157,6 +157,39 @@ def rectangle_in_float32(u):
     return ((u > -0.5) & (u < 0.5)).float()
 
 
+def _gated(x, params, l1_coeff, freeze=True, l1_on_magnitude=False, exp=True, gate_relu=False):
+    centred = x - params["b_dec"]
+    pi_gate = centred @ params["W_enc"] + params["b_enc"]
+    scale = params["r_mag"].exp() if exp else params["r_mag"]
+    pi_mag = centred @ (params["W_enc"] * scale) + params["b_mag"]
+    gate = pi_gate.relu() if gate_relu else (pi_gate > 0).float()
+    latents = gate * pi_mag.relu()
+    recon = latents @ params["W_dec"] + params["b_dec"]
+    gate_acts = pi_gate.relu()
+    W, b = (params["W_dec"].detach(), params["b_dec"].detach()) if freeze else (
+        params["W_dec"], params["b_dec"])  # fmt: skip
+    frozen = gate_acts @ W + b
+    penalised = latents if l1_on_magnitude else gate_acts
+    loss = (x - recon).pow(2).sum(-1).mean() + l1_coeff * penalised.sum(-1).mean()
+    return latents, loss + (x - frozen).pow(2).sum(-1).mean()
+
+
+def gated_with_a_live_decoder_in_the_aux_loss(x, params, l1_coeff):
+    return _gated(x, params, l1_coeff, freeze=False)
+
+
+def gated_penalising_the_magnitudes(x, params, l1_coeff):
+    return _gated(x, params, l1_coeff, l1_on_magnitude=True)
+
+
+def gated_without_the_exp(x, params, l1_coeff):
+    return _gated(x, params, l1_coeff, exp=False)
+
+
+def gated_relu_gate(x, params, l1_coeff):
+    return _gated(x, params, l1_coeff, gate_relu=True)
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_toy_forward": [forward_without_relu, forward_relu_before_bias],
     "check_feature_dimensionality": [
@@ -177,10 +210,17 @@ WRONG: dict[str, list[Callable]] = {
     "check_weighted_mse": [weighted_mse_summed_over_features, weighted_mse_unweighted],
     "check_dead_latents": [dead_latents_strict, dead_latents_never_fired_only],
     "check_rectangle": [rectangle_closed, rectangle_as_bool, rectangle_in_float32],
+    "check_gated_loss": [
+        gated_with_a_live_decoder_in_the_aux_loss,
+        gated_penalising_the_magnitudes,
+        gated_without_the_exp,
+        gated_relu_gate,
+    ],
 }
 STUBS: dict[str, Callable] = {"check_jumprelu_function": JumpReLUStub}
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
+    "check_gated_loss": (CHAPTER_3, "gated_loss"),
     "check_toy_forward": (CHAPTER_1, "toy_forward"),
     "check_feature_dimensionality": (CHAPTER_1, "feature_dimensionality"),
     "check_sae_loss": (CHAPTER_2, "sae_loss"),

@@ -760,3 +760,55 @@ def check_ce_with_sae(fn: Callable[..., float], model: Any, sae: Any, tokens: Te
     """
     cases = _metrics_cases(model, sae, tokens)
     check_function(fn, reference_ce_with_sae, cases, atol=1e-4, rtol=1e-4)
+
+
+def check_topk_thresholds(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(pre, topk_acts) -> (d_sae,)`` JumpReLU thresholds fitted to a TopK SAE.
+
+    ``pre`` is ``(n, d_sae)``: a TopK SAE's pre-activations (after any decoder-norm
+    rescaling) on a sample; ``topk_acts`` its activations there. For a latent that fires
+    ``c`` times under TopK the threshold is the ``(c + 1)``-th largest of its pre-activations
+    (so it fires exactly ``c`` times with a strict ``pre > threshold``); a latent that never
+    fires gets its largest, one that fires on every row its smallest minus 1. The reference is
+    :func:`saebook.architectures.jumprelu_from_topk` (its ``threshold``), run on SAELens
+    ``TopKSAE``s with random weights. Cases: with and without decoder-norm rescaling,
+    ``k = 1``, a sample of three rows where some latents fire on every row, and latents that
+    never fire.
+    """
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from saebook.architectures import encode_from_formula, jumprelu_from_topk, pre_activations
+
+    g = _generator(16)
+    d_in, d_sae = 6, 12
+    W_enc = torch.randn(d_in, d_sae, generator=g)
+    W_dec = torch.randn(d_sae, d_in, generator=g) * torch.linspace(0.5, 3.0, d_sae)[:, None]
+    b_enc = torch.randn(d_sae, generator=g) * 0.2
+    b_dec = torch.randn(d_in, generator=g) * 0.3
+    x = torch.randn(64, d_in, generator=g)
+    silent = b_enc.clone()
+    silent[[2, 9]] = -100.0  # these two never make the top k
+    configs = [
+        ("k=4, no rescaling", x, b_enc, 4, False),
+        ("k=4, rescaled by decoder norms", x, b_enc, 4, True),
+        ("k=1", x, b_enc, 1, True),
+        ("three rows, k=10: latents firing on every row", x[:3], b_enc, 10, False),
+        ("latents that never fire", x, silent, 3, False),
+    ]
+    cases: list[Case] = []
+    expected: dict[str, Tensor] = {}
+    for name, xs, bias, k, rescale in configs:
+        sae = TopKSAE(
+            TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, rescale_acts_by_decoder_norm=rescale)
+        )
+        sae.load_state_dict({"W_enc": W_enc, "b_enc": bias, "W_dec": W_dec, "b_dec": b_dec})
+        expected[name] = jumprelu_from_topk(sae, xs).threshold.detach().clone()
+        cases.append((name, (pre_activations(sae, xs), encode_from_formula(sae, xs), name), {}))
+
+    def reference(pre: Tensor, acts: Tensor, name: str) -> Tensor:
+        return expected[name]
+
+    def reader(pre: Tensor, acts: Tensor, name: str) -> Tensor:
+        return torch.as_tensor(fn(pre, acts)).float()
+
+    check_function(reader, reference, cases)

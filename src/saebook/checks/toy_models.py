@@ -262,3 +262,70 @@ def check_rectangle(fn: Callable[[Tensor], Tensor]) -> None:
         return run
 
     check_function(with_dtype(fn), with_dtype(toy_saes.rectangle), cases)
+
+
+_GATED_PARAMS = ("W_enc", "b_enc", "r_mag", "b_mag", "W_dec", "b_dec")
+
+
+def _gated_reference(x: Tensor, params: dict[str, Tensor], l1_coeff: float) -> dict[str, Any]:
+    """:class:`saebook.toy_saes.GatedSAE` (one instance) on ``x``: latents, loss, gradients."""
+    d_in, d_sae = params["W_enc"].shape
+    sae = toy_saes.GatedSAE(d_in, d_sae, 1, l1_coeff=l1_coeff)
+    with torch.no_grad():
+        for name in _GATED_PARAMS:
+            getattr(sae, name).copy_(params[name][None])
+    out = sae(x[:, None])
+    grads = torch.autograd.grad(out.loss.sum(), [getattr(sae, n) for n in _GATED_PARAMS])
+    return {
+        "latents": out.latents[:, 0].detach(),
+        "loss": out.loss[0].detach(),
+        "gradients": {n: g[0] for n, g in zip(_GATED_PARAMS, grads, strict=True)},
+    }
+
+
+def check_gated_loss(fn: Callable[[Tensor, dict, float], tuple]) -> None:
+    """Check ``fn(x, params, l1_coeff) -> (latents, loss)`` for a Gated SAE, and the gradients
+    of the loss with respect to every parameter.
+
+    ``x`` is ``(batch, d_in)``; ``params`` holds ``W_enc (d_in, d_sae)``, ``b_enc``, ``r_mag``,
+    ``b_mag`` (each ``(d_sae,)``), ``W_dec (d_sae, d_in)`` and ``b_dec (d_in,)``. The reference
+    is :class:`saebook.toy_saes.GatedSAE`: latents ``1[pi_gate > 0] * ReLU(pi_mag)``; loss the
+    squared error (summed over ``d_in``, averaged over the batch) plus ``l1_coeff`` times the
+    L1 norm of ``ReLU(pi_gate)`` plus the auxiliary error of reconstructing ``x`` from
+    ``ReLU(pi_gate)`` through a *frozen* decoder. Comparing gradients catches a decoder that
+    is not frozen in the auxiliary term, which the loss value alone cannot show.
+    """
+    g = _generator(9)
+    d_in, d_sae = 4, 7
+    params = {
+        "W_enc": torch.randn(d_in, d_sae, generator=g),
+        "b_enc": torch.randn(d_sae, generator=g) * 0.3,
+        "r_mag": torch.randn(d_sae, generator=g) * 0.5,
+        "b_mag": torch.randn(d_sae, generator=g) * 0.3,
+        "W_dec": torch.randn(d_sae, d_in, generator=g) * 0.5,
+        "b_dec": torch.randn(d_in, generator=g) * 0.2,
+    }
+    x = torch.randn(16, d_in, generator=g).relu()
+    shut = {**params, "b_enc": torch.full((d_sae,), -50.0)}
+    cases: list[Case] = [
+        ("random", (x, params, 0.5), {}),
+        ("no L1 penalty", (x, params, 0.0), {}),
+        ("a large L1 coefficient", (x, params, 5.0), {}),
+        ("every gate shut", (x, shut, 1.0), {}),
+        ("batch of one", (x[:1], params, 0.5), {}),
+    ]
+
+    def reader(x: Tensor, params: dict[str, Tensor], l1_coeff: float) -> dict[str, Any]:
+        leaves = {n: params[n].clone().requires_grad_(True) for n in _GATED_PARAMS}
+        latents, loss = fn(x, leaves, l1_coeff)
+        grads = torch.autograd.grad(loss, [leaves[n] for n in _GATED_PARAMS], allow_unused=True)
+        return {
+            "latents": torch.as_tensor(latents).detach(),
+            "loss": torch.as_tensor(loss).detach(),
+            "gradients": {
+                n: (gr if gr is not None else torch.zeros_like(leaves[n]))
+                for n, gr in zip(_GATED_PARAMS, grads, strict=True)
+            },
+        }
+
+    check_function(reader, _gated_reference, cases, atol=1e-5, rtol=1e-4)
