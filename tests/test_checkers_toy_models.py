@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 from checker_harness import assert_stub_rejected, assert_wrong_rejected, part_checkers, stub
 from exercise_cells import load_solution
 
@@ -190,6 +191,45 @@ def gated_relu_gate(x, params, l1_coeff):
     return _gated(x, params, l1_coeff, gate_relu=True)
 
 
+def _greedy(decoder, features, by_feature=False, dot=False):
+    unit = (lambda t: t) if dot else (lambda t: F.normalize(t.float(), dim=-1))
+    cosine = unit(features) @ unit(decoder).T
+    n_features, n_latents = cosine.shape
+    latent = torch.full((n_features,), -1, dtype=torch.long)
+    similarity = torch.zeros(n_features)
+    work = cosine.clone()
+    for step in range(min(n_features, n_latents)):
+        if by_feature:  # each feature in index order takes its best free latent
+            i, j = step, int(work[step].argmax())
+        else:
+            i, j = divmod(int(work.argmax()), n_latents)
+        latent[i], similarity[i] = j, cosine[i, j]
+        work[i, :] = -torch.inf
+        work[:, j] = -torch.inf
+    return latent, similarity
+
+
+def greedy_feature_by_feature(decoder, features):
+    return _greedy(decoder, features, by_feature=True)
+
+
+def greedy_by_dot_product(decoder, features):
+    return _greedy(decoder, features, dot=True)
+
+
+def matching_not_one_to_one(decoder, features):
+    cosine = F.normalize(features, dim=-1) @ F.normalize(decoder, dim=-1).T
+    best = cosine.max(dim=-1)
+    return best.indices, best.values
+
+
+def matching_optimal(decoder, features):
+    from saebook.toy_saes import match_features
+
+    match = match_features(decoder, features, method="hungarian")
+    return match.latent, match.similarity
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_toy_forward": [forward_without_relu, forward_relu_before_bias],
     "check_feature_dimensionality": [
@@ -216,11 +256,18 @@ WRONG: dict[str, list[Callable]] = {
         gated_without_the_exp,
         gated_relu_gate,
     ],
+    "check_greedy_matching": [
+        greedy_feature_by_feature,
+        greedy_by_dot_product,
+        matching_not_one_to_one,
+        matching_optimal,
+    ],
 }
 STUBS: dict[str, Callable] = {"check_jumprelu_function": JumpReLUStub}
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_gated_loss": (CHAPTER_3, "gated_loss"),
+    "check_greedy_matching": (CHAPTER_2, "greedy_match"),
     "check_toy_forward": (CHAPTER_1, "toy_forward"),
     "check_feature_dimensionality": (CHAPTER_1, "feature_dimensionality"),
     "check_sae_loss": (CHAPTER_2, "sae_loss"),

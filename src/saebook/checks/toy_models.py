@@ -128,6 +128,42 @@ def check_max_cosine_similarity(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
     check_function(fn, reference_max_cosine_similarity, cases)
 
 
+def check_greedy_matching(fn: Callable[[Tensor, Tensor], tuple]) -> None:
+    """Check ``fn(decoder, features) -> (latent, similarity)``, a greedy one-to-one matching.
+
+    ``decoder`` is ``(d_sae, d_in)``, ``features`` ``(n_features, d_in)``. Repeatedly take the
+    (feature, latent) pair of largest cosine similarity among unmatched features and latents;
+    ``latent[i]`` is feature ``i``'s latent (-1 when the latents ran out) and
+    ``similarity[i]`` its cosine (0 if unmatched). The reference is
+    :func:`saebook.toy_saes.match_features` with ``method="greedy"``. Cases include two
+    features wanting the same latent (where greedy and the optimal matching differ) and fewer
+    latents than features.
+    """
+    g = _generator(4)
+    decoder = torch.randn(8, 4, generator=g)
+    features = torch.randn(5, 4, generator=g)
+    # latent 0 is closest to both features: greedy gives it to feature 1, the optimum to feature 0
+    conflict_features = torch.tensor([[1.0, 0.0], [0.8, 0.6]])
+    conflict_decoder = torch.tensor([[0.9, 0.436], [0.0, 1.0]])
+    cases: list[Case] = [
+        ("random", (decoder, features), {}),
+        ("unnormalised decoder", (decoder * torch.linspace(0.2, 5.0, 8)[:, None], features), {}),
+        ("perfect recovery", (features[[3, 0, 4, 1, 2]] * 2.5, features), {}),
+        ("two features want one latent", (conflict_decoder, conflict_features), {}),
+        ("fewer latents than features", (decoder[:3], features), {}),
+    ]
+
+    def reference(decoder: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+        match = toy_saes.match_features(decoder, features, method="greedy")
+        return match.latent, match.similarity
+
+    def reader(decoder: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+        latent, similarity = fn(decoder, features)
+        return torch.as_tensor(latent).long(), torch.as_tensor(similarity).float()
+
+    check_function(reader, reference, cases)
+
+
 # --- Part 0, chapter 3: SAE variants --------------------------------------------------------
 
 
