@@ -230,6 +230,29 @@ def matching_optimal(decoder, features):
     return match.latent, match.similarity
 
 
+def _superposition(W, normalise="i", include_self=False, square=True):
+    unit = W / W.norm(dim=0, keepdim=True).clamp_min(1e-8)
+    overlap = {"i": unit.T @ W, "both": unit.T @ unit, "none": W.T @ W}[normalise]
+    overlap = overlap**2 if square else overlap.abs()
+    return overlap.sum(1) - (0 if include_self else overlap.diagonal())
+
+
+def superposition_including_self(W):
+    return _superposition(W, include_self=True)
+
+
+def superposition_both_normalised(W):
+    return _superposition(W, normalise="both")
+
+
+def superposition_unnormalised(W):
+    return _superposition(W, normalise="none")
+
+
+def superposition_not_squared(W):
+    return _superposition(W, square=False)
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_toy_forward": [forward_without_relu, forward_relu_before_bias],
     "check_feature_dimensionality": [
@@ -262,11 +285,18 @@ WRONG: dict[str, list[Callable]] = {
         matching_not_one_to_one,
         matching_optimal,
     ],
+    "check_superposition_measure": [
+        superposition_including_self,
+        superposition_both_normalised,
+        superposition_unnormalised,
+        superposition_not_squared,
+    ],
 }
 STUBS: dict[str, Callable] = {"check_jumprelu_function": JumpReLUStub}
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_gated_loss": (CHAPTER_3, "gated_loss"),
+    "check_superposition_measure": (CHAPTER_1, "superposition"),
     "check_greedy_matching": (CHAPTER_2, "greedy_match"),
     "check_toy_forward": (CHAPTER_1, "toy_forward"),
     "check_feature_dimensionality": (CHAPTER_1, "feature_dimensionality"),

@@ -80,6 +80,27 @@ def reference_sae_loss(
     return ((x - recon).pow(2).sum(-1) + l1_coeff * latents.abs().sum(-1)).mean()
 
 
+def check_superposition_measure(fn: Callable[[Tensor], Tensor]) -> None:
+    """Check ``fn(W) -> (features,)``: ``sum_{j != i} (Ŵ_i · W_j)^2`` for each column ``W_i``
+    of ``W`` ``(hidden, features)``, 0 for a zero column. The reference is
+    :func:`saebook.toy_models.superposition_measure`. Cases: random weights, orthogonal
+    features (0 everywhere), an antipodal pair, features of different lengths (the measure
+    normalises feature ``i`` only) and a dropped feature."""
+    g = _generator(2)
+    random = torch.randn(3, 6, generator=g)
+    with_zero = random.clone()
+    with_zero[:, 4] = 0
+    uneven = torch.randn(2, 5, generator=g) * torch.tensor([0.2, 1.0, 3.0, 0.5, 2.0])
+    cases: list[Case] = [
+        ("random", (random,), {}),
+        ("orthogonal features", (torch.eye(4) * torch.tensor([1.0, 0.5, 2.0, 1.0]),), {}),
+        ("antipodal pair", (torch.tensor([[1.0, -0.7]]),), {}),
+        ("features of different lengths", (uneven,), {}),
+        ("a dropped feature", (with_zero,), {}),
+    ]
+    check_function(fn, toy_models.superposition_measure, cases)
+
+
 def check_sae_loss(fn: Callable[..., Tensor]) -> None:
     """Check ``fn(x, W_enc, b_enc, W_dec, b_dec, l1_coeff)`` against :func:`reference_sae_loss`."""
     g = _generator(2)
