@@ -226,6 +226,45 @@ def edge_to_the_raw_logit(*args):
     return _edge(*args, centre=False)
 
 
+def _embedding_edge(model, tc, tokens, source_pos, target_pos, target_feature,
+                    freeze=("attn.hook_pattern", "hook_scale", "hook_mlp_out"),
+                    with_position=True, dot=True):  # fmt: skip
+    frozen = [h for h in model.hook_dict if h.endswith(freeze)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens[None])
+    embed = cache["hook_embed"] + (cache["hook_pos_embed"] if with_position else 0)
+    leaf = embed.clone().requires_grad_(True)
+    read = {}
+    hooks = [(h, lambda a, hook: cache[hook.name]) for h in frozen]
+    hooks.append(("hook_embed", lambda a, hook: leaf))
+    if with_position:
+        hooks.append(("hook_pos_embed", lambda a, hook: torch.zeros_like(a)))
+    hooks.append((tc.cfg.metadata.hook_name, lambda a, hook: read.update(x=a)))
+    with torch.enable_grad():
+        model.run_with_hooks(tokens[None], fwd_hooks=hooks)
+        x = tc.process_sae_in(read["x"][0, target_pos])
+        pre = x @ tc.W_enc[:, target_feature] + tc.b_enc[target_feature]
+        (grad,) = torch.autograd.grad(pre, leaf)
+    g, e = grad[0, source_pos], embed[0, source_pos]
+    return float((g * e).sum() if dot else g.norm())
+
+
+def embedding_edge_with_live_attention(*args):
+    return _embedding_edge(*args, freeze=("hook_scale", "hook_mlp_out"))
+
+
+def embedding_edge_with_live_layernorm(*args):
+    return _embedding_edge(*args, freeze=("attn.hook_pattern", "hook_mlp_out"))
+
+
+def embedding_edge_without_the_position_embedding(*args):
+    return _embedding_edge(*args, with_position=False)
+
+
+def embedding_edge_gradient_norm(*args):
+    return _embedding_edge(*args, dot=False)
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_prediction_overlap": [overlap_chance_including_itself, overlap_of_unique_tokens],
     "check_latent_jacobian": [jacobian_transposed, jacobian_ignoring_the_relu],
@@ -249,6 +288,12 @@ WRONG: dict[str, list[Callable]] = {
         edge_gradient_only,
         edge_to_the_raw_logit,
     ],
+    "check_embedding_edge": [
+        embedding_edge_with_live_attention,
+        embedding_edge_with_live_layernorm,
+        embedding_edge_without_the_position_embedding,
+        embedding_edge_gradient_norm,
+    ],
 }
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
@@ -262,12 +307,14 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_salient_logits": ("book/circuits/03_attribution_graphs", "choose_logits"),
     "check_logit_influence": ("book/circuits/03_attribution_graphs", "influence_on_logits"),
     "check_graph_edge": ("book/circuits/03_attribution_graphs", "edge_to_logit"),
+    "check_embedding_edge": ("book/circuits/03_attribution_graphs", "edge_from_embedding"),
 }
 #: checker -> its arguments after the reader's function, from the tiny profile
 EXTRA_ARGS: dict[str, Callable[[Any], tuple]] = {
     "check_token_attribution": lambda p: (p.model, p.saes["resid"], p.tokens(1, 12, seed=1)[0]),
     "check_spliced_logits": lambda p: (p.model, p.saes["transcoder"], p.tokens(2, 16, seed=1)),
     "check_graph_edge": lambda p: _edge_args(p),
+    "check_embedding_edge": lambda p: _edge_args(p),
 }
 _EDGE_ARGS: dict[int, tuple] = {}
 

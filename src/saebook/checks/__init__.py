@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from saebook.checks.circuits import (  # noqa: F401
     check_de_embedding,
+    check_embedding_edge,
     check_finite_difference,
     check_graph_edge,
     check_influence_matrix,
@@ -225,6 +226,7 @@ __all__ = [
     "check_logit_influence",
     "check_prediction_overlap",
     "check_graph_edge",
+    "check_embedding_edge",
     "check_split_coverage",
     "check_leaf_counts",
     "check_latent_labels",

@@ -342,3 +342,72 @@ def check_graph_edge(
 
     scale = float(graph.adjacency[torch.tensor(logits.index.tolist())].abs().max())
     check_function(reader, reference, cases, atol=1e-4 * max(1.0, scale), rtol=1e-3)
+
+
+def check_embedding_edge(
+    fn: Callable[..., float], model, transcoder, tokens: Tensor, graph=None
+) -> None:
+    """Check ``fn(model, transcoder, tokens, source_pos, target_pos, target_feature) -> float``,
+    an edge into a latent: the direct effect of the embedding node at ``source_pos`` (token
+    plus position embedding) on the pre-activation of transcoder latent ``target_feature`` at
+    ``target_pos``, in the local replacement model of ``tokens`` (attention patterns,
+    normalisation scales and MLP outputs frozen), as ``(embedding . gradient)``.
+
+    The expected values are entries of
+    :func:`saebook.attribution_graphs.attribution_graph`'s adjacency matrix (``graph``, or one
+    built here from ``model``, ``[transcoder]`` and ``tokens``). Cases: the strongest edge
+    from another position (through attention), the strongest from the latent's own position,
+    one from position 0, and a weak one.
+    """
+    from saebook import attribution_graphs as ag
+
+    tokens = tokens.reshape(-1)
+    if graph is None:
+        graph = ag.attribution_graph(model, [transcoder], tokens, max_logits=5, progress=False)
+    layer = int(transcoder.cfg.metadata.hook_name_out.split(".")[1])
+    nodes = graph.nodes
+    latents = nodes[(nodes["kind"] == "latent") & (nodes["layer"] == layer) & (nodes["pos"] > 0)]
+    embeddings = nodes[nodes["kind"] == "embedding"]
+    if latents.empty:
+        raise ValueError(f"the graph has no active latent of the layer-{layer} transcoder")
+    lat_idx = torch.tensor(latents.index.tolist())
+    emb_idx = torch.tensor(embeddings.index.tolist())
+    block = graph.adjacency[lat_idx[:, None], emb_idx[None, :]]  # (latents, positions)
+    lat_pos = torch.tensor(latents["pos"].tolist())
+    emb_pos = torch.tensor(embeddings["pos"].tolist())
+    same = lat_pos[:, None] == emb_pos[None, :]
+
+    def pick(mask: Tensor, weakest: bool = False) -> tuple[int, int] | None:
+        scores = block.abs().masked_fill(~mask, float("nan"))
+        if weakest:
+            scores = scores.masked_fill(scores == 0, float("nan"))
+            scores = -scores
+        if torch.isnan(scores).all():
+            return None
+        flat = int(scores.nan_to_num(-float("inf")).argmax())
+        return divmod(flat, block.shape[1])
+
+    picks = [
+        ("the strongest edge from another position (through attention)", pick(~same)),
+        ("the strongest edge from the latent's own position", pick(same)),
+        ("an edge from position 0", pick(emb_pos[None, :].expand_as(same) == 0)),
+        ("a weak edge", pick(torch.ones_like(same), weakest=True)),
+    ]
+    cases: list[Case] = []
+    answers: dict[tuple, float] = {}
+    for name, found in picks:
+        if found is None:
+            continue
+        t, s = found
+        key = (int(emb_pos[s]), int(lat_pos[t]), int(latents["feature"].iloc[t]))
+        answers[key] = float(block[t, s])
+        cases.append((name, (model, transcoder, tokens, *key), {}))
+
+    def reference(model, transcoder, tokens, source_pos, target_pos, target_feature) -> float:
+        return answers[(source_pos, target_pos, target_feature)]
+
+    def reader(*args) -> float:
+        return float(fn(*args))
+
+    scale = float(block.abs().max())
+    check_function(reader, reference, cases, atol=1e-4 * max(1.0, scale), rtol=1e-3)
