@@ -185,6 +185,86 @@ def overlap_of_unique_tokens(scores, fired, k):
     return overlap, chance
 
 
+def _edge(model, tc, tokens, source_pos, source_feature, token, freeze=("attn.hook_pattern",
+          "hook_scale"), freeze_mlps=True, times_activation=True, centre=True):  # fmt: skip
+    hook_in, hook_out = tc.cfg.metadata.hook_name, tc.cfg.metadata.hook_name_out
+    frozen = [h for h in model.hook_dict if freeze and h.endswith(tuple(freeze))]
+    mlps = [h for h in model.hook_dict if freeze_mlps and h.endswith("hook_mlp_out")]
+    mlps = [h for h in mlps if h != hook_out]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens[None])
+        acts = tc.encode(cache[hook_in])[0]
+        error = cache[hook_out][0] - tc.decode(acts)
+    leaf = acts.clone().requires_grad_(True)
+    hooks = [(h, lambda a, hook: cache[hook.name]) for h in frozen + mlps]
+    hooks.append((hook_out, lambda a, hook: (tc.decode(leaf) + error)[None]))
+    with torch.enable_grad():
+        last = model.run_with_hooks(tokens[None], fwd_hooks=hooks)[0, -1]
+        target = last[token] - (last.mean() if centre else 0)
+        (grad,) = torch.autograd.grad(target, leaf)
+    scale = acts[source_pos, source_feature] if times_activation else 1.0
+    return float(grad[source_pos, source_feature] * scale)
+
+
+def edge_with_live_attention(*args):
+    return _edge(*args, freeze=("hook_scale",))
+
+
+def edge_with_live_layernorm(*args):
+    return _edge(*args, freeze=("attn.hook_pattern",))
+
+
+def edge_with_the_other_mlps_live(*args):
+    return _edge(*args, freeze_mlps=False)
+
+
+def edge_gradient_only(*args):
+    return _edge(*args, times_activation=False)
+
+
+def edge_to_the_raw_logit(*args):
+    return _edge(*args, centre=False)
+
+
+def _embedding_edge(model, tc, tokens, source_pos, target_pos, target_feature,
+                    freeze=("attn.hook_pattern", "hook_scale", "hook_mlp_out"),
+                    with_position=True, dot=True):  # fmt: skip
+    frozen = [h for h in model.hook_dict if h.endswith(freeze)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens[None])
+    embed = cache["hook_embed"] + (cache["hook_pos_embed"] if with_position else 0)
+    leaf = embed.clone().requires_grad_(True)
+    read = {}
+    hooks = [(h, lambda a, hook: cache[hook.name]) for h in frozen]
+    hooks.append(("hook_embed", lambda a, hook: leaf))
+    if with_position:
+        hooks.append(("hook_pos_embed", lambda a, hook: torch.zeros_like(a)))
+    hooks.append((tc.cfg.metadata.hook_name, lambda a, hook: read.update(x=a)))
+    with torch.enable_grad():
+        model.run_with_hooks(tokens[None], fwd_hooks=hooks)
+        x = tc.process_sae_in(read["x"][0, target_pos])
+        pre = x @ tc.W_enc[:, target_feature] + tc.b_enc[target_feature]
+        (grad,) = torch.autograd.grad(pre, leaf)
+    g, e = grad[0, source_pos], embed[0, source_pos]
+    return float((g * e).sum() if dot else g.norm())
+
+
+def embedding_edge_with_live_attention(*args):
+    return _embedding_edge(*args, freeze=("hook_scale", "hook_mlp_out"))
+
+
+def embedding_edge_with_live_layernorm(*args):
+    return _embedding_edge(*args, freeze=("attn.hook_pattern", "hook_mlp_out"))
+
+
+def embedding_edge_without_the_position_embedding(*args):
+    return _embedding_edge(*args, with_position=False)
+
+
+def embedding_edge_gradient_norm(*args):
+    return _embedding_edge(*args, dot=False)
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_prediction_overlap": [overlap_chance_including_itself, overlap_of_unique_tokens],
     "check_latent_jacobian": [jacobian_transposed, jacobian_ignoring_the_relu],
@@ -201,6 +281,19 @@ WRONG: dict[str, list[Callable]] = {
         salient_stopping_before_the_crossing_token,
     ],
     "check_logit_influence": [logit_influence_one_step, logit_influence_transposed],
+    "check_graph_edge": [
+        edge_with_live_attention,
+        edge_with_live_layernorm,
+        edge_with_the_other_mlps_live,
+        edge_gradient_only,
+        edge_to_the_raw_logit,
+    ],
+    "check_embedding_edge": [
+        embedding_edge_with_live_attention,
+        embedding_edge_with_live_layernorm,
+        embedding_edge_without_the_position_embedding,
+        embedding_edge_gradient_norm,
+    ],
 }
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
@@ -213,12 +306,29 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_influence_matrix": ("book/circuits/03_attribution_graphs", "influence"),
     "check_salient_logits": ("book/circuits/03_attribution_graphs", "choose_logits"),
     "check_logit_influence": ("book/circuits/03_attribution_graphs", "influence_on_logits"),
+    "check_graph_edge": ("book/circuits/03_attribution_graphs", "edge_to_logit"),
+    "check_embedding_edge": ("book/circuits/03_attribution_graphs", "edge_from_embedding"),
 }
 #: checker -> its arguments after the reader's function, from the tiny profile
 EXTRA_ARGS: dict[str, Callable[[Any], tuple]] = {
     "check_token_attribution": lambda p: (p.model, p.saes["resid"], p.tokens(1, 12, seed=1)[0]),
     "check_spliced_logits": lambda p: (p.model, p.saes["transcoder"], p.tokens(2, 16, seed=1)),
+    "check_graph_edge": lambda p: _edge_args(p),
+    "check_embedding_edge": lambda p: _edge_args(p),
 }
+_EDGE_ARGS: dict[int, tuple] = {}
+
+
+def _edge_args(p) -> tuple:
+    """The tiny model, its transcoder, a short prompt and its graph (built once)."""
+    if id(p) not in _EDGE_ARGS:
+        from saebook import attribution_graphs as ag
+
+        tokens = p.tokens(1, 10, seed=1)[0]
+        tc = p.saes["transcoder"]
+        graph = ag.attribution_graph(p.model, [tc], tokens, max_logits=3, progress=False)
+        _EDGE_ARGS[id(p)] = (p.model, tc, tokens, graph)
+    return _EDGE_ARGS[id(p)]
 
 
 def _args(name: str, request) -> tuple:

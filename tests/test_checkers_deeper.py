@@ -266,6 +266,10 @@ def scope_adding_instead_of_replacing(*args):
     return _scope(*args, add=True)
 
 
+def scope_without_normalising(*args):
+    return _scope(*args, unit=False)
+
+
 def scope_returning_logits(model, tokens, directions, scales, hook, position):
     return _scope(model, tokens, directions, scales, hook, position).exp()
 
@@ -390,6 +394,7 @@ WRONG: dict[str, list[Callable]] = {
         scope_one_position_early,
         scope_adding_instead_of_replacing,
         scope_returning_logits,
+        scope_without_normalising,
     ],
     "check_entropy": [entropy_in_bits, entropy_nan_at_zero],
 }

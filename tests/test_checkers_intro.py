@@ -358,6 +358,42 @@ def l0_counting_zeros(model, sae, tokens):
     return float((acts >= 0).sum(-1).float().mean())
 
 
+def _thresholds(pre, acts, shift=0, from_acts=False, all_rows=True):
+    n = pre.shape[0]
+    counts = (acts > 0).sum(0)
+    ordered = (acts if from_acts else pre).sort(dim=0, descending=True).values
+    index = (counts + shift).clamp(min=0, max=n - 1)
+    threshold = ordered.gather(0, index[None])[0]
+    return torch.where(counts >= n, ordered[-1] - 1.0, threshold) if all_rows else threshold
+
+
+def thresholds_at_the_c_th_largest(pre, acts):
+    return _thresholds(pre, acts, shift=-1)
+
+
+def thresholds_from_the_activations(pre, acts):
+    return _thresholds(pre, acts, from_acts=True)
+
+
+def thresholds_without_the_every_row_case(pre, acts):
+    return _thresholds(pre, acts, all_rows=False)
+
+
+def thresholds_by_quantile(pre, acts):
+    share = (acts > 0).float().mean(0)
+    return torch.stack([pre[:, i].quantile(1 - float(share[i])) for i in range(pre.shape[1])])
+
+
+def l0_counting_bos(model, sae, tokens):
+    acts = _latents(model, sae, tokens)
+    return float((acts > 0).sum(-1).float().mean())
+
+
+def l0_leaving_out_position_0_only(model, sae, tokens):
+    acts = _latents(model, sae, tokens)[:, 1:]
+    return float((acts > 0).sum(-1).float().mean())
+
+
 def l0_summed_activations(model, sae, tokens):
     acts = _latents(model, sae, tokens)[tokens != model.tokenizer.bos_token_id]
     return float(acts.sum(-1).mean())
@@ -421,8 +457,19 @@ WRONG: dict[str, list[Callable]] = {
     "check_spliced_loss": [loss_with_the_error_term, loss_of_the_encoder_only],
     "check_bottom_logits": [bottom_logits_without_the_layernorm, bottom_logits_reversed],
     "check_repeat_gain": [repeat_gain_counting_bos, repeat_gain_reversed],
-    "check_l0": [l0_counting_zeros, l0_summed_activations],
+    "check_l0": [
+        l0_counting_zeros,
+        l0_summed_activations,
+        l0_counting_bos,
+        l0_leaving_out_position_0_only,
+    ],
     "check_dead_fraction": [dead_counting_bos, dead_as_a_count],
+    "check_topk_thresholds": [
+        thresholds_at_the_c_th_largest,
+        thresholds_from_the_activations,
+        thresholds_without_the_every_row_case,
+        thresholds_by_quantile,
+    ],
     "check_ce_with_sae": [ce_splicing_bos_too, ce_clean_model],
     "check_logit_diff": [logit_diff_every_pair, logit_diff_first_position],
     "check_ablation_effects": [ablation_without_error_term, ablation_at_every_position],
@@ -448,6 +495,7 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_l0": ("book/intro/02_loading_saes", "measure_l0"),
     "check_dead_fraction": ("book/intro/02_loading_saes", "dead_share"),
     "check_ce_with_sae": ("book/intro/02_loading_saes", "loss_with_sae_bos_clean"),
+    "check_topk_thresholds": ("book/intro/07_architectures", "fit_thresholds"),
     "check_repeat_gain": ("book/intro/05_attention_saes", "repeat_gain"),
     "check_spliced_loss": ("book/intro/01_running_saes", "loss_with_sae"),
     "check_bottom_logits": ("book/intro/03_latent_dashboards", "bottom_logits"),

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 from checker_harness import assert_stub_rejected, assert_wrong_rejected, part_checkers, stub
 from exercise_cells import load_solution
 
@@ -157,6 +158,101 @@ def rectangle_in_float32(u):
     return ((u > -0.5) & (u < 0.5)).float()
 
 
+def _gated(x, params, l1_coeff, freeze=True, l1_on_magnitude=False, exp=True, gate_relu=False):
+    centred = x - params["b_dec"]
+    pi_gate = centred @ params["W_enc"] + params["b_enc"]
+    scale = params["r_mag"].exp() if exp else params["r_mag"]
+    pi_mag = centred @ (params["W_enc"] * scale) + params["b_mag"]
+    gate = pi_gate.relu() if gate_relu else (pi_gate > 0).float()
+    latents = gate * pi_mag.relu()
+    recon = latents @ params["W_dec"] + params["b_dec"]
+    gate_acts = pi_gate.relu()
+    W, b = (params["W_dec"].detach(), params["b_dec"].detach()) if freeze else (
+        params["W_dec"], params["b_dec"])  # fmt: skip
+    frozen = gate_acts @ W + b
+    penalised = latents if l1_on_magnitude else gate_acts
+    loss = (x - recon).pow(2).sum(-1).mean() + l1_coeff * penalised.sum(-1).mean()
+    return latents, loss + (x - frozen).pow(2).sum(-1).mean()
+
+
+def gated_with_a_live_decoder_in_the_aux_loss(x, params, l1_coeff):
+    return _gated(x, params, l1_coeff, freeze=False)
+
+
+def gated_penalising_the_magnitudes(x, params, l1_coeff):
+    return _gated(x, params, l1_coeff, l1_on_magnitude=True)
+
+
+def gated_without_the_exp(x, params, l1_coeff):
+    return _gated(x, params, l1_coeff, exp=False)
+
+
+def gated_relu_gate(x, params, l1_coeff):
+    return _gated(x, params, l1_coeff, gate_relu=True)
+
+
+def _greedy(decoder, features, by_feature=False, dot=False):
+    unit = (lambda t: t) if dot else (lambda t: F.normalize(t.float(), dim=-1))
+    cosine = unit(features) @ unit(decoder).T
+    n_features, n_latents = cosine.shape
+    latent = torch.full((n_features,), -1, dtype=torch.long)
+    similarity = torch.zeros(n_features)
+    work = cosine.clone()
+    for step in range(min(n_features, n_latents)):
+        if by_feature:  # each feature in index order takes its best free latent
+            i, j = step, int(work[step].argmax())
+        else:
+            i, j = divmod(int(work.argmax()), n_latents)
+        latent[i], similarity[i] = j, cosine[i, j]
+        work[i, :] = -torch.inf
+        work[:, j] = -torch.inf
+    return latent, similarity
+
+
+def greedy_feature_by_feature(decoder, features):
+    return _greedy(decoder, features, by_feature=True)
+
+
+def greedy_by_dot_product(decoder, features):
+    return _greedy(decoder, features, dot=True)
+
+
+def matching_not_one_to_one(decoder, features):
+    cosine = F.normalize(features, dim=-1) @ F.normalize(decoder, dim=-1).T
+    best = cosine.max(dim=-1)
+    return best.indices, best.values
+
+
+def matching_optimal(decoder, features):
+    from saebook.toy_saes import match_features
+
+    match = match_features(decoder, features, method="hungarian")
+    return match.latent, match.similarity
+
+
+def _superposition(W, normalise="i", include_self=False, square=True):
+    unit = W / W.norm(dim=0, keepdim=True).clamp_min(1e-8)
+    overlap = {"i": unit.T @ W, "both": unit.T @ unit, "none": W.T @ W}[normalise]
+    overlap = overlap**2 if square else overlap.abs()
+    return overlap.sum(1) - (0 if include_self else overlap.diagonal())
+
+
+def superposition_including_self(W):
+    return _superposition(W, include_self=True)
+
+
+def superposition_both_normalised(W):
+    return _superposition(W, normalise="both")
+
+
+def superposition_unnormalised(W):
+    return _superposition(W, normalise="none")
+
+
+def superposition_not_squared(W):
+    return _superposition(W, square=False)
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_toy_forward": [forward_without_relu, forward_relu_before_bias],
     "check_feature_dimensionality": [
@@ -177,10 +273,31 @@ WRONG: dict[str, list[Callable]] = {
     "check_weighted_mse": [weighted_mse_summed_over_features, weighted_mse_unweighted],
     "check_dead_latents": [dead_latents_strict, dead_latents_never_fired_only],
     "check_rectangle": [rectangle_closed, rectangle_as_bool, rectangle_in_float32],
+    "check_gated_loss": [
+        gated_with_a_live_decoder_in_the_aux_loss,
+        gated_penalising_the_magnitudes,
+        gated_without_the_exp,
+        gated_relu_gate,
+    ],
+    "check_greedy_matching": [
+        greedy_feature_by_feature,
+        greedy_by_dot_product,
+        matching_not_one_to_one,
+        matching_optimal,
+    ],
+    "check_superposition_measure": [
+        superposition_including_self,
+        superposition_both_normalised,
+        superposition_unnormalised,
+        superposition_not_squared,
+    ],
 }
 STUBS: dict[str, Callable] = {"check_jumprelu_function": JumpReLUStub}
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
+    "check_gated_loss": (CHAPTER_3, "gated_loss"),
+    "check_superposition_measure": (CHAPTER_1, "superposition"),
+    "check_greedy_matching": (CHAPTER_2, "greedy_match"),
     "check_toy_forward": (CHAPTER_1, "toy_forward"),
     "check_feature_dimensionality": (CHAPTER_1, "feature_dimensionality"),
     "check_sae_loss": (CHAPTER_2, "sae_loss"),

@@ -200,6 +200,58 @@ def selective_without_the_density_filter(max_act, mean_act, density, min_density
     return int((max_act / mean_act.nan_to_num(0.0).clamp(min=1e-6)).argmax())
 
 
+def _f1(acts, label, fires=None, precision_over_positions=False, pick="f1"):
+    fires = acts > 0 if fires is None else fires
+    tp = (fires & label[:, None]).sum(0).float()
+    if precision_over_positions:
+        precision = tp / acts.shape[0]
+    else:
+        precision = tp / fires.sum(0).clamp(min=1)
+    recall = tp / label.sum()
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    best = int({"f1": f1, "precision": precision, "recall": recall}[pick].argmax())
+    return best, float(f1[best]), float(precision[best]), float(recall[best])
+
+
+def f1_firing_where_nonzero(acts, label):
+    return _f1(acts, label, fires=acts != 0)
+
+
+def f1_precision_over_all_positions(acts, label):
+    return _f1(acts, label, precision_over_positions=True)
+
+
+def f1_best_by_precision(acts, label):
+    return _f1(acts, label, pick="precision")
+
+
+def _corr(latents, features, centre=True):
+    def unit(x):
+        x = x.double() - x.double().mean(0) if centre else x.double()
+        return x / x.norm(dim=0).clamp(min=1e-12)
+
+    corr = unit(features).T @ unit(latents)
+    return corr.max(1).values.float(), corr.max(1).indices
+
+
+def correlations_uncentred(latents, features):
+    return _corr(latents, features, centre=False)
+
+
+def correlations_absolute(latents, features):
+    def unit(x):
+        x = x.double() - x.double().mean(0)
+        return x / x.norm(dim=0).clamp(min=1e-12)
+
+    corr = (unit(features).T @ unit(latents)).abs()
+    return corr.max(1).values.float(), corr.max(1).indices
+
+
+def correlations_per_latent(latents, features):
+    values, indices = _corr(features, latents)  # the transposed question: best feature per latent
+    return values, indices
+
+
 WRONG: dict[str, list[Any]] = {
     "check_diagnosis": [DIAGNOSIS_SWAPPED, DIAGNOSIS_INCOMPLETE],
     "check_l2_ratio": [l2_ratio_of_means, l2_ratio_squared],
@@ -237,6 +289,16 @@ WRONG: dict[str, list[Any]] = {
         mean_active_without_the_count_filter,
     ],
     "check_most_selective": [selective_largest_max, selective_without_the_density_filter],
+    "check_best_latent_f1": [
+        f1_firing_where_nonzero,
+        f1_precision_over_all_positions,
+        f1_best_by_precision,
+    ],
+    "check_max_correlations": [
+        correlations_uncentred,
+        correlations_absolute,
+        correlations_per_latent,
+    ],
 }
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
@@ -251,6 +313,8 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_most_selective": ("book/training/03_case_studies", "pick_most_selective"),
     "check_top_k_by_mean_difference": ("book/training/04_evaluation", "my_top_k"),
     "check_activation_metrics": ("book/training/04_evaluation", "recon_metrics"),
+    "check_best_latent_f1": ("book/training/04_evaluation", "best_latent_f1"),
+    "check_max_correlations": ("book/training/04_evaluation", "max_corr"),
 }
 #: the exercise notebook's stub of an answer that is data
 STUBS: dict[str, Any] = {"check_diagnosis": NotImplemented}

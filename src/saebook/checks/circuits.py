@@ -268,3 +268,146 @@ def check_prediction_overlap(fn: Callable[..., tuple]) -> None:
          (scores, [[top[0, 0].item()] * 3 + [29]] + fired[1:], 5), {}),
     ]  # fmt: skip
     check_function(lambda *a: tuple(fn(*a)), prediction_overlap, cases)
+
+
+def check_graph_edge(
+    fn: Callable[..., float], model, transcoder, tokens: Tensor, graph=None
+) -> None:
+    """Check ``fn(model, transcoder, tokens, source_pos, source_feature, token) -> float``, one
+    edge of an attribution graph: the direct effect of the transcoder latent
+    ``source_feature`` at ``source_pos`` on the logit of ``token`` minus the mean logit at the
+    last position, in the local replacement model of ``tokens`` (attention patterns,
+    normalisation scales and every other MLP output frozen), as ``activation x gradient``.
+
+    The expected values are entries of
+    :func:`saebook.attribution_graphs.attribution_graph`'s adjacency matrix (``graph``, or one
+    built here from ``model``, ``[transcoder]`` and ``tokens``). Cases: the strongest edge into
+    the most likely token, the strongest from an earlier position (through attention only),
+    the strongest at the last position, one into the second most likely token, and a weak one.
+    """
+    from saebook import attribution_graphs as ag
+
+    tokens = tokens.reshape(-1)
+    if graph is None:
+        graph = ag.attribution_graph(model, [transcoder], tokens, max_logits=5, progress=False)
+    layer = int(transcoder.cfg.metadata.hook_name_out.split(".")[1])
+    nodes = graph.nodes
+    latents = nodes[(nodes["kind"] == "latent") & (nodes["layer"] == layer) & (nodes["pos"] > 0)]
+    logits = nodes[nodes["kind"] == "logit"]
+    if latents.empty:
+        raise ValueError(f"the graph has no active latent of the layer-{layer} transcoder")
+    last = int(tokens.numel()) - 1
+
+    def edge(s: int, t: int) -> float:
+        return float(graph.adjacency[t, s])
+
+    def strongest(rows, t: int) -> int:
+        return int(graph.adjacency[t, torch.tensor(rows.index.tolist())].abs().argmax())
+
+    top = int(logits.index[0])
+    picks: list[tuple[str, int, int]] = []
+    picks.append(
+        ("the strongest edge into the top logit", latents.index[strongest(latents, top)], top)
+    )
+    earlier = latents[latents["pos"] < last]
+    if not earlier.empty:
+        picks.append(
+            ("an earlier position (through attention)", earlier.index[strongest(earlier, top)], top)
+        )
+    at_last = latents[latents["pos"] == last]
+    if not at_last.empty:
+        picks.append(("the last position", at_last.index[strongest(at_last, top)], top))
+    if len(logits) > 1:
+        second = int(logits.index[1])
+        picks.append(("the second logit", latents.index[strongest(latents, second)], second))
+    weights = graph.adjacency[top, torch.tensor(latents.index.tolist())].abs()
+    nonzero = torch.nonzero(weights > 0).flatten()
+    if nonzero.numel():
+        weak = int(nonzero[weights[nonzero].argmin()])
+        picks.append(("a weak edge", latents.index[weak], top))
+
+    cases: list[Case] = []
+    answers: dict[tuple, float] = {}
+    for name, s, t in picks:
+        src, tgt = nodes.loc[s], nodes.loc[t]
+        key = (int(src["pos"]), int(src["feature"]), int(tgt["feature"]))
+        answers[key] = edge(int(s), int(t))
+        cases.append((name, (model, transcoder, tokens, *key), {}))
+
+    def reference(model, transcoder, tokens, source_pos, source_feature, token) -> float:
+        return answers[(source_pos, source_feature, token)]
+
+    def reader(*args) -> float:
+        return float(fn(*args))
+
+    scale = float(graph.adjacency[torch.tensor(logits.index.tolist())].abs().max())
+    check_function(reader, reference, cases, atol=1e-4 * max(1.0, scale), rtol=1e-3)
+
+
+def check_embedding_edge(
+    fn: Callable[..., float], model, transcoder, tokens: Tensor, graph=None
+) -> None:
+    """Check ``fn(model, transcoder, tokens, source_pos, target_pos, target_feature) -> float``,
+    an edge into a latent: the direct effect of the embedding node at ``source_pos`` (token
+    plus position embedding) on the pre-activation of transcoder latent ``target_feature`` at
+    ``target_pos``, in the local replacement model of ``tokens`` (attention patterns,
+    normalisation scales and MLP outputs frozen), as ``(embedding . gradient)``.
+
+    The expected values are entries of
+    :func:`saebook.attribution_graphs.attribution_graph`'s adjacency matrix (``graph``, or one
+    built here from ``model``, ``[transcoder]`` and ``tokens``). Cases: the strongest edge
+    from another position (through attention), the strongest from the latent's own position,
+    one from position 0, and a weak one.
+    """
+    from saebook import attribution_graphs as ag
+
+    tokens = tokens.reshape(-1)
+    if graph is None:
+        graph = ag.attribution_graph(model, [transcoder], tokens, max_logits=5, progress=False)
+    layer = int(transcoder.cfg.metadata.hook_name_out.split(".")[1])
+    nodes = graph.nodes
+    latents = nodes[(nodes["kind"] == "latent") & (nodes["layer"] == layer) & (nodes["pos"] > 0)]
+    embeddings = nodes[nodes["kind"] == "embedding"]
+    if latents.empty:
+        raise ValueError(f"the graph has no active latent of the layer-{layer} transcoder")
+    lat_idx = torch.tensor(latents.index.tolist())
+    emb_idx = torch.tensor(embeddings.index.tolist())
+    block = graph.adjacency[lat_idx[:, None], emb_idx[None, :]]  # (latents, positions)
+    lat_pos = torch.tensor(latents["pos"].tolist())
+    emb_pos = torch.tensor(embeddings["pos"].tolist())
+    same = lat_pos[:, None] == emb_pos[None, :]
+
+    def pick(mask: Tensor, weakest: bool = False) -> tuple[int, int] | None:
+        scores = block.abs().masked_fill(~mask, float("nan"))
+        if weakest:
+            scores = scores.masked_fill(scores == 0, float("nan"))
+            scores = -scores
+        if torch.isnan(scores).all():
+            return None
+        flat = int(scores.nan_to_num(-float("inf")).argmax())
+        return divmod(flat, block.shape[1])
+
+    picks = [
+        ("the strongest edge from another position (through attention)", pick(~same)),
+        ("the strongest edge from the latent's own position", pick(same)),
+        ("an edge from position 0", pick(emb_pos[None, :].expand_as(same) == 0)),
+        ("a weak edge", pick(torch.ones_like(same), weakest=True)),
+    ]
+    cases: list[Case] = []
+    answers: dict[tuple, float] = {}
+    for name, found in picks:
+        if found is None:
+            continue
+        t, s = found
+        key = (int(emb_pos[s]), int(lat_pos[t]), int(latents["feature"].iloc[t]))
+        answers[key] = float(block[t, s])
+        cases.append((name, (model, transcoder, tokens, *key), {}))
+
+    def reference(model, transcoder, tokens, source_pos, target_pos, target_feature) -> float:
+        return answers[(source_pos, target_pos, target_feature)]
+
+    def reader(*args) -> float:
+        return float(fn(*args))
+
+    scale = float(block.abs().max())
+    check_function(reader, reference, cases, atol=1e-4 * max(1.0, scale), rtol=1e-3)

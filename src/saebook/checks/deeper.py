@@ -410,8 +410,11 @@ def check_patch_scope(
     Each unit-normalised direction times each scale replaces the activation at ``hook`` and
     ``position``; the output is the next-token log-probabilities at the last position. Cases
     use random directions of the model's width (unnormalised), one scale, several scales,
-    the given position, the last two positions (where a patch always shows in the output)
-    and a negative position.
+    the given position, the last two positions (where a patch always shows in the output),
+    a negative position, and short directions at the last position. A direction left
+    unnormalised may show only at the last position: from an earlier one the patch reaches
+    the output through attention reading normalised activations, and when the hook is the
+    last layer's input (the tiny model) that forgets its length entirely.
     """
     from saebook.patch_scoping import patch_scope
 
@@ -433,6 +436,8 @@ def check_patch_scope(
          (model, tokens, dirs[:1], [1.0, 10.0, 50.0], hook, seq - 1), {}),
         ("a negative position", (model, tokens, dirs[1:], [20.0, 5.0], hook, -1), {}),
         ("the position before the last", (model, tokens, dirs[:2], [30.0], hook, seq - 2), {}),
+        ("short directions at the last position",
+         (model, tokens, dirs[1:] * 1e-3, [8.0], hook, seq - 1), {}),
     ]  # fmt: skip
     check_function(reader, reference, cases, atol=2e-3, rtol=1e-3)
 

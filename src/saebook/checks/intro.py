@@ -662,13 +662,45 @@ def check_repeat_gain(fn: Callable[..., Tensor], model: Any, sae: Any, tokens: T
 # --- Part 1, chapter 2: checking a loaded SAE -----------------------------------------------
 
 
+def relu_twin(sae: Any) -> Any:
+    """A ReLU (``StandardSAE``) SAE with ``sae``'s weights, hook and metadata.
+
+    A TopK SAE fires exactly k latents at every position, BOS included, so a metric that
+    forgets to leave BOS out gives the same L0 on it; with the same weights behind a ReLU the
+    number of active latents varies from position to position (and is large at BOS, whose
+    activation has a large norm), so the checkers' cases catch that mistake on every profile.
+    """
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    cfg = StandardSAEConfig(
+        d_in=sae.cfg.d_in,
+        d_sae=sae.cfg.d_sae,
+        dtype=sae.cfg.dtype,
+        device=str(sae.W_enc.device),
+        apply_b_dec_to_input=sae.cfg.apply_b_dec_to_input,
+        normalize_activations=sae.cfg.normalize_activations,
+        reshape_activations=sae.cfg.reshape_activations,
+        metadata=sae.cfg.metadata,
+    )
+    twin = StandardSAE(cfg)
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(twin, name).copy_(getattr(sae, name))
+    return twin.eval()
+
+
 def _metrics_cases(model: Any, sae: Any, tokens: Tensor) -> list[Case]:
     sample = tokens[:4, : min(32, tokens.shape[1])]
+    packed = sample[:2].clone()
+    packed[:, ::4] = model.tokenizer.bos_token_id  # documents packed into rows: BOS inside
     return [
         (f"{sample.shape[0]} rows", (model, sae, sample), {}),
         ("one row", (model, sae, sample[:1]), {}),
         ("an 8-token prefix", (model, sae, sample[:, :8]), {}),
-    ]
+        ("BOS tokens inside the rows", (model, sae, packed), {}),
+        ("a ReLU SAE with the same weights (L0 varies by position), BOS inside the rows",
+         (model, relu_twin(sae), packed[:, :16]), {}),
+    ]  # fmt: skip
 
 
 def reference_l0(model: Any, sae: Any, tokens: Tensor) -> float:
@@ -684,7 +716,9 @@ def check_l0(fn: Callable[..., float], model: Any, sae: Any, tokens: Tensor) -> 
 
     The mean over non-BOS positions of the number of latents with activation > 0. The
     reference is :func:`saebook.metrics.reconstruction_metrics` (its ``l0``). Cases: a few
-    rows, one row and a short prefix (where BOS is a large share of the positions).
+    rows, one row, a short prefix (where BOS is a large share of the positions), rows with
+    BOS tokens inside them, and a ReLU SAE with the same weights (:func:`relu_twin`: a TopK
+    SAE's L0 is k at every position, BOS included, so it cannot tell BOS mistakes apart).
     """
     check_function(fn, reference_l0, _metrics_cases(model, sae, tokens), atol=1e-4, rtol=1e-4)
 
@@ -726,3 +760,55 @@ def check_ce_with_sae(fn: Callable[..., float], model: Any, sae: Any, tokens: Te
     """
     cases = _metrics_cases(model, sae, tokens)
     check_function(fn, reference_ce_with_sae, cases, atol=1e-4, rtol=1e-4)
+
+
+def check_topk_thresholds(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(pre, topk_acts) -> (d_sae,)`` JumpReLU thresholds fitted to a TopK SAE.
+
+    ``pre`` is ``(n, d_sae)``: a TopK SAE's pre-activations (after any decoder-norm
+    rescaling) on a sample; ``topk_acts`` its activations there. For a latent that fires
+    ``c`` times under TopK the threshold is the ``(c + 1)``-th largest of its pre-activations
+    (so it fires exactly ``c`` times with a strict ``pre > threshold``); a latent that never
+    fires gets its largest, one that fires on every row its smallest minus 1. The reference is
+    :func:`saebook.architectures.jumprelu_from_topk` (its ``threshold``), run on SAELens
+    ``TopKSAE``s with random weights. Cases: with and without decoder-norm rescaling,
+    ``k = 1``, a sample of three rows where some latents fire on every row, and latents that
+    never fire.
+    """
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from saebook.architectures import encode_from_formula, jumprelu_from_topk, pre_activations
+
+    g = _generator(16)
+    d_in, d_sae = 6, 12
+    W_enc = torch.randn(d_in, d_sae, generator=g)
+    W_dec = torch.randn(d_sae, d_in, generator=g) * torch.linspace(0.5, 3.0, d_sae)[:, None]
+    b_enc = torch.randn(d_sae, generator=g) * 0.2
+    b_dec = torch.randn(d_in, generator=g) * 0.3
+    x = torch.randn(64, d_in, generator=g)
+    silent = b_enc.clone()
+    silent[[2, 9]] = -100.0  # these two never make the top k
+    configs = [
+        ("k=4, no rescaling", x, b_enc, 4, False),
+        ("k=4, rescaled by decoder norms", x, b_enc, 4, True),
+        ("k=1", x, b_enc, 1, True),
+        ("three rows, k=10: latents firing on every row", x[:3], b_enc, 10, False),
+        ("latents that never fire", x, silent, 3, False),
+    ]
+    cases: list[Case] = []
+    expected: dict[str, Tensor] = {}
+    for name, xs, bias, k, rescale in configs:
+        sae = TopKSAE(
+            TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, rescale_acts_by_decoder_norm=rescale)
+        )
+        sae.load_state_dict({"W_enc": W_enc, "b_enc": bias, "W_dec": W_dec, "b_dec": b_dec})
+        expected[name] = jumprelu_from_topk(sae, xs).threshold.detach().clone()
+        cases.append((name, (pre_activations(sae, xs), encode_from_formula(sae, xs), name), {}))
+
+    def reference(pre: Tensor, acts: Tensor, name: str) -> Tensor:
+        return expected[name]
+
+    def reader(pre: Tensor, acts: Tensor, name: str) -> Tensor:
+        return torch.as_tensor(fn(pre, acts)).float()
+
+    check_function(reader, reference, cases)

@@ -80,6 +80,27 @@ def reference_sae_loss(
     return ((x - recon).pow(2).sum(-1) + l1_coeff * latents.abs().sum(-1)).mean()
 
 
+def check_superposition_measure(fn: Callable[[Tensor], Tensor]) -> None:
+    """Check ``fn(W) -> (features,)``: ``sum_{j != i} (Ŵ_i · W_j)^2`` for each column ``W_i``
+    of ``W`` ``(hidden, features)``, 0 for a zero column. The reference is
+    :func:`saebook.toy_models.superposition_measure`. Cases: random weights, orthogonal
+    features (0 everywhere), an antipodal pair, features of different lengths (the measure
+    normalises feature ``i`` only) and a dropped feature."""
+    g = _generator(2)
+    random = torch.randn(3, 6, generator=g)
+    with_zero = random.clone()
+    with_zero[:, 4] = 0
+    uneven = torch.randn(2, 5, generator=g) * torch.tensor([0.2, 1.0, 3.0, 0.5, 2.0])
+    cases: list[Case] = [
+        ("random", (random,), {}),
+        ("orthogonal features", (torch.eye(4) * torch.tensor([1.0, 0.5, 2.0, 1.0]),), {}),
+        ("antipodal pair", (torch.tensor([[1.0, -0.7]]),), {}),
+        ("features of different lengths", (uneven,), {}),
+        ("a dropped feature", (with_zero,), {}),
+    ]
+    check_function(fn, toy_models.superposition_measure, cases)
+
+
 def check_sae_loss(fn: Callable[..., Tensor]) -> None:
     """Check ``fn(x, W_enc, b_enc, W_dec, b_dec, l1_coeff)`` against :func:`reference_sae_loss`."""
     g = _generator(2)
@@ -126,6 +147,42 @@ def check_max_cosine_similarity(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         ("one latent", (decoder[:1], features), {}),
     ]
     check_function(fn, reference_max_cosine_similarity, cases)
+
+
+def check_greedy_matching(fn: Callable[[Tensor, Tensor], tuple]) -> None:
+    """Check ``fn(decoder, features) -> (latent, similarity)``, a greedy one-to-one matching.
+
+    ``decoder`` is ``(d_sae, d_in)``, ``features`` ``(n_features, d_in)``. Repeatedly take the
+    (feature, latent) pair of largest cosine similarity among unmatched features and latents;
+    ``latent[i]`` is feature ``i``'s latent (-1 when the latents ran out) and
+    ``similarity[i]`` its cosine (0 if unmatched). The reference is
+    :func:`saebook.toy_saes.match_features` with ``method="greedy"``. Cases include two
+    features wanting the same latent (where greedy and the optimal matching differ) and fewer
+    latents than features.
+    """
+    g = _generator(4)
+    decoder = torch.randn(8, 4, generator=g)
+    features = torch.randn(5, 4, generator=g)
+    # latent 0 is closest to both features: greedy gives it to feature 1, the optimum to feature 0
+    conflict_features = torch.tensor([[1.0, 0.0], [0.8, 0.6]])
+    conflict_decoder = torch.tensor([[0.9, 0.436], [0.0, 1.0]])
+    cases: list[Case] = [
+        ("random", (decoder, features), {}),
+        ("unnormalised decoder", (decoder * torch.linspace(0.2, 5.0, 8)[:, None], features), {}),
+        ("perfect recovery", (features[[3, 0, 4, 1, 2]] * 2.5, features), {}),
+        ("two features want one latent", (conflict_decoder, conflict_features), {}),
+        ("fewer latents than features", (decoder[:3], features), {}),
+    ]
+
+    def reference(decoder: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+        match = toy_saes.match_features(decoder, features, method="greedy")
+        return match.latent, match.similarity
+
+    def reader(decoder: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+        latent, similarity = fn(decoder, features)
+        return torch.as_tensor(latent).long(), torch.as_tensor(similarity).float()
+
+    check_function(reader, reference, cases)
 
 
 # --- Part 0, chapter 3: SAE variants --------------------------------------------------------
@@ -262,3 +319,70 @@ def check_rectangle(fn: Callable[[Tensor], Tensor]) -> None:
         return run
 
     check_function(with_dtype(fn), with_dtype(toy_saes.rectangle), cases)
+
+
+_GATED_PARAMS = ("W_enc", "b_enc", "r_mag", "b_mag", "W_dec", "b_dec")
+
+
+def _gated_reference(x: Tensor, params: dict[str, Tensor], l1_coeff: float) -> dict[str, Any]:
+    """:class:`saebook.toy_saes.GatedSAE` (one instance) on ``x``: latents, loss, gradients."""
+    d_in, d_sae = params["W_enc"].shape
+    sae = toy_saes.GatedSAE(d_in, d_sae, 1, l1_coeff=l1_coeff)
+    with torch.no_grad():
+        for name in _GATED_PARAMS:
+            getattr(sae, name).copy_(params[name][None])
+    out = sae(x[:, None])
+    grads = torch.autograd.grad(out.loss.sum(), [getattr(sae, n) for n in _GATED_PARAMS])
+    return {
+        "latents": out.latents[:, 0].detach(),
+        "loss": out.loss[0].detach(),
+        "gradients": {n: g[0] for n, g in zip(_GATED_PARAMS, grads, strict=True)},
+    }
+
+
+def check_gated_loss(fn: Callable[[Tensor, dict, float], tuple]) -> None:
+    """Check ``fn(x, params, l1_coeff) -> (latents, loss)`` for a Gated SAE, and the gradients
+    of the loss with respect to every parameter.
+
+    ``x`` is ``(batch, d_in)``; ``params`` holds ``W_enc (d_in, d_sae)``, ``b_enc``, ``r_mag``,
+    ``b_mag`` (each ``(d_sae,)``), ``W_dec (d_sae, d_in)`` and ``b_dec (d_in,)``. The reference
+    is :class:`saebook.toy_saes.GatedSAE`: latents ``1[pi_gate > 0] * ReLU(pi_mag)``; loss the
+    squared error (summed over ``d_in``, averaged over the batch) plus ``l1_coeff`` times the
+    L1 norm of ``ReLU(pi_gate)`` plus the auxiliary error of reconstructing ``x`` from
+    ``ReLU(pi_gate)`` through a *frozen* decoder. Comparing gradients catches a decoder that
+    is not frozen in the auxiliary term, which the loss value alone cannot show.
+    """
+    g = _generator(9)
+    d_in, d_sae = 4, 7
+    params = {
+        "W_enc": torch.randn(d_in, d_sae, generator=g),
+        "b_enc": torch.randn(d_sae, generator=g) * 0.3,
+        "r_mag": torch.randn(d_sae, generator=g) * 0.5,
+        "b_mag": torch.randn(d_sae, generator=g) * 0.3,
+        "W_dec": torch.randn(d_sae, d_in, generator=g) * 0.5,
+        "b_dec": torch.randn(d_in, generator=g) * 0.2,
+    }
+    x = torch.randn(16, d_in, generator=g).relu()
+    shut = {**params, "b_enc": torch.full((d_sae,), -50.0)}
+    cases: list[Case] = [
+        ("random", (x, params, 0.5), {}),
+        ("no L1 penalty", (x, params, 0.0), {}),
+        ("a large L1 coefficient", (x, params, 5.0), {}),
+        ("every gate shut", (x, shut, 1.0), {}),
+        ("batch of one", (x[:1], params, 0.5), {}),
+    ]
+
+    def reader(x: Tensor, params: dict[str, Tensor], l1_coeff: float) -> dict[str, Any]:
+        leaves = {n: params[n].clone().requires_grad_(True) for n in _GATED_PARAMS}
+        latents, loss = fn(x, leaves, l1_coeff)
+        grads = torch.autograd.grad(loss, [leaves[n] for n in _GATED_PARAMS], allow_unused=True)
+        return {
+            "latents": torch.as_tensor(latents).detach(),
+            "loss": torch.as_tensor(loss).detach(),
+            "gradients": {
+                n: (gr if gr is not None else torch.zeros_like(leaves[n]))
+                for n, gr in zip(_GATED_PARAMS, grads, strict=True)
+            },
+        }
+
+    check_function(reader, _gated_reference, cases, atol=1e-5, rtol=1e-4)

@@ -367,3 +367,91 @@ def check_topk_training_loop(fn: Callable[..., dict]) -> None:
         return {n: torch.as_tensor(out[n]).detach() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
 
     check_function(reader, topk_adam_steps, cases, atol=1e-4, rtol=1e-3)
+
+
+# --- Part 4, chapter 4: scoring latents against ground truth --------------------------------
+
+
+def _recovery_cases() -> list[Case]:
+    """Latent activations and a label with a planted detector, and the edge cases of F1."""
+    g = _generator(47)
+    n, d_sae = 300, 10
+    label = torch.rand(n, generator=g) < 0.25
+    acts = torch.rand(n, d_sae, generator=g) * (torch.rand(n, d_sae, generator=g) < 0.15)
+    # latent 4 detects the label with some misses and a few false alarms: the best F1
+    acts[:, 4] = (label & (torch.rand(n, generator=g) < 0.8)).float() * 2.0
+    acts[torch.arange(0, n, 37), 4] += 1.0
+    # latent 7 is perfectly precise but fires on a fifth of the label only: the best precision
+    acts[:, 7] = (label & (torch.rand(n, generator=g) < 0.2)).float()
+    acts[:, 2] = 0.0  # dead: precision 0/0 must count as 0, not NaN
+    acts[:, 9] = 1.0  # fires everywhere: the best recall
+    signed = acts - 0.5 * (torch.rand(n, d_sae, generator=g) < 0.5).float()  # negatives never fire
+    rare = torch.zeros(n, dtype=torch.bool)
+    rare[[3, 50, 200]] = True
+    return [
+        ("a planted detector", (acts, label), {}),
+        ("negative activations do not fire", (signed, label), {}),
+        ("a rare label", (acts, rare), {}),
+        ("the label everywhere", (acts, torch.ones(n, dtype=torch.bool)), {}),
+        ("without the planted detector", (acts[:, 5:], label), {}),
+    ]
+
+
+def check_best_latent_f1(fn: Callable[[Tensor, Tensor], tuple]) -> None:
+    """Check ``fn(acts, label) -> (best latent, F1, precision, recall)`` against
+    :func:`saebook.groundtruth.label_recovery` (its ``best_*`` columns): a latent predicts the
+    label where its activation is > 0; the best latent has the largest F1 (the first one on a
+    tie); a latent that never fires has precision 0."""
+    from saebook.groundtruth import label_recovery
+
+    def reference(acts: Tensor, label: Tensor) -> tuple[int, float, float, float]:
+        row = label_recovery(acts, {"label": label}, min_count=1).iloc[0]
+        return (
+            int(row["best_latent"]),
+            float(row["best_f1"]),
+            float(row["best_precision"]),
+            float(row["best_recall"]),
+        )
+
+    def reader(acts: Tensor, label: Tensor) -> tuple[int, float, float, float]:
+        out = fn(acts, label)
+        if not isinstance(out, (tuple, list)) or len(out) != 4:
+            raise TypeError(f"expected (latent, f1, precision, recall), got {out!r}")
+        return (int(out[0]), *(float(v) for v in out[1:]))
+
+    check_function(reader, reference, _recovery_cases())
+
+
+def check_max_correlations(fn: Callable[[Tensor, Tensor], tuple]) -> None:
+    """Check ``fn(latent_acts, feature_acts) -> (values, indices)`` against
+    :func:`saebook.evaluation.max_correlations`: for each true feature, the largest Pearson
+    correlation of any latent with it, and which latent; a constant column correlates 0."""
+    from saebook.evaluation import max_correlations
+
+    g = _generator(48)
+    n, d_sae, n_features = 400, 9, 5
+    features = torch.rand(n, n_features, generator=g) * (
+        torch.rand(n, n_features, generator=g) < 0.2
+    )
+    mix = torch.randn(n_features, d_sae, generator=g)
+    latents = (features @ mix + 0.3 * torch.randn(n, d_sae, generator=g)).relu()
+    latents[:, 3] = 5.0 * features[:, 1] + 3.0  # an affine copy of feature 1: correlation 1
+    flipped = latents.clone()
+    flipped[:, 6] = -4.0 * features[:, 2]  # anticorrelated: a *negative* correlation is not max
+    dead = latents.clone()
+    dead[:, 0] = 0.0
+    absent = features.clone()
+    absent[:, 4] = 0.0  # a feature never present: every correlation 0, latent 0 wins
+    cases: list[Case] = [
+        ("mixed features", (latents, features), {}),
+        ("anticorrelated latent", (flipped, features), {}),
+        ("a dead latent", (dead, features), {}),
+        ("a feature never present", (latents, absent), {}),
+        ("different scales", (latents * 100.0, features * 0.01), {}),
+    ]
+
+    def reader(latent_acts: Tensor, feature_acts: Tensor) -> tuple[Tensor, Tensor]:
+        values, indices = fn(latent_acts, feature_acts)
+        return torch.as_tensor(values).float(), torch.as_tensor(indices).long()
+
+    check_function(reader, max_correlations, cases, atol=1e-4)
