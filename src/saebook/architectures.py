@@ -12,6 +12,8 @@ Every SAELens SAE computes a pre-activation ``pre = (x - b_dec) W_enc + b_enc`` 
 SAELens' own ``encode``. :func:`jumprelu_from_topk` turns a TopK SAE into a JumpReLU SAE with
 per-latent thresholds chosen from activation statistics, and :func:`train_standard_sae`
 trains a small ReLU + L1 SAE with SAELens' trainer on cached activations.
+
+Chapters: intro/07
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ batches (about 3x faster on a CPU than running the language model inside the tra
 SAELens 6 has no transcoder trainer, so :func:`train_transcoder` is a short loop over a
 SAELens ``Transcoder``. Both return inference SAELens objects, ready for
 ``HookedSAETransformer``.
+
+Chapters: intro/07, deeper/03, training/01, training/02, training/04
 """
 
 from __future__ import annotations
