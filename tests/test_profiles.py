@@ -228,3 +228,15 @@ def test_ev_floor_follows_the_published_figures():
         hub.ev_floor("attn", fraction=0)
     tiny = profiles.load("tiny", device="cpu")
     assert tiny.ev_floor("resid") == 0.5
+
+
+def test_profile_from_spec_takes_names_sizes_and_task_from_the_spec():
+    spec = profiles.PROFILES["gpt2"]
+    rows = lambda n, s, seed: torch.zeros(n, s, dtype=torch.long)  # noqa: E731
+    made = profiles.Profile.from_spec(spec, ("model", {"resid": "sae"}, ["w"]), "cpu", rows)
+    assert (made.name, made.description, made.task_name) == ("gpt2", spec.description, "ioi")
+    assert made.model == "model" and made.saes == {"resid": "sae"} and made.width_family == ["w"]
+    assert made.sizes is spec.sizes and made._label_source is None
+    smaller = spec.sizes.replace(n_seqs=2)
+    made = profiles.Profile.from_spec(spec, (None, {}, []), "cpu", rows, sizes=smaller)
+    assert made.sizes == smaller

@@ -170,6 +170,35 @@ class Profile:
         default=None, repr=False
     )
 
+    @classmethod
+    def from_spec(
+        cls,
+        spec: ProfileSpec,
+        loaded: tuple[HookedSAETransformer, dict[str, SAE], list[SAE]],
+        device: str,
+        token_source: Callable[[int, int, int], Tensor],
+        label_source: Callable[[int, int, int], dict[str, Tensor]] | None = None,
+        sizes: Sizes | None = None,
+    ) -> Profile:
+        """The profile ``spec`` describes, from its ``loaded`` (model, SAEs by role, family).
+
+        ``sizes`` defaults to the spec's; the sources give the rows of :meth:`tokens` and
+        the labels of :meth:`labeled_tokens`.
+        """
+        model, saes, family = loaded
+        return cls(
+            name=spec.name,
+            description=spec.description,
+            model=model,
+            saes=saes,
+            width_family=family,
+            sizes=spec.sizes if sizes is None else sizes,
+            device=device,
+            task_name=spec.task,
+            _token_source=token_source,
+            _label_source=label_source,
+        )
+
     def _rows_shape(self, n_seqs: object, seq_len: object) -> tuple[int, int]:
         seq_len = self.sizes.seq_len if seq_len is None else seq_len
         if isinstance(n_seqs, bool) or not isinstance(n_seqs, int) or n_seqs < 1:
@@ -298,25 +327,15 @@ def _load_tiny(device: str) -> Profile:
     from saebook.tinyworld import corpus_rows, labeled_batch
     from saebook.tinyworld.shipped import load_shipped
 
-    spec = PROFILES["tiny"]
-    model, saes, family = load_shipped(device=device)
-    return Profile(
-        name=spec.name,
-        description=spec.description,
-        model=model,
-        saes=saes,
-        width_family=family,
-        sizes=spec.sizes,
-        device=device,
-        task_name=spec.task,
-        _token_source=lambda n, s, seed: corpus_rows(n, s, seed=seed, tokenizer=model.tokenizer),
-        _label_source=lambda n, s, seed: _labels_only(labeled_batch, n, s, seed, model),
+    loaded = load_shipped(device=device)
+    tokenizer = loaded[0].tokenizer
+    return Profile.from_spec(
+        PROFILES["tiny"],
+        loaded,
+        device,
+        token_source=lambda n, s, seed: corpus_rows(n, s, seed=seed, tokenizer=tokenizer),
+        label_source=lambda n, s, seed: labeled_batch(n, s, seed=seed, tokenizer=tokenizer)[1],
     )
-
-
-def _labels_only(labeled_batch: Callable, n: int, s: int, seed: int, model) -> dict[str, Tensor]:
-    """The labels of :func:`saebook.tinyworld.labeled_batch` (its rows are the token source's)."""
-    return labeled_batch(n, s, seed=seed, tokenizer=model.tokenizer)[1]
 
 
 HUB_HOST = ("huggingface.co", 443)
@@ -468,14 +487,10 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
     }
     release, ids = spec.width_family
     family = [SAE.from_pretrained(release, i, device=device) for i in ids]
-    return Profile(
-        name=spec.name,
-        description=spec.description,
-        model=model,
-        saes=saes,
-        width_family=family,
+    return Profile.from_spec(
+        spec,
+        (model, saes, family),
+        device,
+        token_source=_hub_token_source(model, spec.dataset),
         sizes=_sizes(spec),
-        device=device,
-        task_name=spec.task,
-        _token_source=_hub_token_source(model, spec.dataset),
     )
