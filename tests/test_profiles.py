@@ -240,3 +240,21 @@ def test_profile_from_spec_takes_names_sizes_and_task_from_the_spec():
     smaller = spec.sizes.replace(n_seqs=2)
     made = profiles.Profile.from_spec(spec, (None, {}, []), "cpu", rows, sizes=smaller)
     assert made.sizes == smaller
+
+
+def test_chapters_and_scripts_read_sizes_as_attributes():
+    """``profile.sizes`` is a Sizes dataclass: a chapter written for the old dict fails here."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [*root.glob("book/*/*.md"), *root.glob("scripts/*.py"), *root.glob("benchmarks/*.py")]
+    found = [
+        f"{path.relative_to(root)}:{n}: {line.strip()}"
+        for path in sources
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"sizes\[[\"']", line)
+    ]
+    assert not found, "write profile.sizes.<name>, not profile.sizes['<name>']:\n" + "\n".join(
+        found
+    )
