@@ -35,9 +35,9 @@ book: setup
 test: setup
 	SAEBOOK_PROFILE=tiny $(PY) -m pytest --nbmake
 
-# The fast loop: unit tests only (no chapter executed; site tests skip without executed chapters)
+# The fast loop: the unit tests (-m "not book": no chapter, no test of executed chapters)
 test-unit: setup
-	$(PY) -m pytest -m "not determinism and not after_chapters"
+	$(PY) -m pytest -m "not book"
 
 notebooks: setup
 	$(PY) book/_ext/chapters.py notebooks

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 
+#: fields of :class:`saebook.profiles.Sizes` the default rehearsal reduces
 REDUCED = {"n_seqs": 64, "batch_size": 8, "gen_tokens": 8, "train_tokens": 16_384}
 REHEARSAL_ENV = "SAEBOOK_REHEARSAL"  # set in the kernels: "1" while rehearsing
 
@@ -73,12 +74,14 @@ def kernel_env(cache_root: Path, full: bool, sizes: dict | None = None) -> dict[
     env.update(offline_env(cache_root))
     env["SAEBOOK_PROFILE"] = "gpt2"
     env[REHEARSAL_ENV] = "1"
-    if sizes is not None:
-        env["SAEBOOK_SIZES"] = json.dumps(sizes)
-    elif not full:
-        env["SAEBOOK_SIZES"] = json.dumps(REDUCED)
-    else:
+    overrides = sizes if sizes is not None else (None if full else REDUCED)
+    if overrides is None:
         env.pop("SAEBOOK_SIZES", None)
+    else:
+        from saebook.profiles import PROFILES
+
+        PROFILES["gpt2"].sizes.replace(**overrides)  # a bad name fails here, not in a kernel
+        env["SAEBOOK_SIZES"] = json.dumps(overrides)
     parts = [str(ROOT / "tests" / "netblock"), str(ROOT / "src")]
     env["PYTHONPATH"] = os.pathsep.join(parts + [p for p in env.get("PYTHONPATH", "").split(
         os.pathsep) if p])

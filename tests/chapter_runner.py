@@ -20,6 +20,10 @@ and for the site workflow's per-chapter GPU jobs. With ``--nbmake`` it
 * orders the session: unit tests first, then the chapters in ``_toc.yml`` order (the appendix
   last: its page "How this book checks itself" reads what the unit tests recorded), then the
   tests that read the executed chapters (the assembled site, determinism reruns, secrets);
+* marks the chapters and the tests that read them ``book`` (the only marker a selection needs:
+  ``-m "not book"`` is the unit tests, ``make test-unit``). A test that reads executed chapters
+  says so with ``@pytest.mark.after_chapters`` or ``@pytest.mark.determinism``, or by using
+  the ``site_html`` fixture; the plugin adds ``book`` to it and runs it after the chapters;
 * keeps each executed notebook, with its run time and outcome in the metadata key
   ``saebook_execution``, in ``_build/executed/<chapter>.ipynb`` for assembling the site;
 * prints a table of per-chapter wall and CPU seconds (flagging chapters over
@@ -187,6 +191,11 @@ def _nbmake(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "book: a book test (set by this plugin on every chapter and every test that reads "
+        "executed chapters); the unit tests are -m 'not book' (make test-unit)",
+    )
     config.addinivalue_line("markers", "chapter: executes one chapter of the book (nbmake)")
     config.addinivalue_line(
         "markers", "after_chapters: reads what this session's chapter runs left; runs after them"
@@ -226,6 +235,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _is_chapter(item):
             item.add_marker(pytest.mark.chapter)
+        if _phase(item) > 0:  # a chapter, or a test of what the chapters left
+            item.add_marker(pytest.mark.book)
 
     def key(item: pytest.Item) -> tuple[int, int]:
         entry = entry_of(item.path) if _is_chapter(item) else None

@@ -152,7 +152,7 @@ class Ctx:
             model=self.model,
             saes=dict(self.saes),
             width_family=list(self.family),
-            sizes=dict(seq_len=16, n_seqs=4, batch_size=4, gen_tokens=4),
+            sizes=profiles.Sizes(seq_len=16, n_seqs=4, batch_size=4, gen_tokens=4, train_tokens=64),
             device="cpu",
             task_name="code_recall",
             _token_source=lambda n, s, seed: corpus_rows(n, s, seed=seed, tokenizer=tok),

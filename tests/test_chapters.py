@@ -140,3 +140,28 @@ def test_appendix_chapters_run_last() -> None:
     order = chapters()
     appendix = [i for i, e in enumerate(order) if e.startswith("book/appendix/")]
     assert appendix and appendix == list(range(len(order) - len(appendix), len(order)))
+
+
+def test_book_marker_splits_unit_tests_from_book_tests() -> None:
+    """``-m "not book"`` (make test-unit) keeps unit tests and drops tests of executed chapters."""
+    import sys
+
+    def collected(expr: str) -> set[str]:
+        files = ["tests/test_secrets.py", "tests/test_site.py"]
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+             "-m", expr, *files],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        lines = [line for line in result.stdout.splitlines() if "::" in line]
+        return {line.split("::")[1].split("[")[0] for line in lines}
+
+    unit, book = collected("not book"), collected("book")
+    assert {"test_scanner_finds_keys", "test_stage_book_names_missing_chapters"} <= unit
+    assert {  # after_chapters, a site_html user, and one through the site fixture
+        "test_executed_notebooks_hold_no_keys",
+        "test_built_site_holds_no_keys",
+        "test_figures_load_plotly_from_the_site",
+    } <= book
+    assert not unit & book
+    assert '-m "not book"' in (ROOT / "Makefile").read_text()

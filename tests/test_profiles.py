@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 
@@ -142,6 +143,9 @@ def test_tiny_labeled_tokens_label_the_profiles_rows():
         for name, flags in expected.items():
             assert labels[name][r].tolist() == list(flags), (name, r)
     assert any(bool(v.any()) for v in labels.values())
+    assert all(v.device.type == "cpu" for v in labels.values())
+    meta = tiny.labeled_tokens(3, 16, seed=5, device="meta")  # the device the caller names
+    assert meta.keys() == labels.keys() and all(v.device.type == "meta" for v in meta.values())
     with pytest.raises(ValueError, match="n_seqs"):
         tiny.labeled_tokens(0)
 
@@ -152,12 +156,35 @@ def test_sizes_override_for_rehearsals(monkeypatch):
     assert profiles._sizes(spec) == spec.sizes
     monkeypatch.setenv("SAEBOOK_SIZES", '{"n_seqs": 16, "train_tokens": 4096}')
     got = profiles._sizes(spec)
-    assert got["n_seqs"] == 16 and got["train_tokens"] == 4096
-    assert got["seq_len"] == spec.sizes["seq_len"] and spec.sizes["n_seqs"] == 1024
-    for bad in ('{"n_seqs": 0}', '{"widths": 3}', "[1]", "n_seqs=3"):
+    assert isinstance(got, profiles.Sizes)
+    assert got.n_seqs == 16 and got.train_tokens == 4096
+    assert got.seq_len == spec.sizes.seq_len and spec.sizes.n_seqs == 1024
+    for bad in ('{"n_seqs": 0}', '{"widths": 3}', '{"n_seqs": 2.5}', "[1]", "n_seqs=3"):
         monkeypatch.setenv("SAEBOOK_SIZES", bad)
         with pytest.raises(ValueError, match="SAEBOOK_SIZES"):
             profiles._sizes(spec)
+
+
+def test_sizes_is_a_typed_frozen_dataclass():
+    sizes = profiles.PROFILES["tiny"].sizes
+    assert isinstance(sizes, profiles.Sizes)
+    assert profiles.Sizes.names() == (
+        "seq_len", "n_seqs", "batch_size", "gen_tokens", "train_tokens"
+    )  # fmt: skip
+    for spec in profiles.PROFILES.values():
+        assert all(isinstance(getattr(spec.sizes, n), int) for n in profiles.Sizes.names())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sizes.n_seqs = 3
+    smaller = sizes.replace(n_seqs=8)
+    assert smaller.n_seqs == 8 and smaller.seq_len == sizes.seq_len and sizes.n_seqs == 256
+    with pytest.raises(ValueError, match=r"sizes must be among .*got \['widths'\]"):
+        sizes.replace(widths=3)
+    with pytest.raises(ValueError, match=r"Sizes.batch_size must be a positive int, got 0"):
+        sizes.replace(batch_size=0)
+    with pytest.raises(ValueError, match=r"Sizes.seq_len must be a positive int, got True"):
+        profiles.Sizes(seq_len=True, n_seqs=1, batch_size=1, gen_tokens=1, train_tokens=1)
+    with pytest.raises(TypeError, match=r"write sizes.n_seqs instead of sizes\['n_seqs'\]"):
+        sizes["n_seqs"]
 
 
 def test_gated_model_names_the_fix(monkeypatch):
@@ -183,7 +210,8 @@ def test_gated_model_names_the_fix(monkeypatch):
 def test_ev_floor_follows_the_published_figures():
     """Content checks demand a share of each hub SAE's registry EV, 0.5 on tiny (issue 15)."""
     hub = profiles.Profile(
-        name="gpt2", description="", model=None, sizes={}, device="cpu", task_name="ioi",
+        name="gpt2", description="", model=None, sizes=profiles.PROFILES["gpt2"].sizes,
+        device="cpu", task_name="ioi",
         saes={"attn": object(), "mlp": object(), "resid": object()}, width_family=[],
         _token_source=None,
     )  # fmt: skip
@@ -200,3 +228,33 @@ def test_ev_floor_follows_the_published_figures():
         hub.ev_floor("attn", fraction=0)
     tiny = profiles.load("tiny", device="cpu")
     assert tiny.ev_floor("resid") == 0.5
+
+
+def test_profile_from_spec_takes_names_sizes_and_task_from_the_spec():
+    spec = profiles.PROFILES["gpt2"]
+    rows = lambda n, s, seed: torch.zeros(n, s, dtype=torch.long)  # noqa: E731
+    made = profiles.Profile.from_spec(spec, ("model", {"resid": "sae"}, ["w"]), "cpu", rows)
+    assert (made.name, made.description, made.task_name) == ("gpt2", spec.description, "ioi")
+    assert made.model == "model" and made.saes == {"resid": "sae"} and made.width_family == ["w"]
+    assert made.sizes is spec.sizes and made._label_source is None
+    smaller = spec.sizes.replace(n_seqs=2)
+    made = profiles.Profile.from_spec(spec, (None, {}, []), "cpu", rows, sizes=smaller)
+    assert made.sizes == smaller
+
+
+def test_chapters_and_scripts_read_sizes_as_attributes():
+    """``profile.sizes`` is a Sizes dataclass: a chapter written for the old dict fails here."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [*root.glob("book/*/*.md"), *root.glob("scripts/*.py"), *root.glob("benchmarks/*.py")]
+    found = [
+        f"{path.relative_to(root)}:{n}: {line.strip()}"
+        for path in sources
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"sizes\[[\"']", line)
+    ]
+    assert not found, "write profile.sizes.<name>, not profile.sizes['<name>']:\n" + "\n".join(
+        found
+    )

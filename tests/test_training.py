@@ -10,6 +10,7 @@ from saebook.training import (
     ARCHITECTURES,
     FAULTS,
     activation_batches,
+    check_training_run,
     collect_activations,
     curve_signatures,
     train_planted_faults,
@@ -202,3 +203,18 @@ def test_topk_adam_steps_lowers_the_loss_and_leaves_its_inputs_alone():
     assert all(torch.equal(params[k], before[k]) for k in params)
     with pytest.raises(ValueError, match="missing"):
         topk_adam_steps(x, {"W_enc": params["W_enc"]}, k=2, lr=1e-2, batch_size=16)
+
+
+def test_check_training_run_names_the_first_bad_argument():
+    ok = torch.zeros(64, 4)
+    check_training_run(ok, d_sae=8, batch_size=32, total_samples=64)  # no error
+    cases = [
+        ((torch.zeros(64, 4, 2), 8, 32, 64), r"activations.*2 dimensions"),
+        ((torch.full((64, 4), float("inf")), 8, 32, 64), r"activations.*finite"),
+        ((ok, 0, 32, 64), r"d_sae.*positive int.*0"),
+        ((ok, 8, 32, 16), r"total_samples.*>= 32.*got 16"),
+        ((ok, 8, 128, 256), r"activations must have at least batch_size=128 rows, got 64"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            check_training_run(*args)

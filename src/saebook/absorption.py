@@ -23,6 +23,8 @@ computes them:
 * :func:`absorption_rate` is the core count of the chapter's exercise, and
   :func:`sublabel_shares` compares how often finer labels (e.g. the planted *Lily*) occur among
   all positives and among the misses.
+
+Chapters: deeper/03
 """
 
 from __future__ import annotations

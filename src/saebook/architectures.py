@@ -12,6 +12,8 @@ Every SAELens SAE computes a pre-activation ``pre = (x - b_dec) W_enc + b_enc`` 
 SAELens' own ``encode``. :func:`jumprelu_from_topk` turns a TopK SAE into a JumpReLU SAE with
 per-latent thresholds chosen from activation statistics, and :func:`train_standard_sae`
 trains a small ReLU + L1 SAE with SAELens' trainer on cached activations.
+
+Chapters: intro/07
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from sae_lens import (
 from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor
 
-from saebook.training import train_sae
+from saebook.training import check_training_run, train_sae
 
 __all__ = [
     "FORMULAS",
@@ -189,11 +191,7 @@ def train_standard_sae(
     the decoder-norm-weighted L1 norm of the latents. ``metadata`` goes into
     ``sae.cfg.metadata`` (``hook_name`` and friends).
     """
-    if activations.ndim != 2 or activations.shape[0] < batch_size:
-        raise ValueError(
-            f"activations must be (n >= batch_size={batch_size}, d_in), "
-            f"got {tuple(activations.shape)}"
-        )
+    check_training_run(activations, d_sae, batch_size, total_samples)
     if l1_coefficient < 0:
         raise ValueError(f"l1_coefficient must be >= 0, got {l1_coefficient}")
     cfg = StandardTrainingSAEConfig(

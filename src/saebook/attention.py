@@ -12,6 +12,8 @@ computes
 - :func:`repeated_token_scores`: a table that scores every latent on repeated random tokens
   (``BOS, x, x``): how much more it fires on the second copy, and which source offset
   (induction, duplicate token, previous token) its pre-activation comes from.
+
+Chapters: intro/05
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ patching estimates every latent's ablation effect from one forward and one backw
 decoder direction straight to the unembedding. :func:`integrated_attribution` averages the
 gradient along the path from the clean activations to zero (integrated gradients), which
 follows a non-linear effect better at the cost of a few more backward passes.
+
+Chapters: intro/04
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ Influence (:func:`influence_matrix`) follows the normalised absolute adjacency m
 all path lengths, ``B = A (I - A)^{-1}``; pruning keeps the nodes and edges that carry most
 of the influence on the logits. :func:`edit_latents` runs the real model with transcoder
 latents edited, to test what a graph claims.
+
+Chapters: circuits/03
 """
 
 from __future__ import annotations

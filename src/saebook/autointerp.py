@@ -27,6 +27,8 @@ the predictions with the truth on held-out contexts:
   does not? (balanced accuracy, precision, recall);
 * **fuzzing**: shown a firing context with some tokens highlighted, does the simulator accept
   the highlight when it marks the truly firing tokens and reject it when it marks random ones?
+
+Chapters: deeper/05, deeper/06, deeper/07
 """
 
 from __future__ import annotations

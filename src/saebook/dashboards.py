@@ -19,6 +19,9 @@ self-contained HTML fragment (inline CSS; the two small figures are drawn by the
 example rows of all requested latents through the model in one pass, and computes their logit
 effects as one matrix product per chunk of latents; :func:`latent_dashboard` is the same for
 one latent.
+
+Chapters: intro/02, intro/03, intro/06, deeper/05, training/02, training/03, circuits/02,
+circuits/03
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ and :func:`logit_effects` applies it: every logit effect in the package (dashboa
 tables, DLA, the logit lens, steering's choice of latents) goes through these two, so that a
 model loaded with its LayerNorm weights unfolded gives the same numbers as the same model
 folded by TransformerLens.
+
+Chapters: intro/03, deeper/07
 """
 
 from __future__ import annotations

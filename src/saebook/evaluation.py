@@ -6,6 +6,8 @@
 - :func:`max_correlations` scores latents against known feature activations (ground truth):
   for each true feature, the best Pearson correlation any latent reaches.
 - :func:`pareto_front` marks the runs no other run beats on two metrics at once.
+
+Chapters: training/01, training/04
 """
 
 from __future__ import annotations

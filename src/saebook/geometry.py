@@ -10,6 +10,8 @@ An SAE's decoder is a cloud of unit directions. This module
 * tests whether latents with the same label point in similar directions, against a
   permutation baseline (:func:`label_cosine_test`);
 * draws the map with hover text (:func:`geometry_figure`).
+
+Chapters: deeper/01, deeper/02, deeper/04
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Given latent activations and boolean labels over the same token positions, say for each
 label how well the single best latent detects it, and how much of it the group of
 high-precision latents covers together (SAEs often split one category across contexts).
+
+Chapters: intro/03, intro/06, deeper/01, deeper/02, deeper/03, training/04
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 An induction head attends from a token to the token that followed its previous occurrence,
 so on a sequence ``BOS, x_1..x_L, x_1..x_L`` it looks back ``L - 1`` positions in the second
 copy. These functions work on any HookedTransformer.
+
+Chapters: intro/05, circuits/01
 """
 
 from __future__ import annotations

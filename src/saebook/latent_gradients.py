@@ -20,6 +20,8 @@ mode, :func:`torch.func.jacrev`) or per column (forward mode, :func:`torch.func.
 whichever side is smaller, vectorised with :func:`torch.func.vmap`. Entries are exact
 derivatives: on the active set a TopK, JumpReLU or ReLU activation has slope 1, so they are
 the derivatives of the later latents' pre-activations, which finite differences confirm.
+
+Chapters: circuits/01
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Dashboards show one latent at a time, so a chapter needs a principled way to cho
 rule here takes per-latent statistics (as :class:`saebook.latent_stats.LatentStats` holds
 them: density, mean and max activation, counts) and returns one latent index; ties go to the
 lowest index. A rule raises ``ValueError`` when no latent qualifies.
+
+Chapters: training/03
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ lists passed in as data) and tests every latent's logits for enrichment in each 
   weights than the rest?), with the AUC ``U / (n_in * n_out)`` as effect size;
 
 both with Benjamini-Hochberg false-discovery-rate control over all (latent, set) tests.
+
+Chapters: deeper/05, deeper/07
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ rows that use it. This module trains one with SAELens (via :func:`saebook.traini
 train_topk_sae`), measures how well it reconstructs the directions, lists the latents each
 meta-latent groups, and tests whether those groups share ground-truth labels more often than
 random groups of the same sizes.
+
+Chapters: deeper/04
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ This module builds identity prompts, finds the placeholder, runs the patched pro
 directions and scales in one batch (returning next-token log-probabilities at the last
 position), generates patched continuations, and measures how much probability a token set
 gets, so that a latent's direction can be compared with random directions of the same norm.
+
+Chapters: deeper/07
 """
 
 from __future__ import annotations

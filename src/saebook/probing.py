@@ -5,6 +5,8 @@ differs most between positive and negative positions are chosen on a training sp
 logistic regression is fitted on them, and its balanced accuracy is measured on held-out
 positions. Comparing SAE latents with the raw dimensions they were trained on at small k
 asks whether the SAE put each concept into few units.
+
+Chapters: training/04
 """
 
 from __future__ import annotations

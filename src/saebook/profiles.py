@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from dataclasses import replace as _replace
 
 import torch
 from jaxtyping import Int
@@ -28,6 +29,7 @@ __all__ = [
     "PROFILES",
     "Profile",
     "ProfileSpec",
+    "Sizes",
     "load",
     "default_name",
     "available",
@@ -35,6 +37,41 @@ __all__ = [
 ]
 
 ENV_VAR = "SAEBOOK_PROFILE"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The heavy sizes a chapter reads from its profile instead of literals (positive ints)."""
+
+    seq_len: int  # tokens per row (BOS included)
+    n_seqs: int  # rows of a corpus sample (statistics, dashboards, training activations)
+    batch_size: int  # rows per forward pass, and the base of small evaluation samples
+    gen_tokens: int  # tokens to generate per prompt (steering)
+    train_tokens: int  # activations an SAE sees during training (Part 4)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Sizes.{f.name} must be a positive int, got {value!r}")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The size names, in declaration order."""
+        return tuple(f.name for f in fields(cls))
+
+    def replace(self, **changes: int) -> Sizes:
+        """A copy with ``changes`` applied; an unknown name or a non-positive value raises."""
+        unknown = sorted(set(changes) - set(self.names()))
+        if unknown:
+            raise ValueError(f"sizes must be among {list(self.names())}, got {unknown}")
+        return _replace(self, **changes)
+
+    def __getitem__(self, name: object) -> int:
+        raise TypeError(
+            f"profile.sizes is a Sizes dataclass, not a dict: write sizes.{name} "
+            f"instead of sizes[{name!r}]"
+        )
 
 
 @dataclass(frozen=True)
@@ -47,7 +84,7 @@ class ProfileSpec:
     saes: dict[str, tuple[str, str]]  # role -> (SAELens release, sae_id or id prefix)
     width_family: tuple[str, tuple[str, ...]]  # (release, sae_ids narrow to wide)
     dataset: str | None  # Hugging Face dataset of text for .tokens(); None: the tiny world
-    sizes: dict[str, int]  # heavy sizes chapters use instead of literals
+    sizes: Sizes  # heavy sizes chapters use instead of literals
     needs: str  # hardware in words, for the landing page and errors
     task: str  # the logit-difference task the model solves: "code_recall" or "ioi"
     raw_weights: bool = False  # load with from_pretrained_no_processing
@@ -63,12 +100,8 @@ PROFILES: dict[str, ProfileSpec] = {
             saes={},  # read from the shipped files; see saebook.tinyworld.build.SAE_SPECS
             width_family=("saebook-tiny", ()),
             dataset=None,
-            sizes=dict(
-                seq_len=128,
-                n_seqs=256,
-                batch_size=64,
-                gen_tokens=24,
-                train_tokens=102_400,  # SAE training samples (Part 4)
+            sizes=Sizes(
+                seq_len=128, n_seqs=256, batch_size=64, gen_tokens=24, train_tokens=102_400
             ),
             needs="a CPU (2 cores), no network",
             task="code_recall",  # the tiny model does not learn IOI
@@ -87,7 +120,7 @@ PROFILES: dict[str, ProfileSpec] = {
                 tuple(f"blocks.8.hook_resid_pre_{w}" for w in (768, 1536, 3072, 6144, 12288)),
             ),
             dataset="NeelNanda/pile-10k",  # parquet; openwebtext ships a loading script
-            sizes=dict(
+            sizes=Sizes(
                 seq_len=128, n_seqs=1024, batch_size=32, gen_tokens=32, train_tokens=2_048_000
             ),
             needs="a GPU or Colab, internet",
@@ -108,7 +141,7 @@ PROFILES: dict[str, ProfileSpec] = {
                 tuple(f"layer_12/width_{w}/canonical" for w in ("16k", "65k", "262k")),
             ),
             dataset="monology/pile-uncopyrighted",
-            sizes=dict(
+            sizes=Sizes(
                 seq_len=128, n_seqs=512, batch_size=8, gen_tokens=32, train_tokens=2_048_000
             ),
             needs="a GPU with >= 24 GB, internet",
@@ -128,7 +161,7 @@ class Profile:
     model: HookedSAETransformer
     saes: dict[str, SAE]
     width_family: list[SAE]
-    sizes: dict[str, int]
+    sizes: Sizes
     device: str
     task_name: str
     _token_source: Callable[[int, int, int], Tensor] = field(repr=False)
@@ -137,8 +170,37 @@ class Profile:
         default=None, repr=False
     )
 
+    @classmethod
+    def from_spec(
+        cls,
+        spec: ProfileSpec,
+        loaded: tuple[HookedSAETransformer, dict[str, SAE], list[SAE]],
+        device: str,
+        token_source: Callable[[int, int, int], Tensor],
+        label_source: Callable[[int, int, int], dict[str, Tensor]] | None = None,
+        sizes: Sizes | None = None,
+    ) -> Profile:
+        """The profile ``spec`` describes, from its ``loaded`` (model, SAEs by role, family).
+
+        ``sizes`` defaults to the spec's; the sources give the rows of :meth:`tokens` and
+        the labels of :meth:`labeled_tokens`.
+        """
+        model, saes, family = loaded
+        return cls(
+            name=spec.name,
+            description=spec.description,
+            model=model,
+            saes=saes,
+            width_family=family,
+            sizes=spec.sizes if sizes is None else sizes,
+            device=device,
+            task_name=spec.task,
+            _token_source=token_source,
+            _label_source=label_source,
+        )
+
     def _rows_shape(self, n_seqs: object, seq_len: object) -> tuple[int, int]:
-        seq_len = self.sizes["seq_len"] if seq_len is None else seq_len
+        seq_len = self.sizes.seq_len if seq_len is None else seq_len
         if isinstance(n_seqs, bool) or not isinstance(n_seqs, int) or n_seqs < 1:
             raise ValueError(f"n_seqs must be a positive int, got {n_seqs!r}")
         if not isinstance(seq_len, int) or not 2 <= seq_len <= self.model.cfg.n_ctx:
@@ -155,17 +217,23 @@ class Profile:
         return self._token_source(n_seqs, seq_len, seed).to(self.device)
 
     def labeled_tokens(
-        self, n_seqs: int, seq_len: int | None = None, seed: int = 0
+        self,
+        n_seqs: int,
+        seq_len: int | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
     ) -> dict[str, Tensor] | None:
         """Ground-truth labels of exactly the rows ``tokens(n_seqs, seq_len, seed)`` returns.
 
-        A dict from label name to a bool tensor shaped like those rows (on the CPU), or None
-        on a profile without ground truth (only the tiny world has token labels).
+        A dict from label name to a bool tensor shaped like those rows, on ``device`` (the
+        CPU by default; pass ``profile.device`` to index them with masks of the tokens), or
+        None on a profile without ground truth (only the tiny world has token labels).
         """
         n_seqs, seq_len = self._rows_shape(n_seqs, seq_len)
         if self._label_source is None:
             return None
-        return self._label_source(n_seqs, seq_len, seed)
+        labels = self._label_source(n_seqs, seq_len, seed)
+        return {name: flags.to(device) for name, flags in labels.items()}
 
     def task(self, n: int = 16, seed: int = 0) -> LogitDiffTask:
         """A logit-difference task this profile's model solves (clean/corrupted prompt pairs)."""
@@ -259,25 +327,15 @@ def _load_tiny(device: str) -> Profile:
     from saebook.tinyworld import corpus_rows, labeled_batch
     from saebook.tinyworld.shipped import load_shipped
 
-    spec = PROFILES["tiny"]
-    model, saes, family = load_shipped(device=device)
-    return Profile(
-        name=spec.name,
-        description=spec.description,
-        model=model,
-        saes=saes,
-        width_family=family,
-        sizes=dict(spec.sizes),
-        device=device,
-        task_name=spec.task,
-        _token_source=lambda n, s, seed: corpus_rows(n, s, seed=seed, tokenizer=model.tokenizer),
-        _label_source=lambda n, s, seed: _labels_only(labeled_batch, n, s, seed, model),
+    loaded = load_shipped(device=device)
+    tokenizer = loaded[0].tokenizer
+    return Profile.from_spec(
+        PROFILES["tiny"],
+        loaded,
+        device,
+        token_source=lambda n, s, seed: corpus_rows(n, s, seed=seed, tokenizer=tokenizer),
+        label_source=lambda n, s, seed: labeled_batch(n, s, seed=seed, tokenizer=tokenizer)[1],
     )
-
-
-def _labels_only(labeled_batch: Callable, n: int, s: int, seed: int, model) -> dict[str, Tensor]:
-    """The labels of :func:`saebook.tinyworld.labeled_batch` (its rows are the token source's)."""
-    return labeled_batch(n, s, seed=seed, tokenizer=model.tokenizer)[1]
 
 
 HUB_HOST = ("huggingface.co", 443)
@@ -370,16 +428,15 @@ def _hub_token_source(
 SIZES_ENV_VAR = "SAEBOOK_SIZES"
 
 
-def _sizes(spec: ProfileSpec) -> dict[str, int]:
+def _sizes(spec: ProfileSpec) -> Sizes:
     """The profile's sizes, with ``$SAEBOOK_SIZES`` (JSON, e.g. ``{"n_seqs": 64}``) applied.
 
     The override exists for rehearsals at reduced token counts (``scripts/rehearse.py``);
-    only sizes the profile already has may be set, to positive ints.
+    only fields of :class:`Sizes` may be set, to positive ints.
     """
-    sizes = dict(spec.sizes)
     raw = os.environ.get(SIZES_ENV_VAR, "").strip()
     if not raw:
-        return sizes
+        return spec.sizes
     import json
 
     try:
@@ -388,13 +445,13 @@ def _sizes(spec: ProfileSpec) -> dict[str, int]:
         raise ValueError(f"${SIZES_ENV_VAR} must be a JSON object, got {raw!r}") from err
     if not isinstance(override, dict):
         raise ValueError(f"${SIZES_ENV_VAR} must be a JSON object, got {raw!r}")
-    for key, value in override.items():
-        if key not in sizes or not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"${SIZES_ENV_VAR} may set {sorted(sizes)} to positive ints, got {key}={value!r}"
-            )
-    sizes.update(override)
-    return sizes
+    try:
+        return spec.sizes.replace(**override)
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"${SIZES_ENV_VAR} may set {list(Sizes.names())} to positive ints, got {raw!r} "
+            f"({err})"
+        ) from err
 
 
 def _is_gated(err: BaseException) -> bool:
@@ -430,14 +487,10 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
     }
     release, ids = spec.width_family
     family = [SAE.from_pretrained(release, i, device=device) for i in ids]
-    return Profile(
-        name=spec.name,
-        description=spec.description,
-        model=model,
-        saes=saes,
-        width_family=family,
+    return Profile.from_spec(
+        spec,
+        (model, saes, family),
+        device,
+        token_source=_hub_token_source(model, spec.dataset),
         sizes=_sizes(spec),
-        device=device,
-        task_name=spec.task,
-        _token_source=_hub_token_source(model, spec.dataset),
     )

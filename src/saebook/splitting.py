@@ -13,6 +13,8 @@ the next narrower SAE is its *child*. This module
 * finds the latent of the narrowest SAE whose tree has the most leaves (:func:`most_split`);
 * measures how well the children together cover the tokens where the parent fires
   (:func:`split_coverage`), and draws the tree as a Sankey diagram (:func:`split_sankey`).
+
+Chapters: deeper/01
 """
 
 from __future__ import annotations

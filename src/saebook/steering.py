@@ -8,6 +8,8 @@ hook for residual-stream and block-output SAEs, at the attention (MLP) output fo
 appears in the generated text, and how surprised the *unsteered* model is by that text (a
 fluency cost). :func:`steering_sweep` measures both over a range of coefficients, with the
 same sampling seed for every coefficient, so coefficient 0 reproduces plain generation.
+
+Chapters: intro/06
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 hardest. Chapters that show many latents at once (split trees, maps of the dictionary,
 meta-latent groups) need one short string per latent: the most frequent tokens among those
 top examples (:func:`top_tokens`), or one example in context (:func:`context_snippet`).
+
+Chapters: deeper/01, deeper/02, deeper/03, deeper/04
 """
 
 from __future__ import annotations

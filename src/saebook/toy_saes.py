@@ -19,6 +19,8 @@ Around them: :func:`train_sae` (with optional resampling of dead latents,
 :func:`resample_dead_latents`), feature matching against known directions
 (:func:`match_features`, :func:`recovered_features`) and shrinkage measures
 (:func:`norm_ratio`, :func:`activation_ratio`).
+
+Chapters: toy_models/02, toy_models/03
 """
 
 from __future__ import annotations

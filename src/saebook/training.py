@@ -5,6 +5,8 @@ batches (about 3x faster on a CPU than running the language model inside the tra
 SAELens 6 has no transcoder trainer, so :func:`train_transcoder` is a short loop over a
 SAELens ``Transcoder``. Both return inference SAELens objects, ready for
 ``HookedSAETransformer``.
+
+Chapters: intro/07, deeper/03, training/01, training/02, training/04
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ __all__ = [
     "train_planted_faults",
     "curve_signatures",
     "train_topk_sae",
+    "check_training_run",
     "train_transcoder",
     "topk_adam_steps",
 ]
@@ -144,6 +147,25 @@ def _batches(
             yield tensors[0][idx] if len(tensors) == 1 else tuple(t[idx] for t in tensors)
 
 
+def check_training_run(
+    activations: Tensor, d_sae: int, batch_size: int, total_samples: int
+) -> None:
+    """Check the arguments every SAE training run shares, naming the first bad one.
+
+    ``activations``: 2-D, floating, finite, with at least ``batch_size`` rows; ``d_sae`` and
+    ``batch_size`` positive ints; ``total_samples`` at least one batch.
+    """
+    check_tensor("activations", activations, ndim=2, floating=True, finite=True)
+    check_int("d_sae", d_sae)
+    check_int("batch_size", batch_size)
+    check_int("total_samples", total_samples, minimum=batch_size)  # at least one step
+    if activations.shape[0] < batch_size:
+        raise ValueError(
+            f"activations must have at least batch_size={batch_size} rows, "
+            f"got {activations.shape[0]}"
+        )
+
+
 def train_topk_sae(
     activations: Float[Tensor, "n d_in"],
     d_sae: int,
@@ -163,14 +185,10 @@ def train_topk_sae(
     when spliced into a model, while training on its flattened rows. ``device`` is where it
     trains and is returned (default: the device of ``activations``).
     """
-    check_tensor("activations", activations, ndim=2, floating=True, finite=True)
-    check_int("d_sae", d_sae)
+    check_training_run(activations, d_sae, batch_size, total_samples)
     check_int("k", k)
-    check_int("batch_size", batch_size)
-    check_int("total_samples", total_samples, minimum=batch_size)  # at least one step
     if k >= d_sae:
         raise ValueError(f"k must be smaller than d_sae ({d_sae}), got {k}")
-    torch.manual_seed(seed)
     cfg = TopKTrainingSAEConfig(
         d_in=activations.shape[1],
         d_sae=d_sae,
@@ -178,22 +196,19 @@ def train_topk_sae(
         reshape_activations="hook_z" if reshape_hook_z else "none",
         metadata=SAEMetadata(**metadata),
     )
-    sae = TopKTrainingSAE(cfg)
-    inference, *_ = _fit(
-        sae,
+    return train_sae(
         activations,
+        cfg,
         total_samples,
-        batch_size,
-        lr,
-        seed,
-        device,
-        True,
-        lr_scheduler_name="cosineannealing",
+        batch_size=batch_size,
+        lr=lr,
         lr_warm_up_steps=50,
+        lr_scheduler_name="cosineannealing",
         dead_feature_window=200,
         feature_sampling_window=500,
-    )
-    return inference
+        seed=seed,
+        device=device,
+    ).sae
 
 
 def train_transcoder(
@@ -394,6 +409,7 @@ def train_sae(
     lr_warm_up_steps: int | None = None,
     lr_scheduler_name: str = "constant",
     dead_feature_window: int = 100,
+    feature_sampling_window: int | None = None,
     checkpoint_path: str | Path | None = None,
     n_checkpoints: int = 0,
     seed: int = 0,
@@ -403,7 +419,8 @@ def train_sae(
     """Train the SAE described by ``config`` on rows of ``activations`` with SAELens.
 
     Batches of ``batch_size`` rows are drawn (reshuffled every pass) until ``total_samples``
-    rows have been seen. ``lr_warm_up_steps`` defaults to 5% of the steps. With
+    rows have been seen. ``lr_warm_up_steps`` defaults to 5% of the steps and
+    ``feature_sampling_window`` (SAELens' window for firing statistics) to all of them. With
     ``checkpoint_path`` SAELens saves ``n_checkpoints`` intermediate checkpoints and the final
     one there (each loadable with ``SAE.load_from_disk``). Returns a :class:`TrainingRun` whose
     ``sae`` is the inference SAE after a save/load round trip through SAELens' format, so what
@@ -434,7 +451,9 @@ def train_sae(
         lr_scheduler_name=lr_scheduler_name,
         lr_warm_up_steps=warm,
         dead_feature_window=dead_feature_window,
-        feature_sampling_window=max(steps, 1),
+        feature_sampling_window=(
+            max(steps, 1) if feature_sampling_window is None else feature_sampling_window
+        ),
         n_checkpoints=n_checkpoints,
         checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
         save_final_checkpoint=checkpoint_path is not None,

@@ -17,6 +17,8 @@ predicts what a latent responds to from weights alone:
 
 :func:`de_embedding_overlap` then checks the prediction against the tokens where each latent
 actually fires hardest, with a chance level from other latents' predictions.
+
+Chapters: circuits/02, circuits/03
 """
 
 from __future__ import annotations
