@@ -170,14 +170,17 @@ def test_dla_equals_transformer_lens_logit_attrs(tiny_and_folded, reference_row)
     tl_attrs = cache.logit_attrs(tl_comps, tokens=task.answer, incorrect_tokens=task.wrong,
                                  pos_slice=-1)
     worst_comp = float((ours_comp - tl_attrs.squeeze()).abs().max())
-    ok = worst <= 1e-5 and worst_comp <= 1e-5
+    # float32 round-off grows with the size of what is compared (components reach tens of
+    # logits): the tolerance is 1e-5 relative to the largest value, and at least 1e-5 absolute
+    tol_comp = 1e-5 * max(1.0, float(tl_attrs.abs().max()))
+    ok = worst <= 1e-5 and worst_comp <= tol_comp
     reference_row(
         technique="direct logit attribution (latents and components)",
         reference="TransformerLens cache.logit_attrs / decompose_resid on a fold_ln=True model",
         quantity="max |difference| in logit difference",
         measured=f"{worst:.1e} on latents, {worst_comp:.1e} on {len(labels)} components "
         "(12 code-recall prompts)",
-        tolerance="1e-5",
+        tolerance=f"1e-5 (latents); {tol_comp:.1e} = 1e-5 x largest component value",
         ok=ok,
     )
-    assert ok, (worst, worst_comp)
+    assert ok, (worst, worst_comp, tol_comp)
