@@ -89,9 +89,7 @@ class HiddenLayerModel(nn.Module):
         if not tied:
             W_out = torch.randn(n_instances, n_features, n_hidden, generator=generator) * std
             self.W_out = nn.Parameter(W_out)
-        self.b_hidden = nn.Parameter(
-            torch.zeros(n_instances, n_hidden), requires_grad=hidden_bias
-        )
+        self.b_hidden = nn.Parameter(torch.zeros(n_instances, n_hidden), requires_grad=hidden_bias)
         self.b_out = nn.Parameter(torch.zeros(n_instances, n_features))
 
     def output_weights(self) -> Float[Tensor, "instances features hidden"]:
@@ -212,7 +210,9 @@ def train_hidden_model(
     return loss.detach()
 
 
-def top_neuron_share(W: Float[Tensor, "*batch hidden features"]) -> Float[Tensor, "*batch features"]:
+def top_neuron_share(
+    W: Float[Tensor, "*batch hidden features"],
+) -> Float[Tensor, "*batch features"]:
     """Per feature (column ``W_i``), the share of its squared norm on its largest coordinate:
     ``max_j W_ji^2 / sum_j W_ji^2``.
 
