@@ -17,6 +17,7 @@ PART = "toy_models"
 CHAPTER_1 = "book/toy_models/01_superposition"
 CHAPTER_2 = "book/toy_models/02_saes_from_scratch"
 CHAPTER_3 = "book/toy_models/03_sae_variants"
+CHAPTER_4 = "book/toy_models/04_privileged_basis"
 
 
 # --- wrong implementations -------------------------------------------------------------------
@@ -253,6 +254,30 @@ def superposition_not_squared(W):
     return _superposition(W, square=False)
 
 
+def relu_hidden_without_hidden_relu(W, b, x):
+    return torch.relu(x @ W.T @ W + b)
+
+
+def relu_hidden_bias_inside(W, b, x):
+    return torch.relu(torch.relu(x @ W.T) @ W) + b
+
+
+def top_share_unsquared(W):
+    return W.abs().max(dim=0).values / W.abs().sum(dim=0).clamp_min(1e-8)
+
+
+def top_share_of_signed_max(W):
+    return W.max(dim=0).values.clamp_min(0) ** 2 / W.pow(2).sum(dim=0).clamp_min(1e-8)
+
+
+def abs_loss_against_x(output, x, importance):
+    return (importance * (output - x) ** 2).mean(dim=(0, 2))
+
+
+def abs_loss_unweighted(output, x, importance):
+    return ((output - x.abs()) ** 2).mean(dim=(0, 2))
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_toy_forward": [forward_without_relu, forward_relu_before_bias],
     "check_feature_dimensionality": [
@@ -285,6 +310,9 @@ WRONG: dict[str, list[Callable]] = {
         matching_not_one_to_one,
         matching_optimal,
     ],
+    "check_relu_hidden_forward": [relu_hidden_without_hidden_relu, relu_hidden_bias_inside],
+    "check_top_neuron_share": [top_share_unsquared, top_share_of_signed_max],
+    "check_abs_loss": [abs_loss_against_x, abs_loss_unweighted],
     "check_superposition_measure": [
         superposition_including_self,
         superposition_both_normalised,
@@ -296,6 +324,9 @@ STUBS: dict[str, Callable] = {"check_jumprelu_function": JumpReLUStub}
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_gated_loss": (CHAPTER_3, "gated_loss"),
+    "check_relu_hidden_forward": (CHAPTER_4, "relu_hidden_forward"),
+    "check_top_neuron_share": (CHAPTER_4, "top_neuron_share"),
+    "check_abs_loss": (CHAPTER_4, "abs_loss"),
     "check_superposition_measure": (CHAPTER_1, "superposition"),
     "check_greedy_matching": (CHAPTER_2, "greedy_match"),
     "check_toy_forward": (CHAPTER_1, "toy_forward"),

@@ -13,7 +13,7 @@ tensors carry an ``instances`` axis.
 This module generates the synthetic data, trains the models and measures their geometry
 (feature norms, interference, dimensionality); the plotting helpers return plotly figures.
 
-Chapters: toy_models/01, toy_models/02, toy_models/03
+Chapters: toy_models/01, toy_models/02, toy_models/03, toy_models/04
 """
 
 from __future__ import annotations

@@ -104,6 +104,7 @@ from saebook.checks.intro import (  # noqa: F401
     reference_topk_encode,
 )
 from saebook.checks.toy_models import (  # noqa: F401
+    check_abs_loss,
     check_dead_latents,
     check_feature_dimensionality,
     check_gated_loss,
@@ -111,8 +112,10 @@ from saebook.checks.toy_models import (  # noqa: F401
     check_jumprelu_function,
     check_max_cosine_similarity,
     check_rectangle,
+    check_relu_hidden_forward,
     check_sae_loss,
     check_superposition_measure,
+    check_top_neuron_share,
     check_topk_activation,
     check_toy_forward,
     check_weighted_mse,
@@ -156,6 +159,9 @@ __all__ = [
     "check_gated_loss",
     "check_greedy_matching",
     "check_superposition_measure",
+    "check_relu_hidden_forward",
+    "check_top_neuron_share",
+    "check_abs_loss",
     "reference_toy_forward",
     "reference_sae_loss",
     "reference_max_cosine_similarity",

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saebook import toy_models, toy_saes
+from saebook import toy_computation, toy_models, toy_saes
 from saebook.checks.core import Case, _generator, check_function
 
 # --- Part 0, chapter 1: superposition -------------------------------------------------------
@@ -386,3 +386,60 @@ def check_gated_loss(fn: Callable[[Tensor, dict, float], tuple]) -> None:
         }
 
     check_function(reader, _gated_reference, cases, atol=1e-5, rtol=1e-4)
+
+
+# --- Part 0, chapter 4: privileged basis and computation in superposition -------------------
+
+
+def check_relu_hidden_forward(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(W, b, x) -> ReLU(W^T ReLU(W x) + b)`` for one tied ReLU-hidden-layer model,
+    against :func:`saebook.toy_computation.relu_hidden_forward`. Cases include weights with
+    negative entries (where the hidden ReLU clips) and an all-negative bias."""
+    g = _generator(4)
+    W = torch.randn(3, 6, generator=g)
+    b = torch.randn(6, generator=g) * 0.3
+    x = torch.rand(8, 6, generator=g)
+    cases: list[Case] = [
+        ("random", (W, b, x), {}),
+        ("negative weights only", (-W.abs(), b, x), {}),
+        ("zero input", (W, b, torch.zeros(3, 6)), {}),
+        ("negative bias", (W, -torch.full((6,), 4.0), x), {}),
+        ("signed input", (W, b, torch.rand(5, 6, generator=g) * 2 - 1), {}),
+    ]
+    check_function(fn, toy_computation.relu_hidden_forward, cases)
+
+
+def check_top_neuron_share(fn: Callable[[Tensor], Tensor]) -> None:
+    """Check ``fn(W) -> (features,)``: per column ``W_i`` of ``W`` ``(hidden, features)``,
+    ``max_j W_ji^2 / sum_j W_ji^2`` (0 for a zero column), against
+    :func:`saebook.toy_computation.top_neuron_share`."""
+    g = _generator(5)
+    random = torch.randn(4, 5, generator=g)
+    with_zero = random.clone()
+    with_zero[:, 1] = 0
+    cases: list[Case] = [
+        ("random", (random,), {}),
+        ("basis aligned", (torch.eye(3) * torch.tensor([2.0, -1.0, 0.5]),), {}),
+        ("negative largest entry", (torch.tensor([[0.5, -3.0], [-2.0, 1.0]]),), {}),
+        ("a zero column", (with_zero,), {}),
+        ("one neuron", (torch.randn(1, 4, generator=g),), {}),
+    ]
+    check_function(fn, toy_computation.top_neuron_share, cases)
+
+
+def check_abs_loss(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(output, x, importance) -> (instances,)``: the importance-weighted squared
+    error of ``output`` against ``|x|``, averaged over batch and features, against
+    :func:`saebook.toy_computation.abs_loss`."""
+    g = _generator(6)
+    x = torch.rand(16, 3, 5, generator=g) * 2 - 1
+    out = torch.rand(16, 3, 5, generator=g)
+    imp = 0.8 ** torch.arange(5.0)
+    cases: list[Case] = [
+        ("random", (out, x, imp), {}),
+        ("perfect output", (x.abs(), x, imp), {}),
+        ("negative inputs only", (out, -x.abs(), imp), {}),
+        ("equal importance", (out, x, torch.ones(5)), {}),
+        ("batch of one", (out[:1], x[:1], imp), {}),
+    ]
+    check_function(fn, toy_computation.abs_loss, cases)
