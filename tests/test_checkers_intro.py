@@ -419,7 +419,59 @@ def ce_clean_model(model, sae, tokens):
         return float(model(tokens, return_type="loss"))
 
 
+def list_url_with_integer_indices(neuronpedia_id, indices, name):
+    import json
+    import urllib.parse
+
+    model_id, source = neuronpedia_id.split("/", 1)
+    items = [{"modelId": model_id, "layer": source, "index": i} for i in indices]
+    return ("https://www.neuronpedia.org/quick-list/?name=" + urllib.parse.quote(name)
+            + "&features=" + urllib.parse.quote(json.dumps(items)))  # fmt: skip
+
+
+def list_url_with_an_unquoted_name(neuronpedia_id, indices, name):
+    import json
+    import urllib.parse
+
+    model_id, source = neuronpedia_id.split("/", 1)
+    items = [{"modelId": model_id, "layer": source, "index": str(i)} for i in indices]
+    return ("https://www.neuronpedia.org/quick-list/?name=" + name
+            + "&features=" + urllib.parse.quote(json.dumps(items)))  # fmt: skip
+
+
+def top_activations_unsorted(payload, k):
+    return [
+        (r["tokens"][r["maxValueTokenIndex"]], r["maxValue"]) for r in payload["activations"][:k]
+    ]
+
+
+def top_activations_one_token_late(payload, k):
+    records = sorted(payload["activations"], key=lambda r: -r["maxValue"])[:k]
+    return [(r["tokens"][min(r["maxValueTokenIndex"] + 1, len(r["tokens"]) - 1)], r["maxValue"])
+            for r in records]  # fmt: skip
+
+
+def rank_hits_keeping_duplicates(payload, k):
+    rows = [(r["layer"], int(r["index"]), r.get("cosine_similarity", r.get("score")))
+            for r in payload["results"]]  # fmt: skip
+    rows = [r for r in rows if r[2] is not None]
+    return sorted(rows, key=lambda r: (-r[2], r[0], r[1]))[:k]
+
+
+def rank_hits_first_score(payload, k):
+    best = {}
+    for r in payload["results"]:
+        score = r.get("cosine_similarity", r.get("score"))
+        if score is not None:
+            best.setdefault((r["layer"], int(r["index"])), score)
+    ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0][0], kv[0][1]))
+    return [(a, b, s) for (a, b), s in ranked[:k]]
+
+
 WRONG: dict[str, list[Callable]] = {
+    "check_list_url": [list_url_with_integer_indices, list_url_with_an_unquoted_name],
+    "check_top_activations": [top_activations_unsorted, top_activations_one_token_late],
+    "check_rank_hits": [rank_hits_keeping_duplicates, rank_hits_first_score],
     "check_top_logits": [
         top_logits_smallest,
         top_logits_from_the_encoder,
@@ -486,6 +538,9 @@ WRONG: dict[str, list[Callable]] = {
 }
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
+    "check_list_url": ("book/intro/08_neuronpedia", "quick_list_url"),
+    "check_top_activations": ("book/intro/08_neuronpedia", "top_activations"),
+    "check_rank_hits": ("book/intro/08_neuronpedia", "rank_hits"),
     "check_top_logits": ("book/intro/03_latent_dashboards", "top_logits"),
     "check_head_norms": ("book/intro/05_attention_saes", "head_norms"),
     "check_steering_hook": ("book/intro/06_steering", "make_steering_hook"),

@@ -18,8 +18,8 @@ contexts. Computing these one latent at a time means one pass of the model per l
 Memory is that of one batch plus the fixed-size outputs: it does not grow with the number of
 rows. The result, :class:`LatentStats`, knows how to turn its buffers into examples.
 
-Chapters: intro/03, intro/06, deeper/01, deeper/02, deeper/03, deeper/04, deeper/05, deeper/06,
-deeper/07, training/02, training/03, circuits/02
+Chapters: intro/03, intro/06, intro/08, deeper/01, deeper/02, deeper/03, deeper/04, deeper/05,
+deeper/06, deeper/07, training/02, training/03, circuits/02
 """
 
 from __future__ import annotations

@@ -812,3 +812,125 @@ def check_topk_thresholds(fn: Callable[[Tensor, Tensor], Tensor]) -> None:
         return torch.as_tensor(fn(pre, acts)).float()
 
     check_function(reader, reference, cases)
+
+
+# --- Part 1, chapter 8: Neuronpedia workflows ----------------------------------------------
+
+#: Neuronpedia ids the URL checker builds lists for (real ids of public SAEs, and an odd one).
+_NP_IDS = ("gpt2-small/8-res-jb", "gemma-2-2b/20-gemmascope-res-16k", "pythia-70m-deduped/3-res-sm")
+
+
+def reference_list_url(neuronpedia_id: str, indices: list[int], name: str) -> str:
+    """:func:`saebook.neuronpedia.list_url` for an SAE's id (the reference)."""
+    from saebook.neuronpedia import list_url
+
+    return list_url(neuronpedia_id, list(indices), name)
+
+
+def check_list_url(fn: Callable[[str, list[int], str], str]) -> None:
+    """Check ``fn(neuronpedia_id, indices, name) -> str``: a Neuronpedia quick-list URL.
+
+    The URL is ``https://www.neuronpedia.org/quick-list/?name=<quoted name>&features=<quoted
+    JSON>``, the JSON a list of ``{"modelId", "layer", "index"}`` (index as a string) in the
+    order given, quoted with ``urllib.parse.quote``. Cases: one latent, several, a repeated
+    latent, a name with spaces and ``&``, and a source with several dashes.
+    """
+    cases: list[Case] = [
+        ("one latent", (_NP_IDS[0], [6], "one"), {}),
+        ("three latents in the given order", (_NP_IDS[0], [9, 2, 40], "three"), {}),
+        ("a repeated latent", (_NP_IDS[2], [5, 5], "twice"), {}),
+        ("a name with spaces and &", (_NP_IDS[1], [123], "cats & dogs list"), {}),
+        ("a gemma-scope source", (_NP_IDS[1], [0, 16383], "edges"), {}),
+    ]
+    check_function(fn, reference_list_url, cases)
+
+
+def reference_top_activations(payload: dict, k: int) -> list[tuple[str, float]]:
+    """``(token at the maximum, maxValue)`` of a feature JSON's ``k`` strongest contexts."""
+    from saebook.neuronpedia import parse_feature, top_activation_tokens
+
+    return top_activation_tokens(parse_feature(payload), k)
+
+
+def _feature_payload(records: list[tuple[list[str], list[float]]]) -> dict:
+    acts = [
+        {
+            "tokens": tokens,
+            "values": values,
+            "maxValue": max(values),
+            "maxValueTokenIndex": values.index(max(values)),
+        }
+        for tokens, values in records
+    ]
+    return {"modelId": "m", "layer": "1-x", "index": "0", "activations": acts}
+
+
+def check_top_activations(fn: Callable[[dict, int], list[tuple[str, float]]]) -> None:
+    """Check ``fn(payload, k)``: the top contexts of a ``GET /api/feature`` answer.
+
+    For the ``k`` contexts with the largest ``maxValue`` (largest first; ties keep the
+    answer's order), ``(tokens[maxValueTokenIndex], maxValue)``. Cases: the shipped offline
+    fixture, contexts out of order, the peak on the first and last token, ties, ``k`` larger
+    than the number of contexts, and ``k = 0``.
+    """
+    from saebook.neuronpedia import load_fixture
+
+    shuffled = _feature_payload(
+        [
+            (["<b>", " a", " cat"], [0.0, 0.5, 2.0]),
+            (["<b>", " dog", " ran"], [0.0, 4.0, 1.0]),
+            (["<b>", " the"], [0.0, 0.25]),
+        ]
+    )
+    edges = _feature_payload([(["<b>", " x"], [0.0, 1.0]), (["first", " y"], [3.0, 0.0])])
+    ties = _feature_payload([(["<b>", " p"], [0.0, 1.0]), (["<b>", " q"], [0.0, 1.0])])
+    cases: list[Case] = [
+        ("the shipped fixture, k=3", (load_fixture("feature"), 3), {}),
+        ("contexts out of order, k=2", (shuffled, 2), {}),
+        ("the peak on the first and last token, k=2", (edges, 2), {}),
+        ("two contexts tied, k=2", (ties, 2), {}),
+        ("k larger than the number of contexts", (shuffled, 10), {}),
+        ("k=0", (shuffled, 0), {}),
+    ]
+    check_function(fn, reference_top_activations, cases)
+
+
+def reference_rank_hits(payload: dict, k: int) -> list[tuple[str, int, float]]:
+    """:func:`saebook.neuronpedia.rank_explanations` of a parsed explanation search answer."""
+    from saebook.neuronpedia import parse_explanation_search, rank_explanations
+
+    return rank_explanations(parse_explanation_search(payload), k)
+
+
+def _search_payload(rows: list[tuple[str, int, float | None]]) -> dict:
+    results = [
+        {"modelId": "m", "layer": source, "index": str(index), "description": "d"}
+        | ({} if score is None else {"cosine_similarity": score})
+        for source, index, score in rows
+    ]
+    return {"results": results}
+
+
+def check_rank_hits(fn: Callable[[dict, int], list[tuple[str, int, float]]]) -> None:
+    """Check ``fn(payload, k)``: the best distinct latents of an explanation search answer.
+
+    Each latent (``layer``, ``index`` as an int) counts once with its best score
+    (``cosine_similarity``, else ``score``); results without a score are dropped; the ``k``
+    best come as ``(layer, index, score)``, largest score first, ties by layer then index.
+    Cases: the shipped fixture, a latent with two explanations, ties, missing scores and
+    ``k`` larger than the number of latents.
+    """
+    from saebook.neuronpedia import load_fixture
+
+    twice = _search_payload([("1-x", 4, 0.3), ("1-x", 9, 0.5), ("1-x", 4, 0.8)])
+    ties = _search_payload([("2-x", 1, 0.5), ("1-x", 7, 0.5), ("1-x", 3, 0.5)])
+    unscored = _search_payload([("1-x", 1, None), ("1-x", 2, 0.1)])
+    cases: list[Case] = [
+        ("the shipped fixture, k=5", (load_fixture("explanation_search"), 5), {}),
+        ("a latent with two explanations, k=2", (twice, 2), {}),
+        ("three tied scores, k=3", (ties, 3), {}),
+        ("a result without a score, k=2", (unscored, 2), {}),
+        ("k larger than the number of latents", (twice, 10), {}),
+        ("k=1", (twice, 1), {}),
+    ]
+    check_function(fn, reference_rank_hits, cases)
