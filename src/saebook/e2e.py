@@ -87,7 +87,7 @@ def cache_resid(
     """The residual stream at ``hook_name`` over ``tokens`` (whole sequences, not flattened:
     the layers after the hook attend across positions) and the mask of non-BOS positions,
     where an SAE is spliced in. The forward pass stops at the hook's layer."""
-    layer = resid_layer(model, hook_name)
+    resid_layer(model, hook_name)
     tokens = check_tokens(tokens, model)
     check_int("batch_size", batch_size)
     chunks = []
