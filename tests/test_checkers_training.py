@@ -252,7 +252,40 @@ def correlations_per_latent(latents, features):
     return values, indices
 
 
+def kl_reversed(clean, new, keep):
+    log_p, log_q = clean.log_softmax(-1), new.log_softmax(-1)
+    return (log_q.exp() * (log_q - log_p)).sum(-1)[keep].mean()
+
+
+def kl_over_every_position(clean, new, keep):
+    log_p, log_q = clean.log_softmax(-1), new.log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def splice_everywhere(resid, reconstruction, keep):
+    return reconstruction
+
+
+def splice_inverted(resid, reconstruction, keep):
+    return torch.where(keep[..., None], resid, reconstruction)
+
+
+def downstream_mse_per_element(clean, new, keep):
+    return torch.stack(
+        [(n - c).pow(2)[keep].mean() for c, n in zip(clean, new, strict=True)]
+    ).mean()
+
+
+def downstream_mse_summed_over_layers(clean, new, keep):
+    return torch.stack(
+        [(n - c).pow(2).sum(-1)[keep].mean() for c, n in zip(clean, new, strict=True)]
+    ).sum()
+
+
 WRONG: dict[str, list[Any]] = {
+    "check_e2e_kl_loss": [kl_reversed, kl_over_every_position],
+    "check_splice": [splice_everywhere, splice_inverted],
+    "check_downstream_mse": [downstream_mse_per_element, downstream_mse_summed_over_layers],
     "check_diagnosis": [DIAGNOSIS_SWAPPED, DIAGNOSIS_INCOMPLETE],
     "check_l2_ratio": [l2_ratio_of_means, l2_ratio_squared],
     "check_top_k_by_mean_difference": [top_k_largest_gap_signed, top_k_largest_means],
@@ -302,6 +335,9 @@ WRONG: dict[str, list[Any]] = {
 }
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
+    "check_e2e_kl_loss": ("book/training/05_end_to_end_saes", "my_kl_loss"),
+    "check_splice": ("book/training/05_end_to_end_saes", "my_splice"),
+    "check_downstream_mse": ("book/training/05_end_to_end_saes", "my_downstream_mse"),
     "check_standard_sae_loss": ("book/training/01_training_with_saelens", "standard_sae_loss"),
     "check_topk_sae_loss": ("book/training/01_training_with_saelens", "topk_sae_loss"),
     "check_topk_training_loop": ("book/training/01_training_with_saelens", "train_topk"),

@@ -4,7 +4,7 @@ Given latent activations and boolean labels over the same token positions, say f
 label how well the single best latent detects it, and how much of it the group of
 high-precision latents covers together (SAEs often split one category across contexts).
 
-Chapters: intro/03, intro/06, deeper/01, deeper/02, deeper/03, training/04
+Chapters: intro/03, intro/06, deeper/01, deeper/02, deeper/03, training/04, training/05
 """
 
 from __future__ import annotations

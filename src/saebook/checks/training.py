@@ -455,3 +455,62 @@ def check_max_correlations(fn: Callable[[Tensor, Tensor], tuple]) -> None:
         return torch.as_tensor(values).float(), torch.as_tensor(indices).long()
 
     check_function(reader, max_correlations, cases, atol=1e-4)
+
+
+# --- Part 4 chapter 5: end-to-end SAEs -----------------------------------------------------
+
+
+def _e2e_inputs(seed: int, rows: int, seq: int, width: int, bos: bool) -> tuple:
+    g = _generator(seed)
+    a = torch.randn(rows, seq, width, generator=g) * 2
+    b = a + torch.randn(rows, seq, width, generator=g)
+    keep = torch.rand(rows, seq, generator=g) > 0.3
+    keep[:, 0] = not bos
+    keep[0, 1] = True  # at least one kept position
+    return a, b, keep
+
+
+def check_e2e_kl_loss(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(clean_logits, new_logits, keep) -> scalar`` against
+    :func:`saebook.e2e.kl_loss`: the mean over kept positions of KL(p_clean || p_new)."""
+    from saebook.e2e import kl_loss
+
+    cases: list[Case] = [
+        ("random logits, BOS column dropped", _e2e_inputs(0, 3, 5, 11, True), {}),
+        ("every position kept", _e2e_inputs(1, 2, 4, 7, False), {}),
+        (
+            "identical logits",
+            (lambda a, _, k: (a, a.clone(), k))(*_e2e_inputs(2, 2, 3, 5, True)),
+            {},
+        ),
+    ]
+    check_function(lambda *a: torch.as_tensor(fn(*a)).float(), kl_loss, cases, atol=1e-5)
+
+
+def check_splice(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    """Check ``fn(resid, reconstruction, keep) -> (rows, seq, d)`` against
+    :func:`saebook.e2e.splice`: the reconstruction at kept positions, the original elsewhere."""
+    from saebook.e2e import splice
+
+    cases: list[Case] = [
+        ("BOS column kept original", _e2e_inputs(3, 3, 5, 4, True), {}),
+        ("every position spliced", _e2e_inputs(4, 2, 4, 3, False), {}),
+    ]
+    check_function(fn, splice, cases)
+
+
+def check_downstream_mse(fn: Callable[[list, list, Tensor], Tensor]) -> None:
+    """Check ``fn(clean, new, keep) -> scalar`` against :func:`saebook.e2e.downstream_mse`:
+    per layer the squared error summed over ``d`` and averaged over kept positions, then the
+    mean over layers."""
+    from saebook.e2e import downstream_mse
+
+    def layers(seed: int, n: int) -> tuple:
+        pairs = [_e2e_inputs(seed + i, 2, 5, 6, True) for i in range(n)]
+        return [p[0] * (i + 1) for i, p in enumerate(pairs)], [p[1] for p in pairs], pairs[0][2]
+
+    cases: list[Case] = [
+        ("one layer", layers(5, 1), {}),
+        ("three layers of different scale", layers(6, 3), {}),
+    ]
+    check_function(lambda *a: torch.as_tensor(fn(*a)).float(), downstream_mse, cases, atol=1e-4)
