@@ -122,7 +122,7 @@ def test_attribution_patching_is_the_derivative(world, reference_row):
     reference_row(technique="sparse feature circuits: attribution patching of nodes",
                   reference="central finite differences of a partial patch (forward passes)",
                   quantity="relative error", measured=f"{worst:.2e} over 3 nodes",
-                  tolerance="< 5%")  # fmt: skip
+                  tolerance="< 5%", ok=worst < 0.05)  # fmt: skip
     assert worst < 0.05
 
 
