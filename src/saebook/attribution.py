@@ -269,8 +269,8 @@ def attribution_patching(
     position ``p`` of that prompt only, with the SAE spliced in with its error term (so the
     unedited run is the clean model; :func:`node_gradients` with one SAE). Prompts do not
     interact in a forward pass, so one backward pass of the *sum* of the per-prompt logit
-    differences gives every prompt's own gradient, at the scale of one prompt (back-propagating the mean would divide every entry
-    by the batch size).
+    differences gives every prompt's own gradient, at the scale of one prompt
+    (back-propagating the mean would divide every entry by the batch size).
 
     The mean over prompts of ``[:, -1, i]`` estimates :func:`ablation_effects`' effect of
     latent ``i`` (the mean over prompts of the exact per-prompt change); summing over
