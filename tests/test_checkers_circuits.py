@@ -265,6 +265,37 @@ def embedding_edge_gradient_norm(*args):
     return _embedding_edge(*args, dot=False)
 
 
+def splice_without_a_copy(sae, x):
+    acts = sae.encode(x)
+    error = x - sae.decode(acts)
+    return acts, error, sae.decode(acts) + error
+
+
+def splice_with_a_detached_error(sae, x):
+    acts = sae.encode(x)
+    error = (x - sae.decode(acts)).detach()
+    acts = acts.clone()
+    return acts, error, sae.decode(acts) + error
+
+
+def attribution_averaged_over_positions(acts_grad, error_grad, delta_acts, delta_error):
+    latents = (acts_grad * delta_acts).mean((0, 1))
+    return torch.cat([latents, (error_grad * delta_error).sum((1, 2)).mean()[None]])
+
+
+def attribution_summed_over_prompts(acts_grad, error_grad, delta_acts, delta_error):
+    latents = (acts_grad * delta_acts).sum((0, 1))
+    return torch.cat([latents, (error_grad * delta_error).sum()[None]])
+
+
+def faithfulness_without_the_empty_baseline(m_circuit, m_full, m_empty):
+    return m_circuit / m_full
+
+
+def faithfulness_over_the_full_metric(m_circuit, m_full, m_empty):
+    return (m_circuit - m_empty) / m_full
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_prediction_overlap": [overlap_chance_including_itself, overlap_of_unique_tokens],
     "check_latent_jacobian": [jacobian_transposed, jacobian_ignoring_the_relu],
@@ -294,6 +325,15 @@ WRONG: dict[str, list[Callable]] = {
         embedding_edge_without_the_position_embedding,
         embedding_edge_gradient_norm,
     ],
+    "check_error_node_splice": [splice_without_a_copy, splice_with_a_detached_error],
+    "check_node_attribution": [
+        attribution_averaged_over_positions,
+        attribution_summed_over_prompts,
+    ],
+    "check_faithfulness": [
+        faithfulness_without_the_empty_baseline,
+        faithfulness_over_the_full_metric,
+    ],
 }
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
@@ -308,6 +348,9 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_logit_influence": ("book/circuits/03_attribution_graphs", "influence_on_logits"),
     "check_graph_edge": ("book/circuits/03_attribution_graphs", "edge_to_logit"),
     "check_embedding_edge": ("book/circuits/03_attribution_graphs", "edge_from_embedding"),
+    "check_error_node_splice": ("book/circuits/04_sparse_feature_circuits", "splice"),
+    "check_node_attribution": ("book/circuits/04_sparse_feature_circuits", "node_attribution"),
+    "check_faithfulness": ("book/circuits/04_sparse_feature_circuits", "faithfulness"),
 }
 #: checker -> its arguments after the reader's function, from the tiny profile
 EXTRA_ARGS: dict[str, Callable[[Any], tuple]] = {
@@ -315,6 +358,7 @@ EXTRA_ARGS: dict[str, Callable[[Any], tuple]] = {
     "check_spliced_logits": lambda p: (p.model, p.saes["transcoder"], p.tokens(2, 16, seed=1)),
     "check_graph_edge": lambda p: _edge_args(p),
     "check_embedding_edge": lambda p: _edge_args(p),
+    "check_error_node_splice": lambda p: (p.saes["mlp"],),
 }
 _EDGE_ARGS: dict[int, tuple] = {}
 

@@ -9,10 +9,18 @@ decoder direction straight to the unembedding. :func:`integrated_attribution` av
 gradient along the path from the clean activations to zero (integrated gradients), which
 follows a non-linear effect better at the cost of a few more backward passes.
 
-Chapters: intro/04
+:func:`spliced_logits` and :func:`node_gradients` splice several SAEs into one forward pass,
+each with its reconstruction error kept as a node, and give the metric's gradient with
+respect to every latent and every error; :func:`attribution_patching` is their one-SAE case,
+and :mod:`saebook.feature_circuits` builds sparse feature circuits on them.
+
+Chapters: intro/04, circuits/04
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Float, Int
@@ -20,7 +28,7 @@ from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
 from saebook.directions import check_latents, decoder_directions, effective_unembedding
-from saebook.hooks import check_sae_hooks, sae_hooks
+from saebook.hooks import check_sae_hooks, flatten_heads, sae_hooks
 from saebook.tasks import LogitDiffTask
 from saebook.validate import check_int
 
@@ -30,7 +38,141 @@ __all__ = [
     "ablation_effects",
     "attribution_patching",
     "integrated_attribution",
+    "SiteNodes",
+    "splice_site",
+    "spliced_logits",
+    "node_gradients",
 ]
+
+#: ``edit(site, latents, error) -> (latents, error)``: changes one site's nodes in a splice.
+SiteEdit = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+class SiteNodes(NamedTuple):
+    """One SAE site's nodes in a spliced run: latents ``(batch, seq, d_sae)`` and the
+    reconstruction error ``(batch, seq, d_in)``, with the metric's gradients (None when no
+    gradient was taken)."""
+
+    acts: Tensor
+    error: Tensor
+    acts_grad: Tensor | None = None
+    error_grad: Tensor | None = None
+
+
+def splice_site(
+    sae: SAE, x: Tensor
+) -> tuple[Float[Tensor, "batch seq d_sae"], Float[Tensor, "batch seq d_in"], Tensor]:
+    """``(latents, error, output)`` of an SAE spliced in at an activation ``x`` (batch, seq, ...).
+
+    ``latents = encode(x)``, ``error = x - decode(latents)`` (flattened to ``(batch, seq,
+    d_in)``) and ``output = decode(latents) + error`` shaped like ``x``, equal to ``x``. The
+    returned latents are a fresh tensor used only by the decoder in ``output``, so the gradient
+    of the output with respect to them is the decoder's (the copy subtracted inside the error
+    would cancel it); the gradient with respect to ``x`` is the identity, through the error.
+    """
+    flat = flatten_heads(sae, x)
+    rows = x.shape[:2]
+    acts = sae.encode(flat)
+    error = flat.reshape(*rows, -1) - sae.decode(acts).reshape(*rows, -1)
+    acts = acts.clone()
+    return acts, error, (sae.decode(acts).reshape(*rows, -1) + error).reshape(x.shape)
+
+
+def _splice_hook(sae: SAE, site: int, edit: SiteEdit | None, out: list):
+    """The forward hook replacing an activation ``x`` by ``decode(latents) + error``."""
+
+    def hook(x: Tensor, hook) -> Tensor:
+        acts, error, output = splice_site(sae, x)
+        if edit is None:
+            out[site] = (acts, error)
+            return output
+        acts, error = edit(site, acts, error)
+        out[site] = (acts, error)
+        rows = x.shape[:2]
+        return (sae.decode(acts).reshape(*rows, -1) + error).reshape(x.shape)
+
+    return hook
+
+
+def spliced_logits(
+    model: HookedSAETransformer,
+    saes: Sequence[SAE],
+    tokens: Int[Tensor, "batch seq"],
+    edit: SiteEdit | None = None,
+    nodes: list | None = None,
+) -> Float[Tensor, "batch seq d_vocab"]:
+    """Logits with every SAE of ``saes`` spliced in at its hook, its error kept as a node.
+
+    At each SAE's hook the activation ``x`` becomes ``decode(a) + e`` with ``a = encode(x)``
+    and ``e = x - decode(a)``, so an unedited run reproduces the model exactly, and ``e``
+    depends on ``x`` with its gradient (unlike SAELens' ``use_error_term``, whose error is
+    computed without gradient): a change upstream reaches later sites through both their
+    latents and their errors. ``edit(site, a, e)`` may replace a site's nodes (site = index
+    in ``saes``); ``nodes``, a list of ``len(saes)`` entries, receives each site's
+    ``(a, e)`` as used. Each SAE must read and write one hook (a transcoder, which writes
+    another hook, is refused), and no two SAEs may share a hook.
+    """
+    if not saes:
+        raise ValueError("saes must hold at least one SAE, got none")
+    hooks = []
+    out = nodes if nodes is not None else [None] * len(saes)
+    if len(out) != len(saes):
+        raise ValueError(f"nodes must have {len(saes)} entries, got {len(out)}")
+    for site, sae in enumerate(saes):
+        hook_in, hook_out = check_sae_hooks(model, sae)
+        if hook_in != hook_out:
+            raise ValueError(
+                f"saes[{site}] must read and write the same hook, got {hook_in!r} -> "
+                f"{hook_out!r} (a transcoder replaces a computation; splice SAEs only)"
+            )
+        if hook_in in [h for h, _ in hooks]:
+            raise ValueError(f"saes[{site}] shares hook {hook_in!r} with an earlier SAE")
+        hooks.append((hook_in, _splice_hook(sae, site, edit, out)))
+    return model.run_with_hooks(tokens, fwd_hooks=hooks)
+
+
+def node_gradients(
+    model: HookedSAETransformer,
+    saes: Sequence[SAE],
+    tokens: Int[Tensor, "batch seq"],
+    metric: Callable[[Tensor], Tensor],
+    edit: SiteEdit | None = None,
+) -> list[SiteNodes]:
+    """Every site's latents and error, and the gradient of ``metric(logits)`` (a scalar) with
+    respect to each, in one forward and one backward pass of :func:`spliced_logits`.
+
+    A node's gradient counts the paths from that node forward (later sites recompute their
+    latents and errors), which is what patching the node alone changes. For per-prompt
+    gradients let ``metric`` sum a per-prompt quantity over the batch. Nodes that ``edit``
+    replaces by tensors without a graph become leaves whose gradient is still returned.
+    """
+
+    def keep(site: int, acts: Tensor, error: Tensor) -> tuple[Tensor, Tensor]:
+        if edit is not None:
+            acts, error = edit(site, acts, error)
+        for t in (acts, error):
+            if t.requires_grad:
+                t.retain_grad()
+            else:
+                t.requires_grad_(True)
+        return acts, error
+
+    nodes: list = [None] * len(saes)
+    with torch.enable_grad():
+        value = metric(spliced_logits(model, saes, tokens, keep, nodes))
+        if value.ndim != 0:
+            raise ValueError(f"metric must return a scalar, got shape {tuple(value.shape)}")
+        value.backward()
+    model.zero_grad(set_to_none=True)
+    result = []
+    for sae, (acts, error) in zip(saes, nodes, strict=True):
+        sae.zero_grad(set_to_none=True)
+        result.append(SiteNodes(acts.detach(), error.detach(), _grad(acts), _grad(error)))
+    return result
+
+
+def _grad(t: Tensor) -> Tensor:
+    return torch.zeros_like(t) if t.grad is None else t.grad.detach()
 
 
 @torch.no_grad()
@@ -125,31 +267,17 @@ def attribution_patching(
     Entry ``[b, p, i]`` is ``-a[b, p, i] * d LD_b / d a[b, p, i]``: the first-order change of
     prompt ``b``'s own clean logit difference ``LD_b`` when latent ``i`` is set to zero at
     position ``p`` of that prompt only, with the SAE spliced in with its error term (so the
-    unedited run is the clean model). Prompts do not interact in a forward pass, so one
-    backward pass of the *sum* of the per-prompt logit differences gives every prompt's own
-    gradient, at the scale of one prompt (back-propagating the mean would divide every entry
-    by the batch size).
+    unedited run is the clean model; :func:`node_gradients` with one SAE). Prompts do not
+    interact in a forward pass, so one backward pass of the *sum* of the per-prompt logit
+    differences gives every prompt's own gradient, at the scale of one prompt
+    (back-propagating the mean would divide every entry by the batch size).
 
     The mean over prompts of ``[:, -1, i]`` estimates :func:`ablation_effects`' effect of
     latent ``i`` (the mean over prompts of the exact per-prompt change); summing over
     positions estimates a whole-sequence ablation.
     """
-    name, _ = _with_latent_edit(sae, lambda a: a)
-    stash: dict[str, Tensor] = {}
-
-    def keep(acts, hook):
-        acts.retain_grad()
-        stash["acts"] = acts
-        return acts
-
-    with torch.enable_grad(), model.saes(saes=[sae], use_error_term=True):
-        logits = model.run_with_hooks(task.clean, fwd_hooks=[(name, keep)])
-        # sum, not mean: d(sum_b LD_b)/d a[b] = d LD_b / d a[b], one prompt's own gradient
-        task.logit_diff(logits).sum().backward()
-    acts = stash["acts"]
-    model.zero_grad(set_to_none=True)
-    sae.zero_grad(set_to_none=True)
-    return (-acts * acts.grad).detach()
+    (site,) = node_gradients(model, [sae], task.clean, lambda logits: task.logit_diff(logits).sum())
+    return -site.acts * site.acts_grad
 
 
 def integrated_attribution(

@@ -411,3 +411,85 @@ def check_embedding_edge(
 
     scale = float(block.abs().max())
     check_function(reader, reference, cases, atol=1e-4 * max(1.0, scale), rtol=1e-3)
+
+
+# --- Part 5, chapter 4: sparse feature circuits ----------------------------------------------
+
+
+def check_error_node_splice(fn: Callable[..., tuple[Tensor, Tensor, Tensor]], sae) -> None:
+    """Check ``fn(sae, x) -> (latents, error, output)`` against
+    :func:`saebook.attribution.splice_site`: the values, and the gradients of a random
+    projection of the output with respect to the returned latents (the decoder's only) and to
+    ``x`` (the identity, through the error)."""
+    from saebook.attribution import splice_site
+
+    def run(f: Callable, x: Tensor, v: Tensor) -> tuple[Tensor, ...]:
+        x = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            acts, error, out = f(sae, x)
+            value = (out * v).sum()
+            g_acts, g_x = torch.autograd.grad(value, (acts, x), allow_unused=True)
+        zeros = torch.zeros_like
+        g_acts = zeros(acts) if g_acts is None else g_acts
+        g_x = zeros(x) if g_x is None else g_x
+        return tuple(t.detach().float() for t in (acts, error, out, g_acts, g_x))
+
+    d_in = sae.cfg.d_in
+    g = _generator(41)
+    scale = float(sae.W_dec.norm(dim=-1).mean()) * 4
+    x = torch.randn(2, 5, d_in, generator=g) * scale
+    v = torch.randn(2, 5, d_in, generator=g)
+    cases: list[Case] = [
+        ("two prompts", (x, v), {}),
+        ("one position", (x[:1, :1], v[:1, :1]), {}),
+        ("zero input", (torch.zeros(1, 3, d_in), v[:1, :3]), {}),
+    ]
+    check_function(
+        lambda x, v: run(fn, x, v), lambda x, v: run(splice_site, x, v), cases, atol=1e-4
+    )
+
+
+def check_node_attribution(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(acts_grad, error_grad, delta_acts, delta_error) -> (d_sae + 1,)`` against
+    :func:`saebook.feature_circuits.site_attribution`: per latent, gradient times change summed
+    over positions and averaged over prompts; last, the error node's dot product, likewise."""
+    from saebook.feature_circuits import site_attribution
+
+    g = _generator(42)
+
+    def rand(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=g)
+
+    b, s, d_sae, d_in = 3, 4, 6, 5
+    sparse = rand(b, s, d_sae) * (torch.rand(b, s, d_sae, generator=g) > 0.7)
+    cases: list[Case] = [
+        ("random", (rand(b, s, d_sae), rand(b, s, d_in), rand(b, s, d_sae), rand(b, s, d_in)), {}),
+        ("sparse changes", (rand(b, s, d_sae), rand(b, s, d_in), sparse, rand(b, s, d_in)), {}),
+        ("one prompt", (rand(1, s, d_sae), rand(1, s, d_in), rand(1, s, d_sae),
+                        rand(1, s, d_in)), {}),
+        ("no change", (rand(b, s, d_sae), rand(b, s, d_in), torch.zeros(b, s, d_sae),
+                       torch.zeros(b, s, d_in)), {}),
+    ]  # fmt: skip
+    check_function(fn, site_attribution, cases)
+
+
+def check_faithfulness(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(m_circuit, m_full, m_empty)`` against
+    :func:`saebook.feature_circuits.faithfulness`, ``(m(C) - m(empty)) / (m(M) - m(empty))``."""
+    from saebook.feature_circuits import faithfulness
+
+    curve = torch.tensor([0.3, 1.0, 2.5, 4.0])
+    cases: list[Case] = [
+        ("a curve of circuits", (curve, 4.0, 0.3), {}),
+        ("empty metric below zero", (curve, 4.0, -1.0), {}),
+        ("full metric below empty", (torch.tensor([2.0, -1.0]), -2.0, 1.0), {}),
+        ("one circuit", (torch.tensor(1.5), 3.0, 0.5), {}),
+    ]
+
+    def reader(*args) -> Tensor:
+        return torch.as_tensor(fn(*args), dtype=torch.float32)
+
+    def reference(*args) -> Tensor:
+        return faithfulness(*args).float()
+
+    check_function(reader, reference, cases)
