@@ -3,7 +3,8 @@
 The numbers a reader checks first: how much of the activation the SAE explains, how many
 latents fire per token, and what splicing it in costs the model's next-token loss.
 
-Chapters: intro/01, intro/02, intro/07, training/01, training/02, training/03, training/04
+Chapters: intro/01, intro/02, intro/07, training/01, training/02, training/03, training/04,
+    training/06
 """
 
 from __future__ import annotations
