@@ -932,8 +932,13 @@ def topk_aux_loss(
     dead_mask: Tensor,
     W_dec: Float[Tensor, "d_sae d_in"],
     coefficient: float = 1.0,
+    rescale_by_decoder_norm: bool = False,
 ) -> Tensor:
     """SAELens' TopK auxiliary ("aux-k") loss, computed by SAELens on the given tensors.
+
+    With ``rescale_by_decoder_norm`` (the default of SAELens' ``TopKTrainingSAEConfig``)
+    each kept activation is divided by its decoder row's norm before decoding; without it
+    (our default, the form of the paper) the activations are decoded as they are.
 
     The top ``k_aux = min(d_in // 2, n_dead)`` dead latents by pre-activation (of each row)
     reconstruct, through ``W_dec`` and without a bias, the residual ``sae_in - sae_out``;
@@ -950,7 +955,13 @@ def topk_aux_loss(
         )
     if dead_mask.shape != (d_sae,) or dead_mask.dtype != torch.bool:
         raise ValueError(f"dead_mask must be a bool tensor of shape ({d_sae},), got {dead_mask}")
-    cfg = TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=1, aux_loss_coefficient=coefficient)
+    cfg = TopKTrainingSAEConfig(
+        d_in=d_in,
+        d_sae=d_sae,
+        k=1,
+        aux_loss_coefficient=coefficient,
+        rescale_acts_by_decoder_norm=rescale_by_decoder_norm,
+    )
     sae = TopKTrainingSAE(cfg)
     with torch.no_grad():
         sae.W_dec.copy_(W_dec)
