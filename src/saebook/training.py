@@ -773,7 +773,8 @@ def train_sae_with_runner(
         training_tokens=total_tokens,
         train_batch_size_tokens=batch_size_tokens,
         store_batch_size_prompts=max(1, 4 * batch_size_tokens // context),
-        n_batches_in_buffer=4,
+        # SAELens' buffer holds n_batches_in_buffer * context tokens: at least one batch
+        n_batches_in_buffer=max(4, -(-batch_size_tokens // context)),
         lr=lr,
         lr_warm_up_steps=max(1, steps // 20),
         lr_scheduler_name="cosineannealing",
