@@ -23,6 +23,7 @@ import struct
 import tempfile
 import time
 import uuid
+import warnings
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -811,12 +812,18 @@ def _run_runner(
     # view error (it falls back to reshape) on every hook_z batch
     saelens_logger.setLevel(logging.CRITICAL)
     try:
-        with _wandb_offline(wandb_path), _recording_runner(trainers), _saelens_bars(progress):
+        with (
+            warnings.catch_warnings(),  # SAELens compares dataset rows with tokens, and more
+            _wandb_offline(wandb_path),
+            _recording_runner(trainers),
+            _saelens_bars(progress),
+        ):
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"sae_lens\.")
             runner = LanguageModelSAETrainingRunner(
                 cfg, override_model=model, override_dataset=dataset
             )
             runner.run()
-        sae = SAE.load_from_disk(cfg.output_path, device=cfg.device)
+            sae = SAE.load_from_disk(cfg.output_path, device=cfg.device)
     finally:
         saelens_logger.setLevel(level)
     seconds = time.perf_counter() - start
