@@ -280,6 +280,49 @@ def downstream_mse_summed_over_layers(clean, new, keep):
     return torch.stack(
         [(n - c).pow(2).sum(-1)[keep].mean() for c, n in zip(clean, new, strict=True)]
     ).sum()
+def dead_fraction_at_or_above_window(fired, window):
+    since, out = torch.zeros(fired.shape[1]), []
+    for row in fired:
+        since = torch.where(row, torch.zeros_like(since), since + 1)
+        out.append((since >= window).float().mean())
+    return torch.stack(out)
+
+
+def dead_fraction_never_fired(fired, window):
+    return (fired.cumsum(0) == 0).float().mean(-1)
+
+
+def join_chunks_dropping_middles(chunks):
+    records, part = [], b""
+    for kind, payload in chunks:
+        if kind == 1:
+            records.append(payload)
+        elif kind == 2:
+            part = payload
+        elif kind == 4:
+            records.append(part + payload)
+    return records
+
+
+def join_chunks_each_as_record(chunks):
+    return [payload for _, payload in chunks]
+
+
+def aux_loss_unscaled(sae_in, sae_out, hidden_pre, dead_mask, W_dec):
+    from saebook.training import topk_aux_loss
+
+    n_dead, k_aux = int(dead_mask.sum()), sae_in.shape[-1] // 2
+    loss = topk_aux_loss(sae_in, sae_out, hidden_pre, dead_mask, W_dec)
+    return loss / min(n_dead / k_aux, 1.0) if n_dead else loss
+
+
+def aux_loss_all_dead_latents(sae_in, sae_out, hidden_pre, dead_mask, W_dec):
+    n_dead = int(dead_mask.sum())
+    if n_dead == 0:
+        return torch.tensor(0.0)
+    scale = min(n_dead / (sae_in.shape[-1] // 2), 1.0)
+    acts = torch.where(dead_mask[None], hidden_pre, torch.zeros_like(hidden_pre))
+    return scale * (acts @ W_dec - (sae_in - sae_out)).pow(2).sum(-1).mean()
 
 
 WRONG: dict[str, list[Any]] = {
@@ -332,6 +375,9 @@ WRONG: dict[str, list[Any]] = {
         correlations_absolute,
         correlations_per_latent,
     ],
+    "check_dead_fraction_curve": [dead_fraction_at_or_above_window, dead_fraction_never_fired],
+    "check_join_log_chunks": [join_chunks_dropping_middles, join_chunks_each_as_record],
+    "check_topk_aux_loss": [aux_loss_unscaled, aux_loss_all_dead_latents],
 }
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
@@ -351,6 +397,9 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_activation_metrics": ("book/training/04_evaluation", "recon_metrics"),
     "check_best_latent_f1": ("book/training/04_evaluation", "best_latent_f1"),
     "check_max_correlations": ("book/training/04_evaluation", "max_corr"),
+    "check_dead_fraction_curve": ("book/training/06_training_case_studies", "my_dead_fraction"),
+    "check_join_log_chunks": ("book/training/06_training_case_studies", "my_join_chunks"),
+    "check_topk_aux_loss": ("book/training/06_training_case_studies", "my_aux_loss"),
 }
 #: the exercise notebook's stub of an answer that is data
 STUBS: dict[str, Any] = {"check_diagnosis": NotImplemented}

@@ -4,7 +4,7 @@ The numbers a reader checks first: how much of the activation the SAE explains, 
 latents fire per token, and what splicing it in costs the model's next-token loss.
 
 Chapters: intro/01, intro/02, intro/07, training/01, training/02, training/03, training/04,
-training/05
+training/05, training/06
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from dataclasses import replace as _replace
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -215,6 +216,18 @@ class Profile:
         """``n_seqs`` rows of ``seq_len`` corpus tokens (default: the profile's), BOS first."""
         n_seqs, seq_len = self._rows_shape(n_seqs, seq_len)
         return self._token_source(n_seqs, seq_len, seed).to(self.device)
+
+    def token_dataset(self, n_rows: int, seq_len: int | None = None, seed: int = 0) -> Any:
+        """The rows of ``tokens(n_rows, seq_len, seed)`` as a ``datasets.Dataset``.
+
+        One ``input_ids`` column of token lists, the form SAELens' training runner streams
+        from (a pretokenized dataset). Offline on ``tiny``; on a hub profile the rows come
+        from the profile's text dataset, as for :meth:`tokens`.
+        """
+        from datasets import Dataset
+
+        rows = self.tokens(n_rows, seq_len, seed)
+        return Dataset.from_dict({"input_ids": rows.cpu().tolist()})
 
     def labeled_tokens(
         self,
@@ -449,8 +462,7 @@ def _sizes(spec: ProfileSpec) -> Sizes:
         return spec.sizes.replace(**override)
     except (TypeError, ValueError) as err:
         raise ValueError(
-            f"${SIZES_ENV_VAR} may set {list(Sizes.names())} to positive ints, got {raw!r} "
-            f"({err})"
+            f"${SIZES_ENV_VAR} may set {list(Sizes.names())} to positive ints, got {raw!r} ({err})"
         ) from err
 
 

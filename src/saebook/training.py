@@ -6,14 +6,25 @@ SAELens 6 has no transcoder trainer, so :func:`train_transcoder` is a short loop
 SAELens ``Transcoder``. Both return inference SAELens objects, ready for
 ``HookedSAETransformer``.
 
-Chapters: intro/07, deeper/03, training/01, training/02, training/04
+The same recording trainer also runs inside SAELens' ``LanguageModelSAETrainingRunner``
+(:func:`train_sae_with_runner`), which streams activations from the language model and can
+log to Weights & Biases; :func:`read_wandb_history` reads such a run's offline log back.
+
+Chapters: intro/07, deeper/03, training/01, training/02, training/04, training/06
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import logging
+import os
+import struct
 import tempfile
 import time
+import uuid
+import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +39,8 @@ from sae_lens import (
     BatchTopKTrainingSAEConfig,
     GatedTrainingSAEConfig,
     JumpReLUTrainingSAEConfig,
+    LanguageModelSAERunnerConfig,
+    LanguageModelSAETrainingRunner,
     MatryoshkaBatchTopKTrainingSAEConfig,
     SAETrainer,
     StandardTrainingSAEConfig,
@@ -38,6 +51,7 @@ from sae_lens import (
     Transcoder,
     TranscoderConfig,
 )
+from sae_lens import llm_sae_training_runner as runner_module
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import SAEMetadata, TrainStepOutput
 from sae_lens.training import activation_scaler as activation_scaler_module
@@ -64,6 +78,11 @@ __all__ = [
     "check_training_run",
     "train_transcoder",
     "topk_adam_steps",
+    "train_sae_with_runner",
+    "read_wandb_history",
+    "dead_fraction_curve",
+    "join_log_chunks",
+    "topk_aux_loss",
 ]
 
 # architecture -> (SAELens training config class, the config field the sparsity knob sets)
@@ -647,3 +666,331 @@ def topk_adam_steps(
         sae.training_forward_pass(step).loss.backward()
         optimizer.step()
     return {n: getattr(sae, n).detach().clone() for n in names}
+
+
+# --- Training with SAELens' language-model runner ---------------------------------------------
+
+
+@contextmanager
+def _recording_runner(trainers: list[RecordingTrainer]) -> Iterator[None]:
+    """Make SAELens' runner build a :class:`RecordingTrainer` (appended to ``trainers``)."""
+
+    class _KeptTrainer(RecordingTrainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            trainers.append(self)
+
+    original = runner_module.SAETrainer
+    runner_module.SAETrainer = _KeptTrainer
+    try:
+        yield
+    finally:
+        runner_module.SAETrainer = original
+
+
+@contextmanager
+def _wandb_offline(wandb_dir: Path | None) -> Iterator[None]:
+    """Point wandb at ``wandb_dir`` in offline mode (every folder it writes), then restore."""
+    if wandb_dir is None:
+        yield
+        return
+    names = ("WANDB_MODE", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR")
+    saved = {n: os.environ.get(n) for n in (*names, "WANDB_SILENT")}
+    os.environ.update({n: str(wandb_dir) for n in names[1:]})
+    os.environ.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    import wandb
+
+    wandb.teardown()  # wandb keeps the folder of its first run per process; start afresh
+    try:
+        yield
+    finally:
+        wandb.teardown()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def train_sae_with_runner(
+    model: HookedTransformer,
+    dataset: Any,
+    config: TrainingSAEConfig,
+    hook_name: str,
+    total_tokens: int,
+    batch_size_tokens: int = 512,
+    lr: float = 1e-3,
+    dead_feature_window: int = 100,
+    wandb_dir: str | Path | None = None,
+    log_every: int = 5,
+    eval_every: int = 4,
+    output_path: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainingRun:
+    """Train ``config``'s SAE on ``hook_name`` with SAELens' ``LanguageModelSAETrainingRunner``.
+
+    The runner streams activations from ``model`` over ``dataset`` (a ``datasets.Dataset``
+    with an ``input_ids`` column of equal-length token rows, BOS first; BOS positions are
+    left out of training) for ``total_tokens`` tokens in batches of ``batch_size_tokens``,
+    with a cosine learning-rate schedule (5% warm-up, decay to ``lr / 10``). Its trainer is a
+    :class:`RecordingTrainer`, so the returned :class:`TrainingRun` has per-step ``curves``.
+    With ``wandb_dir`` the runner also logs to Weights & Biases in offline mode under that
+    folder (every ``log_every`` steps; its evals every ``eval_every`` logs) and
+    ``extra["wandb_file"]`` is the run's ``.wandb`` file (see :func:`read_wandb_history`).
+    The final SAE is saved in SAELens' format to ``output_path`` (default: a temporary
+    folder) and ``sae`` is that saved SAE loaded back; ``extra["output_path"]`` says where.
+    """
+    if hook_name not in model.hook_dict:
+        raise KeyError(f"hook_name must be a hook of the model, got {hook_name!r}")
+    if "input_ids" not in getattr(dataset, "column_names", []):
+        raise ValueError(
+            f"dataset must be a datasets.Dataset with an 'input_ids' column, "
+            f"got {type(dataset).__name__} with columns {getattr(dataset, 'column_names', None)}"
+        )
+    check_int("batch_size_tokens", batch_size_tokens)
+    check_int("total_tokens", total_tokens, minimum=batch_size_tokens)
+    context = len(dataset[0]["input_ids"])
+    steps = total_tokens // batch_size_tokens
+    out = Path(tempfile.mkdtemp() if output_path is None else output_path)
+    log_cfg = LoggingConfig(
+        log_to_wandb=wandb_dir is not None,
+        wandb_project="saebook",
+        wandb_id=uuid.uuid4().hex[:8],
+        wandb_log_frequency=log_every,
+        eval_every_n_wandb_logs=eval_every,
+        log_weights_to_wandb=False,
+    )
+    cfg = LanguageModelSAERunnerConfig(
+        sae=config,
+        model_name=model.cfg.model_name,
+        hook_name=hook_name,
+        dataset_path="(passed in memory)",
+        is_dataset_tokenized=True,
+        streaming=False,
+        context_size=context,
+        prepend_bos=False,  # the rows already start with BOS
+        exclude_special_tokens=True,
+        training_tokens=total_tokens,
+        train_batch_size_tokens=batch_size_tokens,
+        store_batch_size_prompts=max(1, 4 * batch_size_tokens // context),
+        # SAELens' buffer holds n_batches_in_buffer * context tokens: at least one batch
+        n_batches_in_buffer=max(4, -(-batch_size_tokens // context)),
+        lr=lr,
+        lr_warm_up_steps=max(1, steps // 20),
+        lr_scheduler_name="cosineannealing",
+        dead_feature_window=dead_feature_window,
+        feature_sampling_window=max(steps, 1),
+        n_batches_for_norm_estimate=min(10, steps),
+        n_eval_batches=2,
+        eval_batch_size_prompts=max(1, batch_size_tokens // context),
+        logger=log_cfg,
+        checkpoint_path=None,
+        output_path=str(out),
+        device=str(model.cfg.device),
+        seed=seed,
+        verbose=False,
+    )
+    return _run_runner(model, dataset, cfg, wandb_dir, progress)
+
+
+def _run_runner(
+    model: HookedTransformer,
+    dataset: Any,
+    cfg: LanguageModelSAERunnerConfig,
+    wandb_dir: str | Path | None,
+    progress: bool,
+) -> TrainingRun:
+    """Run SAELens' runner on ``cfg`` with a recording trainer; the pieces of a TrainingRun."""
+    trainers: list[RecordingTrainer] = []
+    wandb_path = None if wandb_dir is None else Path(wandb_dir)
+    torch.manual_seed(cfg.seed)
+    start = time.perf_counter()
+    saelens_logger = logging.getLogger("sae_lens")
+    level = saelens_logger.level
+    # quiet: the runner warns that the overrides are not in its config, and logs a caught
+    # view error (it falls back to reshape) on every hook_z batch
+    saelens_logger.setLevel(logging.CRITICAL)
+    try:
+        with (
+            warnings.catch_warnings(),  # SAELens compares dataset rows with tokens, and more
+            _wandb_offline(wandb_path),
+            _recording_runner(trainers),
+            _saelens_bars(progress),
+        ):
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"sae_lens\.")
+            runner = LanguageModelSAETrainingRunner(
+                cfg, override_model=model, override_dataset=dataset
+            )
+            runner.run()
+            sae = SAE.load_from_disk(cfg.output_path, device=cfg.device)
+    finally:
+        saelens_logger.setLevel(level)
+    seconds = time.perf_counter() - start
+    wandb_file = None
+    if wandb_path is not None:
+        run_id = cfg.logger.wandb_id
+        found = sorted(wandb_path.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
+        if not found:
+            raise FileNotFoundError(f"wandb wrote no offline run {run_id!r} under {wandb_path}")
+        wandb_file = found[-1]
+    return TrainingRun(
+        sae=sae,
+        curves=pd.DataFrame(trainers[0].history),
+        seconds=seconds,
+        config=cfg.sae,
+        trainer_config=cfg.to_sae_trainer_config(),
+        extra={"wandb_file": wandb_file, "output_path": Path(cfg.output_path), "runner": cfg},
+    )
+
+
+# wandb's offline run file (``run-<id>.wandb``): a 7-byte header, then LevelDB-log framing.
+_WANDB_HEADER = struct.Struct("<4sHB")  # b":W&B", magic 0xBEE1, version 0
+_CHUNK_HEADER = struct.Struct("<IHB")  # CRC-32 of (type byte + payload), length, type
+_BLOCK = 32768
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def join_log_chunks(chunks: list[tuple[int, bytes]]) -> list[bytes]:
+    """Reassemble records from LevelDB-log chunks ``(type, payload)``, in file order.
+
+    A record is one ``FULL`` chunk (type 1), or a ``FIRST`` chunk (2), any number of
+    ``MIDDLE`` chunks (3) and a ``LAST`` chunk (4), whose payloads are concatenated. Returns
+    the records' bytes; a chunk out of that order raises a ValueError naming its position.
+    """
+    records: list[bytes] = []
+    pending: bytes | None = None
+    for i, (kind, payload) in enumerate(chunks):
+        if kind == FULL and pending is None:
+            records.append(payload)
+        elif kind == FIRST and pending is None:
+            pending = payload
+        elif kind in (MIDDLE, LAST) and pending is not None:
+            pending += payload
+            if kind == LAST:
+                records.append(pending)
+                pending = None
+        else:
+            raise ValueError(
+                f"chunks[{i}] has type {kind}, which cannot follow "
+                f"{'an open record' if pending is not None else 'a finished record'}"
+            )
+    if pending is not None:
+        raise ValueError("chunks must end a record, got a FIRST/MIDDLE chunk with no LAST")
+    return records
+
+
+def _read_log_chunks(data: bytes) -> list[tuple[int, bytes]]:
+    """The ``(type, payload)`` chunks of a wandb run file, each one's CRC-32 checked."""
+    ident, magic, version = _WANDB_HEADER.unpack_from(data)
+    if ident != b":W&B" or magic != 0xBEE1:
+        raise ValueError(f"not a wandb run file: header {data[:7]!r}")
+    pos, chunks = _WANDB_HEADER.size, []
+    while pos + _CHUNK_HEADER.size <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _CHUNK_HEADER.size:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        crc, length, kind = _CHUNK_HEADER.unpack_from(data, pos)
+        if kind == 0 and length == 0:  # zero padding after the last record
+            break
+        payload = data[pos + _CHUNK_HEADER.size : pos + _CHUNK_HEADER.size + length]
+        if zlib.crc32(payload, zlib.crc32(bytes([kind]))) != crc:
+            raise ValueError(f"wandb run file: bad checksum in the chunk at byte {pos}")
+        chunks.append((kind, payload))
+        pos += _CHUNK_HEADER.size + length
+    return chunks
+
+
+def read_wandb_history(run_file: str | Path) -> pd.DataFrame:
+    """The logged history of an offline Weights & Biases run, read from its ``.wandb`` file.
+
+    wandb 0.31 ships no reader for offline runs, so this one reads the file's framing (a
+    ``:W&B`` header, then LevelDB-log chunks, each checked against its CRC-32) and decodes
+    each record with the protobuf schema wandb ships (``wandb.proto.wandb_internal_pb2``).
+    Returns one row per history record, indexed by ``_step``, one column per logged key
+    (values as logged; histograms and other media are dropped).
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    path = Path(run_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"run_file must be a wandb .wandb file, got {path}")
+    rows = []
+    for raw in join_log_chunks(_read_log_chunks(path.read_bytes())):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") != "history":
+            continue
+        row = {}
+        for item in record.history.item:
+            value = json.loads(item.value_json)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                row[item.key or "/".join(item.nested_key)] = value
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"run_file {path} holds no history records")
+    return pd.DataFrame(rows).set_index("_step").sort_index()
+
+
+def topk_aux_loss(
+    sae_in: Float[Tensor, "n d_in"],
+    sae_out: Float[Tensor, "n d_in"],
+    hidden_pre: Float[Tensor, "n d_sae"],
+    dead_mask: Tensor,
+    W_dec: Float[Tensor, "d_sae d_in"],
+    coefficient: float = 1.0,
+    rescale_by_decoder_norm: bool = False,
+) -> Tensor:
+    """SAELens' TopK auxiliary ("aux-k") loss, computed by SAELens on the given tensors.
+
+    With ``rescale_by_decoder_norm`` (the default of SAELens' ``TopKTrainingSAEConfig``)
+    each kept activation is divided by its decoder row's norm before decoding; without it
+    (our default, the form of the paper) the activations are decoded as they are.
+
+    The top ``k_aux = min(d_in // 2, n_dead)`` dead latents by pre-activation (of each row)
+    reconstruct, through ``W_dec`` and without a bias, the residual ``sae_in - sae_out``;
+    the loss is the mean squared error times ``coefficient * min(n_dead / (d_in // 2), 1)``.
+    Zero when no latent is dead. Returns a scalar tensor.
+    """
+    check_tensor("W_dec", W_dec, ndim=2, floating=True)
+    d_sae, d_in = W_dec.shape
+    check_tensor("hidden_pre", hidden_pre, ndim=2, floating=True)
+    if hidden_pre.shape[1] != d_sae or sae_in.shape != sae_out.shape or sae_in.shape[1] != d_in:
+        raise ValueError(
+            f"shapes must be sae_in/sae_out (n, {d_in}) and hidden_pre (n, {d_sae}), got "
+            f"{tuple(sae_in.shape)}, {tuple(sae_out.shape)}, {tuple(hidden_pre.shape)}"
+        )
+    if dead_mask.shape != (d_sae,) or dead_mask.dtype != torch.bool:
+        raise ValueError(f"dead_mask must be a bool tensor of shape ({d_sae},), got {dead_mask}")
+    cfg = TopKTrainingSAEConfig(
+        d_in=d_in,
+        d_sae=d_sae,
+        k=1,
+        aux_loss_coefficient=coefficient,
+        rescale_acts_by_decoder_norm=rescale_by_decoder_norm,
+    )
+    sae = TopKTrainingSAE(cfg)
+    with torch.no_grad():
+        sae.W_dec.copy_(W_dec)
+    return sae.calculate_topk_aux_loss(sae_in, sae_out, hidden_pre, dead_mask)
+
+
+def dead_fraction_curve(fired: Tensor, window: int) -> Float[Tensor, " steps"]:
+    """Fraction of latents counted dead after each training step, as SAELens counts them.
+
+    ``fired`` is a bool tensor ``(steps, d_sae)``: whether each latent fired in each step's
+    batch. A latent's counter of steps since it last fired starts at 0, grows by one every
+    step and returns to 0 on a step where it fires; after a step the latent is dead when the
+    counter exceeds ``window``. Returns the dead fraction after each step.
+    """
+    check_tensor("fired", fired, ndim=2)
+    if fired.dtype != torch.bool:
+        raise ValueError(f"fired must be a bool tensor, got dtype {fired.dtype}")
+    check_int("window", window, minimum=0)
+    since = torch.zeros(fired.shape[1], dtype=torch.long)
+    out = torch.empty(fired.shape[0])
+    for step, did_fire in enumerate(fired.cpu()):
+        since = torch.where(did_fire, 0, since + 1)
+        out[step] = (since > window).float().mean()
+    return out

@@ -514,3 +514,58 @@ def check_downstream_mse(fn: Callable[[list, list, Tensor], Tensor]) -> None:
         ("three layers of different scale", layers(6, 3), {}),
     ]
     check_function(lambda *a: torch.as_tensor(fn(*a)).float(), downstream_mse, cases, atol=1e-4)
+
+
+# --- Part 4 chapter 6: training case studies with SAELens' runner ---------------------------
+
+
+def check_dead_fraction_curve(fn: Callable[[Tensor, int], Tensor]) -> None:
+    """Check ``fn(fired, window) -> (steps,)`` against
+    :func:`saebook.training.dead_fraction_curve`: the fraction of latents whose count of
+    steps since they last fired exceeds ``window`` after each step."""
+    from saebook.training import dead_fraction_curve
+
+    g = _generator(0)
+    fired = torch.rand(12, 6, generator=g) < 0.3
+    cases: list[Case] = [
+        ("window 2", (fired, 2), {}),
+        ("window 0", (fired, 0), {}),
+        ("a latent that never fires", (torch.zeros(5, 3, dtype=torch.bool), 1), {}),
+        ("a latent that fires late", (torch.tensor([[False]] * 4 + [[True]]), 2), {}),
+    ]
+    check_function(lambda f, w: fn(f, w).float(), dead_fraction_curve, cases)
+
+
+def check_join_log_chunks(fn: Callable[[list], list]) -> None:
+    """Check ``fn(chunks) -> list[bytes]`` against :func:`saebook.training.join_log_chunks`:
+    FULL (1) chunks are records; FIRST (2), MIDDLE (3)... and LAST (4) join into one."""
+    from saebook.training import join_log_chunks
+
+    cases: list[Case] = [
+        ("full chunks only", ([(1, b"ab"), (1, b"c")],), {}),
+        ("one split record", ([(2, b"ab"), (3, b"cd"), (4, b"e")],), {}),
+        ("first then last", ([(1, b"x"), (2, b"ab"), (4, b"c"), (1, b"y")],), {}),
+        ("no chunks", ([],), {}),
+    ]
+    check_function(lambda c: [bytes(r) for r in fn(c)], join_log_chunks, cases)
+
+
+def check_topk_aux_loss(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(sae_in, sae_out, hidden_pre, dead_mask, W_dec) -> scalar`` against
+    SAELens' TopK auxiliary loss (:func:`saebook.training.topk_aux_loss`)."""
+    from saebook.training import topk_aux_loss
+
+    g = _generator(1)
+    n, d_in, d_sae = 5, 6, 10
+    x, out = torch.randn(n, d_in, generator=g), torch.randn(n, d_in, generator=g)
+    pre, W = torch.randn(n, d_sae, generator=g), torch.randn(d_sae, d_in, generator=g)
+    many = torch.arange(d_sae) % 2 == 0  # 5 dead: more than d_in // 2 = 3
+    few = torch.zeros(d_sae, dtype=torch.bool)
+    few[[1, 7]] = True  # 2 dead: fewer than d_in // 2, so the loss is scaled down
+    cases: list[Case] = [
+        ("more dead latents than d_in // 2", (x, out, pre, many, W), {}),
+        ("few dead latents", (x, out, pre, few, W), {}),
+        ("no dead latent", (x, out, pre, torch.zeros(d_sae, dtype=torch.bool), W), {}),
+        ("negative pre-activations", (x, out, -pre.abs(), many, W), {}),
+    ]
+    check_function(lambda *a: torch.as_tensor(fn(*a)).float(), topk_aux_loss, cases)
