@@ -51,6 +51,7 @@ class Sizes:
     batch_size: int  # rows per forward pass, and the base of small evaluation samples
     gen_tokens: int  # tokens to generate per prompt (steering)
     train_tokens: int  # activations an SAE sees during training (Part 4)
+    dense_rows: int = 256  # rows of a dense latent Jacobian computed for timing (circuits/01)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -154,7 +155,12 @@ PROFILES: dict[str, ProfileSpec] = {
             width_family=("saebook-tiny", ()),
             dataset=None,
             sizes=Sizes(
-                seq_len=128, n_seqs=256, batch_size=64, gen_tokens=24, train_tokens=102_400
+                seq_len=128,
+                n_seqs=256,
+                batch_size=64,
+                gen_tokens=24,
+                train_tokens=102_400,
+                dense_rows=4096,  # more than any tiny SAE's width: the whole dense Jacobian
             ),
             needs="a CPU (2 cores), no network",
             task="code_recall",  # the tiny model does not learn IOI
