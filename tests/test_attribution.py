@@ -233,3 +233,19 @@ def test_ablation_effects_match_an_independent_hook_ablation(tiny, reference_row
         ok=ok,
     )
     assert ok, err
+
+
+def test_tasks_carry_their_own_prose_words(micro_model, task):
+    """Chapters glue a task's words instead of assuming code recall (issue 15)."""
+    model, _, _ = micro_model
+    assert "digit" in task.carried and "code" in task.setup and "digit" in task.corruption
+    moved = task.to("cpu")
+    assert (moved.setup, moved.carried, moved.corruption) == (
+        task.setup, task.carried, task.corruption,
+    )  # fmt: skip
+    plain = make_task(model, "t", "d", [("a b", "a c", " a", " b")])
+    assert (plain.setup, plain.carried, plain.corruption) == ("", "the answer", "")
+    worded = make_task(
+        model, "t", "d", [("a b", "a c", " a", " b")], setup="s", carried="c", corruption="x"
+    )
+    assert (worded.setup, worded.carried, worded.corruption) == ("s", "c", "x")

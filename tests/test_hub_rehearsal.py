@@ -65,6 +65,13 @@ out["saes"] = saes
 task = p.task(n=4)
 out["task"] = dict(clean=list(task.clean.shape), answer=task.answer.tolist(),
                    wrong=task.wrong.tolist())
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    words = p.concept_words()
+out["concepts"] = {c: list(w) for c, w in words.items()}
+out["concept_warnings"] = [str(w.message) for w in caught]
+out["task_words"] = [task.setup, task.carried, task.corruption]
 os.environ["SAEBOOK_DATASET"] = "nobody/no-such-dataset"
 try:
     p.tokens(2, 16)
@@ -205,6 +212,24 @@ def test_gpt2_task_and_dataset_error_offline(gpt2_offline):
     assert message is not None
     assert "nobody/no-such-dataset" in message and "$SAEBOOK_DATASET" in message
     assert "parquet" in message
+
+
+def test_gpt2_concept_words_are_single_tokens_of_its_tokenizer(gpt2_offline):
+    """deeper/05 and deeper/07 ask the profile for words; each kept word is one gpt2 token."""
+    tok = rehearsal.byte_level_tokenizer()
+    concepts = gpt2_offline["concepts"]
+    assert set(concepts) == set(profiles.HUB_CONCEPT_WORDS)
+    # the fabricated tokenizer merges only its own word list, so most categories lose words
+    # here (on the real gpt2 vocabulary these common words are single tokens); names survive
+    assert len(concepts["name"]) >= 3, concepts["name"]
+    for category, words in concepts.items():
+        for word in words:
+            forms = [" " + word, " " + word[:1].upper() + word[1:], word]
+            assert any(len(tok.encode(f).ids) == 1 for f in forms), word
+        dropped = set(profiles.HUB_CONCEPT_WORDS[category]) - set(words)
+        for word in dropped:  # every dropped word is named in the warning
+            assert any(f"{category}:{word}" in m for m in gpt2_offline["concept_warnings"])
+    assert "name" in gpt2_offline["task_words"][1]  # IOI prose, not the code digit
 
 
 def test_gpt2_profile_loads_in_reasonable_time_and_says_so(gpt2_offline):

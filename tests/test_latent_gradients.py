@@ -174,8 +174,41 @@ def test_auto_chunk_size_bounds_vectorised_passes(setup, monkeypatch):
     monkeypatch.setattr(lg, "JACOBIAN_BUDGET", 1)
     seen = []
     real = lg.jacrev
-    monkeypatch.setattr(lg, "jacrev", lambda fn, chunk_size: seen.append(chunk_size) or real(
-        fn, chunk_size=chunk_size))
+    monkeypatch.setattr(
+        lg,
+        "jacrev",
+        lambda fn, chunk_size: seen.append(chunk_size) or real(fn, chunk_size=chunk_size),
+    )
     chunked = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, mode="rev", **kw)
     assert seen == [1]
     assert torch.allclose(whole.jacobian, chunked.jacobian, atol=1e-5)
+
+
+def test_dense_jacobian_sample_matches_the_full_dense_rows(setup, monkeypatch):
+    """A sample of the dense rows gives the active block of the full dense Jacobian."""
+    model, saes, tokens = setup
+    kw = dict(down_positions=[-1])
+    full = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, dense=True, **kw)
+    n_active = len(full.down)
+    seen = []
+    real = lg.jacrev
+    monkeypatch.setattr(lg, "jacrev", lambda fn, chunk_size: seen.append(fn) or real(
+        fn, chunk_size=chunk_size))  # fmt: skip
+    sample, n_total = lg.dense_jacobian_sample(
+        model, saes["mlp"], saes["attn"], tokens, n_active + 5, **kw
+    )
+    assert n_total == saes["attn"].cfg.d_sae  # one later position: one row per latent
+    assert torch.allclose(sample.jacobian, full.jacobian, atol=1e-6)
+    assert torch.equal(sample.down.latent, full.down.latent)
+    assert torch.equal(sample.up.latent, full.up.latent)
+    assert len(seen) == 1  # one reverse-mode Jacobian, of the sampled rows only
+    again, _ = lg.dense_jacobian_sample(
+        model, saes["mlp"], saes["attn"], tokens, n_total + 10, seed=3, **kw
+    )  # more rows than exist: all of them
+    assert torch.allclose(again.jacobian, full.jacobian, atol=1e-6)
+    with pytest.raises(ValueError, match="n_rows must be >= the"):
+        lg.dense_jacobian_sample(
+            model, saes["mlp"], saes["attn"], tokens, max(n_active - 1, 1), **kw
+        )
+    with pytest.raises(ValueError, match="n_rows must be a positive int"):
+        lg.dense_jacobian_sample(model, saes["mlp"], saes["attn"], tokens, 0, **kw)

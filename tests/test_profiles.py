@@ -169,7 +169,7 @@ def test_sizes_is_a_typed_frozen_dataclass():
     sizes = profiles.PROFILES["tiny"].sizes
     assert isinstance(sizes, profiles.Sizes)
     assert profiles.Sizes.names() == (
-        "seq_len", "n_seqs", "batch_size", "gen_tokens", "train_tokens"
+        "seq_len", "n_seqs", "batch_size", "gen_tokens", "train_tokens", "dense_rows"
     )  # fmt: skip
     for spec in profiles.PROFILES.values():
         assert all(isinstance(getattr(spec.sizes, n), int) for n in profiles.Sizes.names())
@@ -258,3 +258,51 @@ def test_chapters_and_scripts_read_sizes_as_attributes():
     assert not found, "write profile.sizes.<name>, not profile.sizes['<name>']:\n" + "\n".join(
         found
     )
+
+
+def test_single_token_words_keeps_words_some_form_of_which_is_one_token():
+    tiny = profiles.load("tiny", device="cpu")
+    tok = tiny.model.tokenizer
+    kept = profiles.single_token_words(tok, ["lily", "come", "doors", "cat"])
+    # "come" is one token only as "Come"; "doors" is split in every form
+    assert kept == ("lily", "come", "cat")
+    for word in kept:
+        forms = [" " + word, " " + word.capitalize(), word, word.capitalize()]
+        assert min(len(tok.encode(f, add_special_tokens=False)) for f in forms) == 1
+    assert len(tok.encode(" doors", add_special_tokens=False)) > 1
+    with pytest.raises(TypeError, match="words"):
+        profiles.single_token_words(tok, "cat")
+    with pytest.raises(ValueError, match="non-empty"):
+        profiles.single_token_words(tok, ["cat", " "])
+
+
+def test_concept_words_give_the_tiny_lexicons_token_sets():
+    """On tiny the concept words select exactly the tokens the lexicon selected before."""
+    from saebook.logit_lens import vocab_strings, word_token_sets
+    from saebook.tinyworld.labels import LEXICON
+
+    tiny = profiles.load("tiny", device="cpu")
+    words = tiny.concept_words()
+    assert list(words) == list(profiles.HUB_CONCEPT_WORDS)
+    assert tiny.concept_words() is words  # computed once
+    vocab = vocab_strings(tiny.model)
+    before = word_token_sets(vocab, {c: LEXICON[c] for c in words})
+    after = word_token_sets(vocab, words)
+    assert set(before) == set(after) and all(torch.equal(before[c], after[c]) for c in before)
+    assert "doors" not in words["object"] and "door" in words["object"]
+
+
+def test_hub_concept_words_drop_split_words_with_a_warning(micro_model):
+    model, _, _ = micro_model
+    hub = profiles.Profile(
+        name="gpt2", description="", model=model, sizes=profiles.PROFILES["gpt2"].sizes,
+        device="cpu", task_name="ioi", saes={}, width_family=[], _token_source=None,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="not single tokens") as record:
+        words = hub.concept_words()
+    message = str(record[0].message)
+    for category, listed in profiles.HUB_CONCEPT_WORDS.items():
+        assert set(words[category]) <= set(listed)
+        for word in set(listed) - set(words[category]):
+            assert f"{category}:{word}" in message
+    assert sum(map(len, words.values())) < sum(map(len, profiles.HUB_CONCEPT_WORDS.values()))

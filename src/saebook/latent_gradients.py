@@ -56,6 +56,7 @@ __all__ = [
     "ordered_pairs",
     "latent_map",
     "latent_jacobian",
+    "dense_jacobian_sample",
     "auto_chunk_size",
     "finite_difference",
     "token_attribution",
@@ -505,6 +506,53 @@ def latent_jacobian(
     full = _jacobian(lmap.fn, lmap.inputs, n_out, mode, chunk_size, per_pass=n_pos * width)
     jac = full[lmap.down_index.to(full.device)][:, lmap.up_index.to(full.device)]
     return LatentJacobian(jac.cpu(), lmap.up, lmap.down, lmap.up_hook, lmap.down_hook)
+
+
+def dense_jacobian_sample(
+    model: HookedSAETransformer,
+    up_sae: SAE,
+    down_sae: SAE,
+    tokens: Int[Tensor, " seq"],
+    n_rows: int,
+    *,
+    up_positions: list[int] | Tensor | None = None,
+    down_positions: list[int] | Tensor | None = None,
+    skip_bos: bool = True,
+    seed: int = 0,
+) -> tuple[LatentJacobian, int]:
+    """The dense method of :func:`latent_jacobian` on ``n_rows`` of its output rows only.
+
+    The dense map's outputs are every later latent at ``down_positions``; this differentiates
+    (reverse mode, one backward pass per row) the rows of the active later latents plus
+    inactive ones drawn at random (``seed``) up to ``n_rows`` in all, at the dense cost per
+    row. Returns ``(jacobian, n_total)``: the active block (the same numbers as
+    ``latent_jacobian(..., dense=True)``) and the number of rows the full dense Jacobian has,
+    so a timing can be scaled by ``n_total / n_rows`` where computing all rows is too slow.
+    """
+    if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 1:
+        raise ValueError(f"n_rows must be a positive int, got {n_rows!r}")
+    lmap = latent_map(
+        model, up_sae, down_sae, tokens, up_positions=up_positions,
+        down_positions=down_positions, skip_bos=skip_bos, dense=True,
+    )  # fmt: skip
+    with torch.no_grad():
+        n_total = int(lmap.fn(lmap.inputs).numel())
+    active = lmap.down_index
+    if n_rows < len(active):
+        raise ValueError(f"n_rows must be >= the {len(active)} active later latents, got {n_rows}")
+    others = torch.ones(n_total, dtype=torch.bool)
+    others[active] = False
+    pool = torch.nonzero(others).flatten()
+    gen = torch.Generator().manual_seed(seed)
+    drawn = pool[torch.randperm(len(pool), generator=gen)[: min(n_rows, n_total) - len(active)]]
+    rows = torch.cat([active, drawn]).to(lmap.inputs.device)
+    n_pos = int(torch.as_tensor(tokens).shape[-1])
+    width = up_sae.cfg.d_sae + down_sae.cfg.d_sae + 4 * model.cfg.n_layers * model.cfg.d_model
+    full = _jacobian(
+        lambda v: lmap.fn(v)[rows], lmap.inputs, len(rows), "rev", None, per_pass=n_pos * width
+    )
+    jac = full[: len(active)][:, lmap.up_index.to(full.device)]
+    return LatentJacobian(jac.cpu(), lmap.up, lmap.down, lmap.up_hook, lmap.down_hook), n_total
 
 
 @torch.no_grad()

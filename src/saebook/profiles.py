@@ -12,7 +12,8 @@ token source. This module is the only place that knows model names, SAE releases
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from dataclasses import replace as _replace
 from typing import Any
@@ -35,6 +36,8 @@ __all__ = [
     "default_name",
     "available",
     "resolve_sae_id",
+    "single_token_words",
+    "HUB_CONCEPT_WORDS",
 ]
 
 ENV_VAR = "SAEBOOK_PROFILE"
@@ -49,6 +52,7 @@ class Sizes:
     batch_size: int  # rows per forward pass, and the base of small evaluation samples
     gen_tokens: int  # tokens to generate per prompt (steering)
     train_tokens: int  # activations an SAE sees during training (Part 4)
+    dense_rows: int = 256  # rows of a dense latent Jacobian computed for timing (circuits/01)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -91,6 +95,56 @@ class ProfileSpec:
     raw_weights: bool = False  # load with from_pretrained_no_processing
 
 
+#: Concept categories and common English words for them, for profiles whose model reads
+#: ordinary text (gpt2, gemma). A word is used only where it is a single token for the
+#: model's tokenizer (checked at load time by :meth:`Profile.concept_words`).
+HUB_CONCEPT_WORDS: dict[str, tuple[str, ...]] = {
+    "name": (
+        "Mary", "John", "Anna", "James", "Sarah", "David", "Laura", "Mark", "Paul", "Tom",
+        "Emma", "Peter", "Lucy", "Jack", "Kate", "Michael", "Alice", "George", "Susan", "Robert",
+        "Linda", "Daniel", "Helen", "Steve", "Rachel", "Chris", "Amy", "Brian", "Lisa", "Eric",
+    ),
+    "animal": (
+        "dog", "cat", "horse", "cow", "pig", "sheep", "bird", "fish", "mouse", "rabbit", "lion",
+        "tiger", "bear", "wolf", "fox", "deer", "duck", "snake", "frog", "monkey", "elephant",
+        "whale", "shark", "eagle", "owl", "bee", "dogs", "cats", "horses", "birds",
+    ),
+    "colour": (
+        "red", "blue", "green", "yellow", "black", "white", "brown", "pink", "purple", "orange",
+        "grey", "gray", "silver", "gold",
+    ),
+    "number": (
+        "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+        "twelve", "twenty", "thirty", "hundred", "thousand", "million",
+    ),
+    "food": (
+        "bread", "cheese", "rice", "meat", "chicken", "beef", "apple", "apples", "cake", "soup",
+        "pizza", "egg", "eggs", "milk", "butter", "sugar", "salt", "fruit", "potatoes", "pasta",
+        "coffee", "tea", "wine", "beer", "chocolate",
+    ),
+    "place": (
+        "London", "Paris", "Berlin", "Tokyo", "China", "India", "France", "Germany", "Japan",
+        "Canada", "Texas", "California", "Florida", "Boston", "Chicago", "Europe", "Africa",
+        "Asia", "Russia", "Italy", "Spain", "Mexico", "Australia", "Brazil",
+    ),
+    "emotion": (
+        "happy", "sad", "angry", "afraid", "scared", "proud", "excited", "nervous", "calm",
+        "upset", "worried", "glad", "lonely", "jealous", "anxious", "joy", "fear", "anger",
+        "love", "hate",
+    ),
+    "verb": (
+        "go", "went", "run", "ran", "walk", "walked", "eat", "ate", "see", "saw", "make", "made",
+        "take", "took", "give", "gave", "say", "said", "come", "came", "think", "thought",
+        "know", "knew", "find", "found", "tell", "told", "write", "wrote",
+    ),
+    "object": (
+        "table", "chair", "door", "window", "book", "books", "car", "cars", "phone", "box",
+        "bottle", "cup", "bag", "key", "keys", "pen", "paper", "bed", "lamp", "clock", "shoe",
+        "shoes", "hat", "ball", "knife", "computer", "camera", "wheel", "rope", "mirror",
+    ),
+}  # fmt: skip
+
+
 PROFILES: dict[str, ProfileSpec] = {
     spec.name: spec
     for spec in (
@@ -102,7 +156,12 @@ PROFILES: dict[str, ProfileSpec] = {
             width_family=("saebook-tiny", ()),
             dataset=None,
             sizes=Sizes(
-                seq_len=128, n_seqs=256, batch_size=64, gen_tokens=24, train_tokens=102_400
+                seq_len=128,
+                n_seqs=256,
+                batch_size=64,
+                gen_tokens=24,
+                train_tokens=102_400,
+                dense_rows=4096,  # more than any tiny SAE's width: the whole dense Jacobian
             ),
             needs="a CPU (2 cores), no network",
             task="code_recall",  # the tiny model does not learn IOI
@@ -170,6 +229,7 @@ class Profile:
     _label_source: Callable[[int, int, int], dict[str, Tensor]] | None = field(
         default=None, repr=False
     )
+    _concept_words: dict[str, tuple[str, ...]] | None = field(default=None, repr=False)
 
     @classmethod
     def from_spec(
@@ -258,6 +318,37 @@ class Profile:
             task = ioi_task(self.model, n=n, seed=seed)
         return task.to(self.device)
 
+    def concept_words(self) -> dict[str, tuple[str, ...]]:
+        """Concept category (``name``, ``animal``, ``colour``, ...) -> words of that category.
+
+        The tiny profile gives its world's lexicon; hub profiles give
+        :data:`HUB_CONCEPT_WORDS`. Only words that are one token for this model's tokenizer
+        are kept (see :func:`single_token_words`); on a hub profile the others are dropped
+        with a warning naming them (the tiny lexicon's inflected forms that its tokenizer
+        splits, such as "doors", are dropped silently: no token could match them). Computed
+        once per profile, on first call.
+        """
+        if self._concept_words is None:
+            if self.name == "tiny":
+                from saebook.tinyworld.labels import LEXICON
+
+                raw = {c: tuple(sorted(LEXICON[c])) for c in HUB_CONCEPT_WORDS}
+            else:
+                raw = HUB_CONCEPT_WORDS
+            out, dropped = {}, []
+            for category, words in raw.items():
+                kept = single_token_words(self.model.tokenizer, words)
+                out[category] = kept
+                dropped += [f"{category}:{w}" for w in words if w not in kept]
+            if dropped and self.name != "tiny":
+                warnings.warn(
+                    f"profile {self.name!r}: {len(dropped)} concept words are not single tokens "
+                    f"for {self.model.cfg.model_name} and were dropped: {', '.join(dropped)}",
+                    stacklevel=2,
+                )
+            self._concept_words = out
+        return self._concept_words
+
     def sae(self, role: str) -> SAE:
         """The SAE for ``role``, with a clear error naming the roles this profile has."""
         if role not in self.saes:
@@ -298,6 +389,27 @@ class Profile:
         widths = ", ".join(str(s.cfg.d_sae) for s in self.width_family)
         out["width_family"] = f"{len(self.width_family)} widths ({widths})"
         return out
+
+
+def single_token_words(tokenizer: object, words: Iterable[str]) -> tuple[str, ...]:
+    """The ``words`` (in order) that ``tokenizer`` encodes as one token in some form.
+
+    The forms tried are the word with and without a leading space (inside text, and at the
+    start of a line), each also with its first letter upper-cased; special tokens (BOS) are
+    not added. A word that is a single token in no form could only be matched piecewise, so
+    word sets leave it out.
+    """
+    if isinstance(words, str):
+        raise TypeError(f"words must be a list of words, got the string {words!r}")
+    kept = []
+    for word in words:
+        if not isinstance(word, str) or not word.strip():
+            raise ValueError(f"words must be non-empty strings, got {word!r}")
+        upper = word[:1].upper() + word[1:]
+        forms = {" " + word, " " + upper, word, upper}
+        if any(len(tokenizer.encode(f, add_special_tokens=False)) == 1 for f in forms):
+            kept.append(word)
+    return tuple(kept)
 
 
 def available() -> list[str]:

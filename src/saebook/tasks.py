@@ -8,7 +8,7 @@ model solves (IOI on gpt2/gemma; code recall on the tiny model, which does not l
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from jaxtyping import Float, Int
@@ -23,7 +23,10 @@ class LogitDiffTask:
     """Aligned clean/corrupted prompts (same length) with answer and wrong-answer token ids.
 
     On the clean prompt ``answer`` is right and ``wrong`` is the distractor; the corrupted
-    prompt changes the context so that ``wrong`` becomes the right answer.
+    prompt changes the context so that ``wrong`` becomes the right answer. ``setup``,
+    ``carried`` and ``corruption`` are the words a chapter uses for the task in prose
+    (what the prompt asks, what the answer token is, what the corrupted prompt changes), so
+    no chapter has to know which task its profile runs.
     """
 
     name: str
@@ -33,6 +36,9 @@ class LogitDiffTask:
     answer: Int[Tensor, " batch"]
     wrong: Int[Tensor, " batch"]
     prompts: list[str]
+    setup: str = ""  # a sentence: what the prompt asks of the model
+    carried: str = "the answer"  # a noun phrase: what the answer token is
+    corruption: str = ""  # a verb phrase: what the corrupted prompt changes
 
     def logit_diff(
         self, logits: Float[Tensor, "rows seq vocab"], repeat: int = 1
@@ -51,14 +57,12 @@ class LogitDiffTask:
 
     def to(self, device: str | torch.device) -> LogitDiffTask:
         """The same task with its tensors on ``device``."""
-        return LogitDiffTask(
-            self.name,
-            self.description,
-            self.clean.to(device),
-            self.corrupted.to(device),
-            self.answer.to(device),
-            self.wrong.to(device),
-            self.prompts,
+        return replace(
+            self,
+            clean=self.clean.to(device),
+            corrupted=self.corrupted.to(device),
+            answer=self.answer.to(device),
+            wrong=self.wrong.to(device),
         )
 
 
@@ -77,11 +81,17 @@ def make_task(
     name: str,
     description: str,
     items: list[tuple[str, str, str, str]],
+    *,
+    setup: str = "",
+    carried: str = "the answer",
+    corruption: str = "",
 ) -> LogitDiffTask:
     """Tokenise ``(clean, corrupted, answer, wrong)`` string tuples into a task.
 
     Answers are single tokens (e.g. ``" Mary"``); every clean prompt must tokenise to the same
     length as its corrupted twin, and all prompts to one length, so positions align.
+    ``setup``, ``carried`` and ``corruption`` are the task's words for prose (see
+    :class:`LogitDiffTask`).
     """
     if not items:
         raise ValueError(
@@ -106,7 +116,10 @@ def make_task(
         )
     answer = torch.tensor([_single_token(model, a, "answer") for _, _, a, _ in items])
     wrong = torch.tensor([_single_token(model, w, "wrong") for _, _, _, w in items])
-    return LogitDiffTask(name, description, clean, corrupted, answer, wrong, [c for c, *_ in items])
+    return LogitDiffTask(
+        name, description, clean, corrupted, answer, wrong, [c for c, *_ in items],
+        setup=setup, carried=carried, corruption=corruption,
+    )  # fmt: skip
 
 
 _IOI_NAMES = ["Mary", "John", "Tom", "James", "Anna", "Paul", "Sarah", "David", "Laura", "Mark"]
@@ -128,4 +141,10 @@ def ioi_task(model: HookedTransformer, n: int = 16, seed: int = 0) -> LogitDiffT
         a, b = rng.sample(names, 2)
         clean, corrupted = _IOI_TEMPLATE.format(a=a, b=b), _IOI_TEMPLATE.format(a=b, b=a)
         items.append((clean, corrupted, " " + a, " " + b))
-    return make_task(model, "ioi", "indirect-object identification (name mover)", items)
+    return make_task(
+        model, "ioi", "indirect-object identification (name mover)", items,
+        setup="indirect-object identification: two people are named, one of them is named "
+        "again as the giver, and the model must complete with the other one, the recipient",
+        carried="the recipient's name",
+        corruption="swaps which name is repeated, so the other name becomes the answer",
+    )  # fmt: skip

@@ -225,10 +225,11 @@ def _as_float_dict(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _subtask(task: Any, rows: slice) -> Any:
-    from saebook.tasks import LogitDiffTask
+    from dataclasses import replace
 
-    return LogitDiffTask(task.name, task.description, task.clean[rows], task.corrupted[rows],
-                         task.answer[rows], task.wrong[rows], task.prompts[rows])  # fmt: skip
+    return replace(task, clean=task.clean[rows], corrupted=task.corrupted[rows],
+                   answer=task.answer[rows], wrong=task.wrong[rows],
+                   prompts=task.prompts[rows])  # fmt: skip
 
 
 def reference_logit_diff(logits: Tensor, answer: Tensor, wrong: Tensor) -> Tensor:

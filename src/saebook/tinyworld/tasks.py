@@ -40,4 +40,10 @@ def code_recall_task(model: HookedTransformer, n: int = 16, seed: int = 0) -> Lo
         clean = _TEMPLATE.format(code=" ".join(digits), name=name, prefix=prefix)
         corrupted = _TEMPLATE.format(code=" ".join(digits[:-1] + [other]), name=name, prefix=prefix)
         items.append((clean, corrupted, " " + digits[-1], " " + other))
-    return make_task(model, "code_recall", "recall the last digit of a secret code", items)
+    return make_task(
+        model, "code_recall", "recall the last digit of a secret code", items,
+        setup="code recall: a story states a secret code and someone types it again, so the "
+        "model must copy the code's last digit",
+        carried="the digit to copy",
+        corruption="states a different last digit",
+    )  # fmt: skip
