@@ -280,6 +280,8 @@ def downstream_mse_summed_over_layers(clean, new, keep):
     return torch.stack(
         [(n - c).pow(2).sum(-1)[keep].mean() for c, n in zip(clean, new, strict=True)]
     ).sum()
+
+
 def dead_fraction_at_or_above_window(fired, window):
     since, out = torch.zeros(fired.shape[1]), []
     for row in fired:
