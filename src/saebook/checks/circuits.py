@@ -436,7 +436,7 @@ def check_error_node_splice(fn: Callable[..., tuple[Tensor, Tensor, Tensor]], sa
 
     d_in = sae.cfg.d_in
     g = _generator(41)
-    scale = float(sae.W_dec.norm(dim=-1).mean()) * 4
+    scale = float(sae.W_dec.detach().norm(dim=-1).mean()) * 4
     x = torch.randn(2, 5, d_in, generator=g) * scale
     v = torch.randn(2, 5, d_in, generator=g)
     cases: list[Case] = [
