@@ -169,7 +169,7 @@ def test_neuronpedia_steer_request_failure_never_raises(parts, monkeypatch):
     _, saes = parts
     sae = saes["resid"]
     monkeypatch.setattr(sae.cfg.metadata, "neuronpedia_id", "gpt2-small/8-res-jb")
-    monkeypatch.setattr("saebook.dashboards._reachable", lambda host, timeout=2.0: True)
+    monkeypatch.setattr("saebook.neuronpedia.online", lambda timeout=2.0: True)
     sent = {}
 
     def failing(request, timeout):

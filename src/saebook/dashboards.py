@@ -51,6 +51,7 @@ from saebook.directions import (
 from saebook.files import atomic_write_text
 from saebook.hooks import reachable
 from saebook.latent_stats import Example, Interval, LatentStats, encode_at_hook
+from saebook.neuronpedia import NEURONPEDIA_HOST
 from saebook.validate import check_int
 
 __all__ = [
@@ -66,8 +67,6 @@ __all__ = [
     "neuronpedia_embed",
     "NEURONPEDIA_HOST",
 ]
-
-NEURONPEDIA_HOST = ("www.neuronpedia.org", 443)
 
 
 # ---------------------------------------------------------------------------------------------

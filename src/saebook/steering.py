@@ -28,6 +28,7 @@ from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 from tqdm import tqdm
 
+from saebook import neuronpedia
 from saebook.directions import check_latent, decoder_directions
 
 __all__ = [
@@ -244,7 +245,7 @@ def steering_sweep(
     return SteeringResult(pd.DataFrame(rows), generated, start, hook_name)
 
 
-NEURONPEDIA_STEER_URL = "https://www.neuronpedia.org/api/steer"
+NEURONPEDIA_STEER_URL = f"{neuronpedia.NEURONPEDIA_URL}/api/steer"
 
 
 def neuronpedia_steer(
@@ -264,8 +265,6 @@ def neuronpedia_steer(
     otherwise, or if the request fails, one line saying why. It never raises for network
     problems. An API key, if the service asks for one, is read from ``NEURONPEDIA_API_KEY``.
     """
-    from saebook.dashboards import NEURONPEDIA_HOST, _reachable
-
     latent = check_latent(sae, latent)
     np_id = sae.cfg.metadata.neuronpedia_id
     if not np_id or "/" not in str(np_id):
@@ -273,22 +272,14 @@ def neuronpedia_steer(
             f"Neuronpedia steering skipped: this SAE has no cfg.metadata.neuronpedia_id "
             f"(got {np_id!r}); steer locally with steering_sweep."
         )
-    if not _reachable(NEURONPEDIA_HOST):
+    if not neuronpedia.online():
         return (
-            f"Neuronpedia steering skipped: {NEURONPEDIA_HOST[0]} is not reachable from this "
-            "machine; the local sweep above is the result."
+            f"Neuronpedia steering skipped: {neuronpedia.NEURONPEDIA_HOST[0]} is not reachable "
+            "from this machine; the local sweep above is the result."
         )
-    model_id, source = str(np_id).split("/", 1)
-    body = {
-        "prompt": prompt,
-        "modelId": model_id,
-        "features": [{"modelId": model_id, "layer": source, "index": latent, "strength": strength}],
-        "temperature": temperature,
-        "n_tokens": n_tokens,
-        "freq_penalty": 0,
-        "seed": seed,
-        "strength_multiplier": 1,
-    }
+    body = neuronpedia.steer_body(
+        str(np_id), latent, prompt, strength, n_tokens=n_tokens, temperature=temperature, seed=seed
+    )
     headers = {"Content-Type": "application/json"}
     if os.environ.get("NEURONPEDIA_API_KEY"):
         headers["x-api-key"] = os.environ["NEURONPEDIA_API_KEY"]
