@@ -790,6 +790,9 @@ def train_sae_with_runner(
         device=str(model.cfg.device),
         seed=seed,
         verbose=False,
+        # the runner is handed the model (override_model) and never loads one: recording the
+        # default loading kwargs would make every reload of the SAE warn about them
+        model_from_pretrained_kwargs={},
     )
     return _run_runner(model, dataset, cfg, wandb_dir, progress)
 
