@@ -712,6 +712,21 @@ def _wandb_offline(wandb_dir: Path | None) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _check_runner_inputs(
+    model: HookedTransformer, dataset: Any, hook_name: str, total_tokens: int, batch_size: int
+) -> None:
+    """The argument checks of :func:`train_sae_with_runner` (errors name the argument)."""
+    if hook_name not in model.hook_dict:
+        raise KeyError(f"hook_name must be a hook of the model, got {hook_name!r}")
+    if "input_ids" not in getattr(dataset, "column_names", []):
+        raise ValueError(
+            f"dataset must be a datasets.Dataset with an 'input_ids' column, "
+            f"got {type(dataset).__name__} with columns {getattr(dataset, 'column_names', None)}"
+        )
+    check_int("batch_size_tokens", batch_size)
+    check_int("total_tokens", total_tokens, minimum=batch_size)
+
+
 def train_sae_with_runner(
     model: HookedTransformer,
     dataset: Any,
@@ -741,15 +756,7 @@ def train_sae_with_runner(
     The final SAE is saved in SAELens' format to ``output_path`` (default: a temporary
     folder) and ``sae`` is that saved SAE loaded back; ``extra["output_path"]`` says where.
     """
-    if hook_name not in model.hook_dict:
-        raise KeyError(f"hook_name must be a hook of the model, got {hook_name!r}")
-    if "input_ids" not in getattr(dataset, "column_names", []):
-        raise ValueError(
-            f"dataset must be a datasets.Dataset with an 'input_ids' column, "
-            f"got {type(dataset).__name__} with columns {getattr(dataset, 'column_names', None)}"
-        )
-    check_int("batch_size_tokens", batch_size_tokens)
-    check_int("total_tokens", total_tokens, minimum=batch_size_tokens)
+    _check_runner_inputs(model, dataset, hook_name, total_tokens, batch_size_tokens)
     context = len(dataset[0]["input_ids"])
     steps = total_tokens // batch_size_tokens
     out = Path(tempfile.mkdtemp() if output_path is None else output_path)
@@ -790,8 +797,8 @@ def train_sae_with_runner(
         device=str(model.cfg.device),
         seed=seed,
         verbose=False,
-        # the runner is handed the model (override_model) and never loads one: recording the
-        # default loading kwargs would make every reload of the SAE warn about them
+        # the runner is handed the model and never loads one: recording the default loading
+        # kwargs would make every reload of the SAE warn about them
         model_from_pretrained_kwargs={},
     )
     return _run_runner(model, dataset, cfg, wandb_dir, progress)
