@@ -18,7 +18,6 @@ Chapters: training/05
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from sae_lens import SAE, HookedSAETransformer, TopKSAE, TopKSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor
 
-from saebook.hooks import bos_mask, stop_layer
+from saebook.hooks import bos_mask, hook_layer, stop_layer
 from saebook.metrics import kl_divergence
 from saebook.validate import check_int, check_tensor, check_tokens
 
@@ -52,8 +51,6 @@ __all__ = [
 #: training objectives: "mse" (local reconstruction), "e2e" (KL), "e2e+ds" (KL + downstream MSE)
 OBJECTIVES = ("mse", "e2e", "e2e+ds")
 
-_RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
-
 
 def resid_layer(model: HookedSAETransformer, hook_name: str) -> int:
     """The layer ``L`` whose residual-stream input ``hook_name`` is (``blocks.L.hook_resid_pre``).
@@ -61,13 +58,17 @@ def resid_layer(model: HookedSAETransformer, hook_name: str) -> int:
     A forward pass started with ``start_at_layer=L`` takes exactly this tensor as input.
     Raises ``ValueError`` for any other hook (e2e training here needs a residual hook).
     """
-    match = _RESID_PRE.match(hook_name)
-    if match is None or int(match.group(1)) >= model.cfg.n_layers:
+    layer = hook_layer(hook_name) if isinstance(hook_name, str) else None
+    if (
+        layer is None
+        or hook_name != f"blocks.{layer}.hook_resid_pre"
+        or layer >= model.cfg.n_layers
+    ):
         raise ValueError(
             f"hook_name must be blocks.<L>.hook_resid_pre with L < {model.cfg.n_layers}, "
             f"got {hook_name!r}"
         )
-    return int(match.group(1))
+    return layer
 
 
 def downstream_hooks(model: HookedSAETransformer, hook_name: str) -> list[str]:

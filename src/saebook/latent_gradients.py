@@ -470,6 +470,16 @@ def _jacobian(
         return columns.T.detach()
 
 
+def _floats_per_pass(
+    model: HookedSAETransformer, up_sae: SAE, down_sae: SAE, tokens: Tensor
+) -> int:
+    """What one vectorised Jacobian pass carries, in floats: both SAEs' latents and the model's
+    activations, per position of ``tokens``."""
+    n_pos = int(torch.as_tensor(tokens).shape[-1])
+    width = up_sae.cfg.d_sae + down_sae.cfg.d_sae + 4 * model.cfg.n_layers * model.cfg.d_model
+    return n_pos * width
+
+
 def latent_jacobian(
     model: HookedSAETransformer,
     up_sae: SAE,
@@ -500,10 +510,8 @@ def latent_jacobian(
     )  # fmt: skip
     with torch.no_grad():
         n_out = int(lmap.fn(lmap.inputs).numel())
-    # each vectorised pass carries both SAEs' latents and the model's activations per position
-    n_pos = int(torch.as_tensor(tokens).shape[-1])
-    width = up_sae.cfg.d_sae + down_sae.cfg.d_sae + 4 * model.cfg.n_layers * model.cfg.d_model
-    full = _jacobian(lmap.fn, lmap.inputs, n_out, mode, chunk_size, per_pass=n_pos * width)
+    per_pass = _floats_per_pass(model, up_sae, down_sae, tokens)
+    full = _jacobian(lmap.fn, lmap.inputs, n_out, mode, chunk_size, per_pass=per_pass)
     jac = full[lmap.down_index.to(full.device)][:, lmap.up_index.to(full.device)]
     return LatentJacobian(jac.cpu(), lmap.up, lmap.down, lmap.up_hook, lmap.down_hook)
 
@@ -546,11 +554,8 @@ def dense_jacobian_sample(
     gen = torch.Generator().manual_seed(seed)
     drawn = pool[torch.randperm(len(pool), generator=gen)[: min(n_rows, n_total) - len(active)]]
     rows = torch.cat([active, drawn]).to(lmap.inputs.device)
-    n_pos = int(torch.as_tensor(tokens).shape[-1])
-    width = up_sae.cfg.d_sae + down_sae.cfg.d_sae + 4 * model.cfg.n_layers * model.cfg.d_model
-    full = _jacobian(
-        lambda v: lmap.fn(v)[rows], lmap.inputs, len(rows), "rev", None, per_pass=n_pos * width
-    )
+    per_pass = _floats_per_pass(model, up_sae, down_sae, tokens)
+    full = _jacobian(lambda v: lmap.fn(v)[rows], lmap.inputs, len(rows), "rev", None, per_pass)
     jac = full[: len(active)][:, lmap.up_index.to(full.device)]
     return LatentJacobian(jac.cpu(), lmap.up, lmap.down, lmap.up_hook, lmap.down_hook), n_total
 
