@@ -42,6 +42,7 @@ from saebook import profiles
 from saebook.errors import MissingArtifactError
 p = profiles.load("gpt2", device="cpu")
 out = {"load_s": time.time() - start}
+out["loaded_up_front"] = [p.saes.loaded(), p.width_family.loaded()]
 m = p.model
 out["model"] = dict(n_layers=m.cfg.n_layers, d_model=m.cfg.d_model, d_vocab=m.cfg.d_vocab,
                     bos=m.tokenizer.bos_token_id, eos=m.tokenizer.eos_token_id)
@@ -164,6 +165,7 @@ def test_gpt2_profile_loads_offline_with_real_shapes(gpt2_offline):
     assert gpt2_offline["model"] == dict(
         n_layers=12, d_model=768, d_vocab=50257, bos=50256, eos=50256
     )
+    assert gpt2_offline["loaded_up_front"] == [[], []]  # SAEs load on first access
     spec = profiles.PROFILES["gpt2"]
     saes = gpt2_offline["saes"]
     assert {r for r in saes if not r.startswith("w")} == set(spec.saes) == set(GPT2_EXPECTED)

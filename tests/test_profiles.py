@@ -85,13 +85,43 @@ def test_hub_profile_loads_what_its_spec_names(monkeypatch, micro_model):
     monkeypatch.setattr(profiles, "_CACHE", {})
     loaded = profiles.load("gpt2", device="cpu")
     spec = profiles.PROFILES["gpt2"]
-    assert ("model", "gpt2-small") in calls
-    assert all(v in calls for v in spec.saes.values())
-    assert set(loaded.saes) == set(spec.saes)
+    assert calls == [("model", "gpt2-small")]  # SAEs load on first access, not up front
+    assert set(loaded.saes) == set(spec.saes) and "resid" in loaded.saes
+    assert loaded.saes.loaded() == [] and loaded.width_family.loaded() == []
+    assert loaded.sae("attn") is saes["resid"] and calls[-1] == spec.saes["attn"]
+    assert loaded.saes.loaded() == ["attn"]
+    dict(loaded.saes.items())  # every role now loaded, each once
+    assert sorted(calls[1:]) == sorted(spec.saes.values())
     assert len(loaded.width_family) == len(spec.width_family[1])
+    assert loaded.width_family[-1] is saes["resid"] and loaded.width_family.loaded() == [4]
     with pytest.raises(KeyError, match="transcoder"):
         loaded.sae("transcoder")
     assert loaded.labeled_tokens(2, 8) is None  # no ground truth on a hub profile
+
+
+def test_lazy_saes_load_each_role_once_on_first_access():
+    calls = []
+
+    def loader(name):
+        return lambda: calls.append(name) or f"sae {name}"
+
+    saes = profiles.LazySAEs({"resid": loader("resid"), "attn": loader("attn")})
+    assert list(saes) == ["resid", "attn"] and len(saes) == 2 and "attn" in saes
+    assert "mlp" not in saes and calls == []  # membership and iteration load nothing
+    assert saes["attn"] == "sae attn" and saes["attn"] == "sae attn" and calls == ["attn"]
+    assert saes.loaded() == ["attn"] and "loaded=['attn']" in repr(saes)
+    with pytest.raises(KeyError, match="mlp"):
+        saes["mlp"]
+    assert dict(saes) == {"resid": "sae resid", "attn": "sae attn"} and calls == ["attn", "resid"]
+
+    family = profiles.LazySAEList([loader("w0"), loader("w1"), loader("w2")])
+    assert len(family) == 3 and family[-1] == "sae w2" and family.loaded() == [2]
+    assert family[0:2] == ["sae w0", "sae w1"] and list(family)[2] == "sae w2"
+    assert calls[-3:] == ["w2", "w0", "w1"]  # w2 was not loaded twice
+    with pytest.raises(IndexError, match=r"index must be in \[-3, 3\), got 3"):
+        family[3]
+    with pytest.raises(TypeError, match="index must be an int or a slice"):
+        family["0"]
 
 
 def test_hub_token_source_packs_rows(monkeypatch, micro_model):

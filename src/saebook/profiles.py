@@ -11,9 +11,10 @@ token source. This module is the only place that knows model names, SAE releases
 
 from __future__ import annotations
 
+import operator
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from dataclasses import replace as _replace
 from typing import Any
@@ -38,6 +39,8 @@ __all__ = [
     "resolve_sae_id",
     "single_token_words",
     "HUB_CONCEPT_WORDS",
+    "LazySAEs",
+    "LazySAEList",
 ]
 
 ENV_VAR = "SAEBOOK_PROFILE"
@@ -212,6 +215,71 @@ PROFILES: dict[str, ProfileSpec] = {
 }
 
 
+class LazySAEs(Mapping[str, SAE]):
+    """SAEs by role, each loaded on first access and kept: a read-only mapping.
+
+    A hub profile names several SAEs (on gemma several GB in all); a chapter that reads one
+    role loads only that one. ``loaders`` maps role -> a function returning its ``SAE``.
+    Iterating over roles loads nothing; ``items()``/``values()`` load every role they reach.
+    """
+
+    def __init__(self, loaders: Mapping[str, Callable[[], SAE]]) -> None:
+        self._loaders = dict(loaders)
+        self._loaded: dict[str, SAE] = {}
+
+    def __getitem__(self, role: str) -> SAE:
+        if role not in self._loaders:
+            raise KeyError(role)
+        if role not in self._loaded:
+            self._loaded[role] = self._loaders[role]()
+        return self._loaded[role]
+
+    def __contains__(self, role: object) -> bool:  # Mapping's default would load the SAE
+        return role in self._loaders
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+    def loaded(self) -> list[str]:
+        """The roles loaded so far."""
+        return list(self._loaded)
+
+    def __repr__(self) -> str:
+        return f"LazySAEs(roles={list(self._loaders)}, loaded={self.loaded()})"
+
+
+class LazySAEList(Sequence[SAE]):
+    """A sequence of SAEs (the width family), each loaded on first access and kept."""
+
+    def __init__(self, loaders: Sequence[Callable[[], SAE]]) -> None:
+        self._saes = LazySAEs({str(i): f for i, f in enumerate(loaders)})
+
+    def __getitem__(self, index):  # int -> SAE, slice -> list[SAE]
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        n = len(self)
+        try:
+            i = operator.index(index)
+        except TypeError:
+            raise TypeError(f"index must be an int or a slice, got {index!r}") from None
+        if not -n <= i < n:
+            raise IndexError(f"index must be in [{-n}, {n}), got {i}")
+        return self._saes[str(i % n)]
+
+    def __len__(self) -> int:
+        return len(self._saes)
+
+    def loaded(self) -> list[int]:
+        """The indices loaded so far."""
+        return [int(i) for i in self._saes.loaded()]
+
+    def __repr__(self) -> str:
+        return f"LazySAEList(n={len(self)}, loaded={self.loaded()})"
+
+
 @dataclass
 class Profile:
     """A loaded profile: model, SAEs by role, width family, sizes and a token source."""
@@ -219,8 +287,8 @@ class Profile:
     name: str
     description: str
     model: HookedSAETransformer
-    saes: dict[str, SAE]
-    width_family: list[SAE]
+    saes: Mapping[str, SAE]  # a dict on tiny; LazySAEs (load on first access) on hub profiles
+    width_family: Sequence[SAE]  # narrow to wide; LazySAEList on hub profiles
     sizes: Sizes
     device: str
     task_name: str
@@ -235,7 +303,7 @@ class Profile:
     def from_spec(
         cls,
         spec: ProfileSpec,
-        loaded: tuple[HookedSAETransformer, dict[str, SAE], list[SAE]],
+        loaded: tuple[HookedSAETransformer, Mapping[str, SAE], Sequence[SAE]],
         device: str,
         token_source: Callable[[int, int, int], Tensor],
         label_source: Callable[[int, int, int], dict[str, Tensor]] | None = None,
@@ -605,12 +673,15 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
                 f"in on this machine (`hf auth login`, or set HF_TOKEN) and load again."
             ) from err
         raise
-    saes = {
-        role: SAE.from_pretrained(release, resolve_sae_id(release, sae_id), device=device)
-        for role, (release, sae_id) in spec.saes.items()
-    }
+    def loader(release: str, sae_id: str) -> Callable[[], SAE]:
+        return lambda: SAE.from_pretrained(release, sae_id, device=device)
+
+    # loaded on first access: gemma's SAEs and width family are several GB in all
+    saes = LazySAEs(
+        {role: loader(rel, resolve_sae_id(rel, i)) for role, (rel, i) in spec.saes.items()}
+    )
     release, ids = spec.width_family
-    family = [SAE.from_pretrained(release, i, device=device) for i in ids]
+    family = LazySAEList([loader(release, i) for i in ids])
     return Profile.from_spec(
         spec,
         (model, saes, family),
