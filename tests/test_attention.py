@@ -127,3 +127,17 @@ def test_check_head_norms_accepts_reference_and_rejects_transpose():
     checks.check_head_norms(lambda w, n: w.reshape(w.shape[0], n, -1).norm(dim=-1))
     with pytest.raises(AssertionError, match="case"):
         checks.check_head_norms(lambda w, n: w.reshape(w.shape[0], -1, n).norm(dim=-2))
+
+
+def test_source_attribution_after_the_sae_was_spliced_into_the_model(parts, repeated):
+    """Splicing an SAE into a HookedSAETransformer renames its hook points with the model's
+    prefix for good; the attribution must still read SAELens' own pre-activations after that
+    (it raised KeyError 'hook_sae_acts_pre' once a chapter had used the SAE in model.saes)."""
+    model, sae, _ = parts
+    before = source_attribution(model, sae, repeated[:1], 0)
+    with model.saes(saes=[sae]):
+        model(repeated[:1])
+    assert sae.hook_dict["hook_sae_acts_pre"].name != "hook_sae_acts_pre"
+    after = source_attribution(model, sae, repeated[:1], 0)
+    torch.testing.assert_close(after.pre_activation, before.pre_activation)
+    torch.testing.assert_close(after.activation, before.activation)

@@ -153,14 +153,21 @@ def _encoder_by_head(sae: SAE, n_heads: int) -> tuple[Tensor, Tensor]:
 
 
 def _sae_pre_and_acts(sae: SAE, z: Tensor) -> tuple[Tensor, Tensor]:
-    """SAELens' own pre-activations (read at ``hook_sae_acts_pre``) and activations of ``z``."""
+    """SAELens' own pre-activations (read at ``hook_sae_acts_pre``) and activations of ``z``.
+
+    The filter takes the SAE's own hook names, but the cache is keyed by each hook point's
+    current ``name``: once an SAE has been spliced into a ``HookedSAETransformer``, that name
+    carries the model's prefix (``blocks.1.attn.hook_z.hook_sae_acts_pre``).
+    """
+    pre_name = sae.hook_dict["hook_sae_acts_pre"].name
+    post_name = sae.hook_dict["hook_sae_acts_post"].name
     _, cache = sae.run_with_cache(
         z.to(sae.dtype), names_filter=["hook_sae_acts_pre", "hook_sae_acts_post"]
     )
-    pre = cache["hook_sae_acts_pre"].float()
+    pre = cache[pre_name].float()
     if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
         pre = pre * sae.W_dec.float().norm(dim=-1)
-    return pre, cache["hook_sae_acts_post"].float()
+    return pre, cache[post_name].float()
 
 
 @torch.no_grad()
