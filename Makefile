@@ -30,10 +30,18 @@ book: setup
 	TQDM_DISABLE=1 $(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "Site: _build/html/index.html"
 
-# One pytest session over tests/ and book/: unit tests first, then the chapters (nbmake, in
-# _toc.yml order, appendix last), then the tests that read them (site, browser, determinism).
+# Two pytest sessions. The unit tests (-m "not book"), spread over the cores by pytest-xdist
+# (one worker per CPU, each test file on one worker); then the book (-m book): every chapter
+# executed by nbmake in _toc.yml order (appendix last, reading the rows the unit tests
+# recorded), then the tests that read them (site, browser, determinism). The book session runs
+# even when a unit test failed; the target fails when either did.
+TEST_WORKERS ?= auto
 test: setup
-	SAEBOOK_PROFILE=tiny $(PY) -m pytest --nbmake
+	status=0; \
+	SAEBOOK_PROFILE=tiny $(PY) -m pytest -m "not book" -n $(TEST_WORKERS) --dist loadfile \
+	  --durations=10 || status=$$?; \
+	SAEBOOK_PROFILE=tiny $(PY) -m pytest --nbmake -m book --durations=10 || status=$$?; \
+	exit $$status
 
 # The fast loop: the unit tests (-m "not book": no chapter, no test of executed chapters)
 test-unit: setup

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
@@ -48,6 +49,11 @@ netblock = _load_netblock()
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "determinism: executes one chapter twice")
     netblock.install()  # no-op with SAEBOOK_ALLOW_NETWORK=1
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # pytest-xdist: share the cores instead of oversubscribing them
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -57,6 +63,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     for key, seen in _tallies.items():
         if key in props:
             seen.append(str(props[key]))
+    _reference_rows.extend(v for k, v in report.user_properties if k == "reference_row")
 
 
 def tally_lines() -> list[str]:
@@ -167,13 +174,18 @@ def reference_row(request):
             "note": note, "test": request.node.nodeid,
             "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        rows = []
-        if REFERENCES_JSON.is_file():
-            rows = json.loads(REFERENCES_JSON.read_text(encoding="utf-8")).get("rows", [])
-        key = (technique, quantity)
-        rows = [r for r in rows if (r["technique"], r["quantity"]) != key] + [row]
-        atomic_write_text(REFERENCES_JSON, json.dumps({"rows": rows}, indent=2) + "\n")
-        _reference_rows.append(row)
+        REFERENCES_JSON.parent.mkdir(parents=True, exist_ok=True)
+        # read-modify-write under a lock: `make test` runs the unit tests in parallel workers
+        with open(REFERENCES_JSON.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            rows = []
+            if REFERENCES_JSON.is_file():
+                rows = json.loads(REFERENCES_JSON.read_text(encoding="utf-8")).get("rows", [])
+            key = (technique, quantity)
+            rows = [r for r in rows if (r["technique"], r["quantity"]) != key] + [row]
+            atomic_write_text(REFERENCES_JSON, json.dumps({"rows": rows}, indent=2) + "\n")
+        # printed at the end by the process that reports (the controller under pytest-xdist)
+        request.node.user_properties.append(("reference_row", row))
         return row
 
     return record
