@@ -49,7 +49,7 @@ from scipy.stats import spearmanr
 from sidevenv import SideVenvError, run_in_venv
 
 from saebook.attribution import ablation_effects, attribution_patching
-from saebook.dashboards import write_dashboards
+from saebook.dashboards import CONTEXT, write_dashboards
 from saebook.latent_stats import encode_at_hook, latent_stats
 
 N_LATENTS_NAIVE = 64
@@ -265,8 +265,10 @@ SAE_DASHBOARD_FEATURE_BATCH = 2048  # its logit tables take features x d_vocab f
 
 
 def ours_dashboards(model, sae, tokens, batch_size: int, latents: list[int], folder: Path):
-    """Our side of the comparison: the engine pass plus every page written to ``folder``."""
-    stats = latent_stats(model, sae, tokens, batch_size=batch_size, progress=False)
+    """Our side of the comparison: the engine pass (keeping the examples' activation windows,
+    so the pages need no second pass) plus every page written to ``folder``."""
+    stats = latent_stats(model, sae, tokens, batch_size=batch_size, progress=False,
+                         window=CONTEXT)  # fmt: skip
     write_dashboards(model, sae, tokens, stats, latents, folder, batch_size=batch_size)
 
 

@@ -221,3 +221,23 @@ def test_logit_summaries_match_per_latent_logits(setup):
         ref = torch.histc(logits, bins=len(counts), min=lo, max=hi)
         assert sum(counts) == logits.numel()
         assert (torch.tensor(counts) - ref).abs().sum() <= 2  # rounding at a bin edge
+
+
+def test_dashboards_from_kept_windows_need_no_model_pass(setup, monkeypatch):
+    """With windows kept by latent_stats, the pages equal the ones a second model pass gives,
+    and that pass is never made."""
+    model, saes, tokens, stats = setup
+    sae = saes["resid"]
+    kept = latent_stats(model, sae, tokens, batch_size=8, progress=False, window=(12, 4))
+    latents = torch.nonzero(kept.count > 0).flatten()[:5].tolist()
+    second_pass = dashboards.latent_dashboards(model, sae, tokens, stats["resid"], latents)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a model pass was made although the windows were kept")
+
+    monkeypatch.setattr(dashboards, "_window_activations", no_pass)
+    from_kept = dashboards.latent_dashboards(model, sae, tokens, kept, latents)
+    for a, b in zip(second_pass, from_kept, strict=True):
+        assert _same_page(a.html, b.html)
+    with pytest.raises(AssertionError, match="model pass"):  # a wider context needs the pass
+        dashboards.latent_dashboards(model, sae, tokens, kept, latents, context=(13, 4))

@@ -222,3 +222,49 @@ def test_result_is_a_cpu_dataclass(micro_model, tokens):
     assert stats.top_values.shape == (saes["attn"].cfg.d_sae, 4)
     assert stats.sample_values.shape == (saes["attn"].cfg.d_sae, 5)
     assert stats.count.device.type == "cpu"
+
+
+@pytest.mark.parametrize("role", ["resid", "attn"])
+def test_kept_windows_equal_a_full_pass(micro_model, tokens, role):
+    """window=(before, after): every buffered example carries its latent's activations around
+    it, equal to a full pass (latent_activations); the statistics themselves do not change."""
+    model, saes, _ = micro_model
+    sae = saes[role]
+    plain = latent_stats(model, sae, tokens, batch_size=3, k=5, n_samples=6, progress=False)
+    kept = latent_stats(model, sae, tokens, batch_size=3, k=5, n_samples=6, progress=False,
+                        window=(3, 2))  # fmt: skip
+    for name in ("count", "sum", "max", "hist", "top_values", "top_rows", "top_pos",
+                 "sample_values", "sample_rows", "sample_pos"):  # fmt: skip
+        assert torch.equal(getattr(plain, name), getattr(kept, name)), name
+    assert (
+        plain.window is None
+        and plain.windows_at(torch.zeros(1, 3, dtype=torch.long), (0, 0)) is None
+    )
+    full = latent_activations(model, sae, tokens)
+    seq = tokens.shape[1]
+    checked = 0
+    for rows, pos, wins in ((kept.top_rows, kept.top_pos, kept.top_windows),
+                            (kept.sample_rows, kept.sample_pos, kept.sample_windows)):  # fmt: skip
+        assert wins.shape == (sae.cfg.d_sae, rows.shape[1], 6)
+        for lat, slot in torch.nonzero(rows >= 0).tolist()[:300]:
+            r, p = int(rows[lat, slot]), int(pos[lat, slot])
+            expected = [
+                float(full[r, q, lat]) if 0 <= q < seq else 0.0 for q in range(p - 3, p + 3)
+            ]
+            assert wins[lat, slot].tolist() == pytest.approx(expected, abs=1e-5)
+            checked += 1
+    assert checked > 100
+    # lookup by (latent, row, pos), cut to a narrower context; None when it cannot answer
+    lat, slot = torch.nonzero(kept.top_rows >= 0)[0].tolist()
+    r, p = int(kept.top_rows[lat, slot]), int(kept.top_pos[lat, slot])
+    got = kept.windows_at(torch.tensor([[lat, r, p]]), (1, 2))
+    assert got.tolist()[0] == pytest.approx(kept.top_windows[lat, slot, 2:6].tolist())
+    assert kept.windows_at(torch.tensor([[lat, r, p]]), (4, 2)) is None  # wider than kept
+    held = {(int(a), int(b)) for a, b in zip(kept.top_rows[lat], kept.top_pos[lat], strict=True)}
+    held |= {(int(a), int(b)) for a, b in zip(kept.sample_rows[lat], kept.sample_pos[lat],
+                                              strict=True)}  # fmt: skip
+    missing = next(q for q in range(seq) if (r, q) not in held)
+    assert kept.windows_at(torch.tensor([[lat, r, p], [lat, r, missing]]), (1, 1)) is None
+    for bad, err in (((3,), ValueError), ((-1, 2), ValueError), ((1.5, 2), TypeError)):
+        with pytest.raises(err, match="window"):
+            latent_stats(model, sae, tokens, progress=False, window=bad)

@@ -66,7 +66,12 @@ __all__ = [
     "density_histogram",
     "neuronpedia_embed",
     "NEURONPEDIA_HOST",
+    "CONTEXT",
 ]
+
+#: tokens shown before and after each example's token; pass it as ``latent_stats(...,
+#: window=CONTEXT)`` and the dashboards need no second model pass
+CONTEXT: tuple[int, int] = (12, 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,7 +405,7 @@ class _Options:
     n_top: int = 10
     n_intervals: int = 4
     per_interval: int = 4
-    context: tuple[int, int] = (12, 4)
+    context: tuple[int, int] = CONTEXT
     n_logits: int = 10
     batch_size: int = 32
 
@@ -587,8 +592,9 @@ def _dashboard_html(
 
 def _iter_dashboards(model, sae, tokens, stats, latents, opt: _Options,
                      chunk: int = 1024) -> Iterator[Dashboard]:  # fmt: skip
-    """Dashboards of ``latents`` in order: one model pass for all their examples, then logit
-    effects and HTML ``chunk`` latents at a time (memory: one chunk's pages)."""
+    """Dashboards of ``latents`` in order: the examples' activation windows (kept by
+    ``latent_stats(window=...)``, else one model pass for all of them), then logit effects
+    and HTML ``chunk`` latents at a time (memory: one chunk's pages)."""
     _check_stats(model, sae, tokens, stats)
     if isinstance(latents, Tensor):
         latents = latents.flatten().tolist()
@@ -600,8 +606,12 @@ def _iter_dashboards(model, sae, tokens, stats, latents, opt: _Options,
     chosen = [_examples(stats, latent, opt) for latent in latents]
     wanted = [(lat, e.row, e.pos) for lat, (top, iv) in zip(latents, chosen, strict=True)
               for e in top + [e for _, ex in iv for e in ex]]  # fmt: skip
-    windows = _window_activations(model, sae, tokens, torch.tensor(wanted, dtype=torch.long)
-                                  .view(-1, 3), opt.context, opt.batch_size).tolist()  # fmt: skip
+    wanted_t = torch.tensor(wanted, dtype=torch.long).view(-1, 3)
+    # windows kept by the statistics pass (latent_stats(window=...)) spare a second pass
+    kept = stats.windows_at(wanted_t, opt.context)
+    if kept is None:
+        kept = _window_activations(model, sae, tokens, wanted_t, opt.context, opt.batch_size)
+    windows = kept.tolist()
     rows = sorted({r for _, r, _ in wanted})
     token_rows = dict(zip(rows, tokens[rows].tolist(), strict=True)) if rows else {}
     k_logits = min(opt.n_logits, model.cfg.d_vocab)
@@ -668,15 +678,17 @@ def latent_dashboards(
     n_top: int = 10,
     n_intervals: int = 4,
     per_interval: int = 4,
-    context: tuple[int, int] = (12, 4),
+    context: tuple[int, int] = CONTEXT,
     n_logits: int = 10,
     batch_size: int = 32,
 ) -> list[Dashboard]:
     """The dashboards of ``latents``, from ``stats`` computed by ``latent_stats`` on ``tokens``.
 
-    The example rows of all the latents go through the model together (one pass over the
-    rows that hold any example, ``batch_size`` rows at a time), and the logit effects are one
-    matrix product per chunk of latents, so N dashboards cost far less than N single ones.
+    When ``stats`` kept activation windows covering ``context`` (``latent_stats(...,
+    window=context)``), the examples need no model pass at all; otherwise the example rows of
+    all the latents go through the model together (one pass over the rows that hold any
+    example, ``batch_size`` rows at a time). The logit effects are one matrix product per
+    chunk of latents, so N dashboards cost far less than N single ones.
     For many latents prefer :func:`write_dashboards`, which does not keep every page.
 
     Args:
@@ -724,7 +736,7 @@ def write_dashboards(
     check_int("chunk", chunk)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    opt = _Options(**{**options, "context": tuple(options.get("context", (12, 4)))})
+    opt = _Options(**{**options, "context": tuple(options.get("context", CONTEXT))})
     paths = []
     for dash in _iter_dashboards(model, sae, tokens, stats, latents, opt, chunk):
         path = folder / f"latent_{dash.latent}.html"

@@ -25,6 +25,7 @@ deeper/06, deeper/07, training/02, training/03, circuits/02
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -96,6 +97,13 @@ class LatentStats:
     sample_rows: Int[Tensor, "d_sae n_samples"]
     sample_pos: Int[Tensor, "d_sae n_samples"]
     peak_buffer_bytes: int  # largest working set of the pass (batch buffers + state)
+    #: ``(before, after)`` of the activation windows kept with every buffered example
+    #: (``latent_stats(window=...)``), or None when none were kept
+    window: tuple[int, int] | None = None
+    #: the latent's activations at ``pos - before .. pos + after`` of each top example's row
+    #: (0 outside the sequence); None without ``window``
+    top_windows: Float[Tensor, "d_sae k width"] | None = None
+    sample_windows: Float[Tensor, "d_sae n_samples width"] | None = None
 
     @property
     def d_sae(self) -> int:
@@ -185,6 +193,34 @@ class LatentStats:
         """Counts of ``latent``'s non-zero activations per bin, and the bin edges."""
         latent = self._check_latent(latent)
         return self.hist[latent], self.hist_edges
+
+    def windows_at(
+        self, wanted: Int[Tensor, "n 3"], context: tuple[int, int]
+    ) -> Float[Tensor, "n window"] | None:
+        """The kept activation windows of ``wanted`` rows ``(latent, row, pos)``, cut to
+        ``context = (before, after)``; None unless every one is a buffered example and the
+        kept windows cover ``context``."""
+        if self.window is None or self.top_windows is None or self.sample_windows is None:
+            return None
+        before, after = context
+        if before > self.window[0] or after > self.window[1]:
+            return None
+        wanted = torch.as_tensor(wanted, dtype=torch.long).view(-1, 3)
+        lat = wanted[:, 0].unique()
+        rows = torch.cat([self.top_rows[lat], self.sample_rows[lat]], 1)
+        pos = torch.cat([self.top_pos[lat], self.sample_pos[lat]], 1)
+        wins = torch.cat([self.top_windows[lat], self.sample_windows[lat]], 1)
+        used = rows >= 0
+        span = self.n_rows * self.seq_len
+        keys = (lat[:, None] * span + rows * self.seq_len + pos)[used]
+        keys, order = keys.sort()
+        wins = wins[used][order]
+        asked = (wanted[:, 0] * span + wanted[:, 1] * self.seq_len + wanted[:, 2]).contiguous()
+        at = torch.searchsorted(keys, asked).clamp(max=max(len(keys) - 1, 0))
+        if len(keys) == 0 or not bool((keys[at] == asked).all()):
+            return None
+        cut = slice(self.window[0] - before, self.window[0] + after + 1)
+        return wins[at][:, cut]
 
     def table(self) -> pd.DataFrame:
         """One row per latent: count, density, mean activation (when firing) and maximum."""
@@ -284,14 +320,17 @@ def _merge_smallest(
     state_payload: list[Tensor],
     group: Tensor,
     keys: Tensor,
-    payload: list[Tensor],
+    payload: list[Tensor] | Callable[[Tensor], list[Tensor]],
 ) -> int:
     """Keep, per group, the ``m`` entries with the smallest keys among state and candidates.
 
     ``state_keys`` is an int64 ``(n_groups, m)`` buffer, each row sorted ascending, with
     :data:`_EMPTY` in unused slots; candidates come flat, with their ``group`` ids and int64
     ``keys`` in ``[0, 2**31)``. Candidates that cannot enter (key not below their group's
-    current worst) are dropped first, so once the buffers are full a batch costs little.
+    current worst) are dropped first, so once the buffers are full a batch costs little;
+    ``payload`` may be a function of the kept candidates' indices, so that costly payloads
+    (activation windows) are built for those only. A payload entry may have trailing axes
+    (state ``(n_groups, m, *trail)``, candidates ``(n, *trail)``).
     The rest are merged with one stable sort on ``group * 2**32 + key`` over the touched
     groups only; ties keep the older entry. Returns the number of candidates merged.
     """
@@ -300,7 +339,7 @@ def _merge_smallest(
     if enter.numel() == 0:
         return 0
     group, keys = group.index_select(0, enter), keys.index_select(0, enter)
-    payload = [p.index_select(0, enter) for p in payload]
+    payload = payload(enter) if callable(payload) else [p.index_select(0, enter) for p in payload]
     mask = torch.zeros(n_groups, dtype=torch.bool, device=keys.device)
     mask[group] = True
     touched = torch.nonzero(mask).squeeze(1)  # ascending
@@ -313,8 +352,9 @@ def _merge_smallest(
     chosen = order[(starts[:, None] + torch.arange(m, device=keys.device)).reshape(-1)]
     state_keys[touched] = all_keys[chosen].view(t, m)
     for state, new in zip(state_payload, payload, strict=True):
-        merged = torch.cat([state.index_select(0, touched).reshape(-1), new])
-        state[touched] = merged[chosen].view(t, m)
+        trail = state.shape[2:]
+        merged = torch.cat([state.index_select(0, touched).reshape(-1, *trail), new])
+        state[touched] = merged[chosen].view(t, m, *trail)
     return int(group.numel())
 
 
@@ -333,8 +373,13 @@ class _Accumulator:
     top-k buffer and reservoir sample, updated from each batch's firings."""
 
     def __init__(self, d: int, k: int, n_samples: int, n_bins: int, edges: Tensor | None,
-                 device: torch.device, seed: int) -> None:  # fmt: skip
+                 device: torch.device, seed: int,
+                 window: tuple[int, int] | None = None) -> None:  # fmt: skip
         self.d, self.n_bins, self.edges, self.device = d, n_bins, edges, device
+        self.window = window
+        width = 0 if window is None else window[0] + window[1] + 1
+        self.top_win = torch.zeros((d, k if width else 0, width), device=device)
+        self.smp_win = torch.zeros((d, n_samples if width else 0, width), device=device)
         self.count = torch.zeros(d, dtype=torch.int64, device=device)
         self.total = torch.zeros(d, dtype=torch.float64, device=device)
         self.peak = torch.zeros(d, dtype=torch.float32, device=device)
@@ -351,11 +396,34 @@ class _Accumulator:
     @property
     def state_bytes(self) -> int:
         state = [self.count, self.total, self.peak, self.hist, self.top_keys, self.top_vals,
-                 self.top_at, self.smp_keys, self.smp_vals, self.smp_at]  # fmt: skip
+                 self.top_at, self.smp_keys, self.smp_vals, self.smp_at, self.top_win,
+                 self.smp_win]  # fmt: skip
         return sum(t.numel() * t.element_size() for t in state)
 
-    def add(self, where: Tensor, lat: Tensor, vals: Tensor) -> None:
-        """Fold in firings: flat positions ``where``, latents ``lat``, values ``vals`` > 0."""
+    def _payload(self, vals: Tensor, where: Tensor, lat: Tensor, acts: Tensor | None,
+                 offset: int) -> list[Tensor] | Callable[[Tensor], list[Tensor]]:  # fmt: skip
+        """The buffers' payload of the candidates: value and position, plus (with a window)
+        the latent's activations around the position, built for the entering ones only."""
+        if self.window is None or acts is None:
+            return [vals, where]
+        before, after = self.window
+        seq = acts.shape[1]
+
+        def build(enter: Tensor) -> list[Tensor]:
+            at, latent = where.index_select(0, enter), lat.index_select(0, enter)
+            local = at - offset
+            cols = (local % seq)[:, None] + torch.arange(-before, after + 1, device=at.device)
+            inside = (cols >= 0) & (cols < seq)
+            got = acts[(local // seq)[:, None], cols.clamp(0, seq - 1), latent[:, None]]
+            return [vals.index_select(0, enter), at, got.float() * inside]
+
+        return build
+
+    def add(self, where: Tensor, lat: Tensor, vals: Tensor, acts: Tensor | None = None,
+            offset: int = 0) -> None:  # fmt: skip
+        """Fold in firings: flat positions ``where``, latents ``lat``, values ``vals`` > 0;
+        ``acts`` (the batch's activations, its first row at flat position ``offset``) is
+        needed for the activation windows when the accumulator keeps them."""
         if lat.numel() == 0:
             return
         d = self.d
@@ -366,11 +434,14 @@ class _Accumulator:
             self.edges = _log_edges(vals, self.n_bins).to(self.device)
         bins = torch.bucketize(vals.double(), self.edges[1:-1])
         self.hist.scatter_add_(0, lat * self.n_bins + bins, torch.ones_like(bins))
-        _merge_smallest(self.top_keys, [self.top_vals, self.top_at], lat, _value_key(vals),
-                        [vals, where])  # fmt: skip
+        keep_win = self.window is not None and acts is not None
+        top_state = [self.top_vals, self.top_at] + ([self.top_win] if keep_win else [])
+        smp_state = [self.smp_vals, self.smp_at] + ([self.smp_win] if keep_win else [])
+        payload = self._payload(vals, where, lat, acts, offset)
+        _merge_smallest(self.top_keys, top_state, lat, _value_key(vals), payload)
         rand = torch.randint(0, 1 << 31, (lat.numel(),), generator=self.generator,
                              device=self.device)  # fmt: skip
-        _merge_smallest(self.smp_keys, [self.smp_vals, self.smp_at], lat, rand, [vals, where])
+        _merge_smallest(self.smp_keys, smp_state, lat, rand, payload)
 
     def result(self, hook: str, n_positions: int, tokens: Tensor, working: int) -> LatentStats:
         """The :class:`LatentStats` on the CPU."""
@@ -403,15 +474,17 @@ class _Accumulator:
             sample_rows=smp_rows,
             sample_pos=smp_pos,
             peak_buffer_bytes=int(working + self.state_bytes),
+            window=self.window,
+            top_windows=None if self.window is None else self.top_win.cpu(),
+            sample_windows=None if self.window is None else self.smp_win.cpu(),
         )
 
 
 def _batch_firings(
-    model: HookedSAETransformer, sae: SAE, batch: Tensor, offset: int, keep_flat: Tensor
+    acts: Tensor, offset: int, keep_flat: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, int]:
-    """The firings of one batch: flat positions (``offset`` added), latents, values, leaving
-    out positions not kept; and the bytes the batch's dense activations took."""
-    acts = encode_at_hook(model, sae, batch)
+    """The firings of one batch's activations: flat positions (``offset`` added), latents,
+    values, leaving out positions not kept; and the bytes the dense activations took."""
     flat = acts.view(-1, acts.shape[-1])
     where, lat = torch.nonzero(flat, as_tuple=True)  # one pass over the dense batch
     vals = flat[where, lat].float()
@@ -457,6 +530,7 @@ def latent_stats(
     progress: bool = True,
     seed: int = 0,
     bin_range: tuple[float, float] | None = None,
+    window: tuple[int, int] | None = None,
 ) -> LatentStats:
     """Statistics of every latent of ``sae`` over ``tokens``, in one pass of the model.
 
@@ -476,6 +550,10 @@ def latent_stats(
         bin_range: ``(lo, hi)`` of the log-spaced histogram edges. By default they are fixed
             after the first batch with a firing: from the 0.5% quantile of its non-zero
             activations to twice its maximum. Values outside fall into the end bins.
+        window: ``(before, after)``: keep, with every top and sampled example, the latent's
+            activations at ``pos - before .. pos + after`` of its row (what a dashboard shows
+            around it), so dashboards need no second pass of the model
+            (:meth:`LatentStats.windows_at`); None keeps none.
 
     Returns:
         A :class:`LatentStats` on the CPU.
@@ -493,16 +571,23 @@ def latent_stats(
                        dtype=torch.float64).to(device)
         if bin_range is not None else None
     )  # fmt: skip
-    acc = _Accumulator(sae.cfg.d_sae, k, n_samples, n_bins, edges, device, seed)
+    if window is not None:
+        window = tuple(window)
+        if len(window) != 2:
+            raise ValueError(f"window must be (before, after), got {window!r}")
+        for name, value in zip(("window[0]", "window[1]"), window, strict=True):
+            check_int(name, value, minimum=0)
+    acc = _Accumulator(sae.cfg.d_sae, k, n_samples, n_bins, edges, device, seed, window)
     keep_flat, seq, working = keep.flatten(), int(tokens.shape[1]), 0
     bar = tqdm(total=tokens.shape[0], unit="row", desc=f"latent stats @ {hook}",
                disable=not progress, leave=False)  # fmt: skip
     for start in range(0, tokens.shape[0], batch_size):
         batch = tokens[start : start + batch_size]
-        where, lat, vals, used = _batch_firings(model, sae, batch, start * seq, keep_flat)
+        acts = encode_at_hook(model, sae, batch)
+        where, lat, vals, used = _batch_firings(acts, start * seq, keep_flat)
         working = max(working, used)
-        acc.add(where, lat, vals)
-        del where, lat, vals
+        acc.add(where, lat, vals, acts, start * seq)
+        del where, lat, vals, acts
         bar.update(batch.shape[0])
     bar.close()
     return acc.result(hook, n_positions, tokens, working)
