@@ -30,17 +30,19 @@ book: setup
 	TQDM_DISABLE=1 $(VENV)/bin/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "Site: _build/html/index.html"
 
-# Two pytest sessions. The unit tests (-m "not book"), spread over the cores by pytest-xdist
-# (one worker per CPU, each test file on one worker); then the book (-m book): every chapter
-# executed by nbmake in _toc.yml order (appendix last, reading the rows the unit tests
-# recorded), then the tests that read them (site, browser, determinism). The book session runs
-# even when a unit test failed; the target fails when either did.
+# Three pytest sessions, the first two spread over the cores by pytest-xdist (TEST_WORKERS,
+# one worker per CPU): the unit tests (-m "not book", one test file per worker; they record the appendix's reference
+# rows); every chapter executed by nbmake (-m chapter, one torch thread per kernel so that
+# chapters side by side do not oversubscribe the cores); then, in one process, the tests that
+# read the executed chapters (site, browser, determinism reruns with the same thread count).
+# Every session runs even when an earlier one failed; the target fails when any did.
 TEST_WORKERS ?= auto
 test: setup
-	status=0; \
-	SAEBOOK_PROFILE=tiny $(PY) -m pytest -m "not book" -n $(TEST_WORKERS) --dist loadfile \
-	  --durations=10 || status=$$?; \
-	SAEBOOK_PROFILE=tiny $(PY) -m pytest --nbmake -m book --durations=10 || status=$$?; \
+	status=0; export SAEBOOK_PROFILE=tiny; \
+	$(PY) -m pytest -m "not book" -n $(TEST_WORKERS) --dist loadfile --durations=10 \
+	  || status=$$?; \
+	SAEBOOK_THREADS=1 $(PY) -m pytest --nbmake book -m chapter -n $(TEST_WORKERS) || status=$$?; \
+	SAEBOOK_THREADS=1 $(PY) -m pytest tests -m book --durations=10 || status=$$?; \
 	exit $$status
 
 # The fast loop: the unit tests (-m "not book": no chapter, no test of executed chapters)

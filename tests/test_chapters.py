@@ -104,8 +104,11 @@ def test_chapter_env_blocks_the_network_unless_allowed(monkeypatch) -> None:
     first, rest = env["PYTHONPATH"].split(os.pathsep, 1)
     assert first == str(NETBLOCK) and rest == "/somewhere"
     assert env["SAEBOOK_PROFILE"] == "tiny" and env["TQDM_DISABLE"] == "1"
-    assert chapter_env("tiny", environ={"PYTHONPATH": env["PYTHONPATH"]})["PYTHONPATH"] == (
-        env["PYTHONPATH"]  # not added twice
+    assert (
+        chapter_env("tiny", environ={"PYTHONPATH": env["PYTHONPATH"]})["PYTHONPATH"]
+        == (
+            env["PYTHONPATH"]  # not added twice
+        )
     )
     monkeypatch.setenv("SAEBOOK_ALLOW_NETWORK", "1")
     assert "PYTHONPATH" not in chapter_env("tiny")
@@ -119,11 +122,20 @@ def test_budget_table_flags_slow_chapters() -> None:
         {"chapter": "book/a/01", "seconds": 12.0, "cpu_seconds": 20.5, "outcome": "passed"},
         {"chapter": "book/a/02", "seconds": CHAPTER_BUDGET_S + 1, "cpu_seconds": None,
          "outcome": "failed"},
+        # run beside another chapter: its wall time is over, its CPU seconds are not
+        {"chapter": "book/a/03", "seconds": CHAPTER_BUDGET_S + 9, "cpu_seconds": 41.0,
+         "outcome": "passed"},
+        {"chapter": "book/a/04", "seconds": 30.0, "cpu_seconds": CHAPTER_BUDGET_S + 2.0,
+         "outcome": "passed"},
     ]  # fmt: skip
     lines = budget_lines(times, cpus=2)
     assert "OVER BUDGET" not in lines[1] and "20.5 s" in lines[1]
-    assert lines[2].endswith("failed  OVER BUDGET")
-    assert lines[3].startswith("total") and f"{BOOK_BUDGET_S} s in all; 2 cpus" in lines[3]
+    assert lines[2].endswith("failed  OVER BUDGET")  # no CPU time: the wall time counts
+    assert "OVER BUDGET" not in lines[3] and lines[4].endswith("OVER BUDGET")
+    assert lines[5].startswith("total") and f"{BOOK_BUDGET_S} CPU s in all; 2 cpus" in lines[5]
+    assert len(lines) == 6  # one worker: no line about chapters side by side
+    side = budget_lines(times, cpus=2, workers=2, session_s=95.5)
+    assert side[:6] == lines and "2 at a time" in side[6] and "95.5 s wall" in side[6]
     assert budget_lines([]) == ["no chapter was executed"]
 
 
