@@ -32,7 +32,7 @@ from chapter_runner import EXECUTED, fresh_execution, rerun
 from test_chapters import chapters
 
 ENV = "SAEBOOK_DETERMINISM_CHAPTERS"
-# intro/01 reads the shipped SAEs; training/05 trains two SAEs from seeded initialisations
+# intro/01 reads the shipped SAEs; training/05 trains three SAEs from seeded initialisations
 DEFAULT = ("book/intro/01_running_saes", "book/training/05_end_to_end_saes")
 
 #: entry -> (relative tolerance, why). Empty: every chapter so far is bit-for-bit repeatable.
