@@ -278,8 +278,43 @@ def abs_loss_unweighted(output, x, importance):
     return ((output - x.abs()) ** 2).mean(dim=(0, 2))
 
 
+def _phase(W, threshold=0.5, strict=True, apart_sign=-1, neither=3):
+    norms = W.norm(dim=-2)
+    stored = norms > threshold if strict else norms >= threshold
+    one, two = stored[..., 0], stored[..., 1]
+    apart = apart_sign * (W[..., 0] * W[..., 1]).sum(-1) > 0
+    code = torch.full(W.shape[:-2], 3, dtype=torch.int64)
+    code[~one & ~two] = neither
+    code[one & ~two] = 0
+    code[two & ~one] = 1
+    code[one & two & apart] = 2
+    return code
+
+
+def phase_counting_the_threshold_as_stored(W, threshold=0.5):
+    return _phase(W, threshold, strict=False)
+
+
+def phase_with_the_sign_backwards(W, threshold=0.5):
+    return _phase(W, threshold, apart_sign=1)
+
+
+def phase_calling_an_empty_model_feature_1(W, threshold=0.5):
+    return _phase(W, threshold, neither=0)
+
+
+def phase_ignoring_the_threshold(W, threshold=0.5):
+    return _phase(W, 0.5)
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_toy_forward": [forward_without_relu, forward_relu_before_bias],
+    "check_two_feature_phase": [
+        phase_counting_the_threshold_as_stored,
+        phase_with_the_sign_backwards,
+        phase_calling_an_empty_model_feature_1,
+        phase_ignoring_the_threshold,
+    ],
     "check_feature_dimensionality": [
         dimensionality_without_zero_guard,
         dimensionality_summing_the_wrong_axis,
@@ -330,6 +365,7 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_superposition_measure": (CHAPTER_1, "superposition"),
     "check_greedy_matching": (CHAPTER_2, "greedy_match"),
     "check_toy_forward": (CHAPTER_1, "toy_forward"),
+    "check_two_feature_phase": (CHAPTER_1, "phase_of"),
     "check_feature_dimensionality": (CHAPTER_1, "feature_dimensionality"),
     "check_sae_loss": (CHAPTER_2, "sae_loss"),
     "check_max_cosine_similarity": (CHAPTER_2, "max_cosine_similarity"),

@@ -108,8 +108,22 @@ def test_weighted_mse():
     assert torch.allclose(
         toy_models.weighted_mse(output, target, torch.tensor([1.0, 3.0])), torch.tensor([2.0])
     )
-    with pytest.raises(ValueError, match="importance must have shape \\(2,\\), got \\(3,\\)"):
+    with pytest.raises(ValueError, match="importance must have shape \\(2,\\) or \\(1, 2\\)"):
         toy_models.weighted_mse(output, target, torch.ones(3))
+
+
+def test_weighted_mse_per_instance_importance():
+    g = _gen(3)
+    output, target = torch.rand(6, 3, 2, generator=g), torch.rand(6, 3, 2, generator=g)
+    importance = torch.tensor([[1.0, 0.1], [1.0, 1.0], [1.0, 10.0]])
+    loss = toy_models.weighted_mse(output, target, importance)
+    for k in range(3):  # each instance with its own row equals the shared-importance loss
+        alone = toy_models.weighted_mse(output[:, k : k + 1], target[:, k : k + 1], importance[k])
+        assert torch.allclose(loss[k], alone[0])
+    by_hand = ((output - target) ** 2 * importance).sum(-1).mean(0) / 2
+    assert torch.allclose(loss, by_hand)
+    with pytest.raises(ValueError, match=r"\(3, 2\) = \(instances, features\), got \(2, 2\)"):
+        toy_models.weighted_mse(output, target, importance[:2])
 
 
 def test_train_toy_model_reduces_loss():
@@ -127,6 +141,28 @@ def test_train_toy_model_reduces_loss():
     assert (history[-5:].mean(0) < history[:5].mean(0)).all()
     with pytest.raises(ValueError, match=r"feature_probability must have shape \(2,\)"):
         toy_models.train_toy_model(model, torch.tensor([0.1]), steps=1, progress=False)
+
+
+def test_train_toy_model_per_instance_importance():
+    """Two features in one dimension, dense: each instance keeps its more important feature."""
+    model = toy_models.ToyModel(2, 1, n_instances=2, generator=_gen())
+    with torch.no_grad():
+        model.W.fill_(0.7)  # the same start for both: only the importances differ
+    importance = torch.tensor([[1.0, 0.2], [0.2, 1.0]])
+    toy_models.train_toy_model(
+        model,
+        torch.ones(2),
+        importance,
+        steps=400,
+        batch_size=256,
+        progress=False,
+        generator=_gen(1),
+    )
+    norms = toy_models.feature_norms(model.W)
+    assert norms[0, 0] > 0.9 and norms[0, 1] < 0.1, norms
+    assert norms[1, 1] > 0.9 and norms[1, 0] < 0.1, norms
+    with pytest.raises(ValueError, match=r"importance must have shape \(2,\) = \(features,\)"):
+        toy_models.train_toy_model(model, torch.ones(2), torch.ones(3, 2), steps=1)
 
 
 # --- toy_models: geometry -------------------------------------------------------------------
@@ -156,6 +192,49 @@ def test_geometry_of_known_arrangements():
     assert torch.equal(toy_models.represented_features(stack), torch.tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match=r"\(\.\.\., hidden, features\), got \(3,\)"):
         toy_models.feature_norms(torch.ones(3))
+
+
+def test_two_feature_phase_codes():
+    W = torch.tensor(
+        [
+            [[1.0, 0.0]],  # feature 1 alone
+            [[0.1, -0.9]],  # feature 2 alone
+            [[1.0, -1.0]],  # antipodal
+            [[0.9, 0.8]],  # both stored, same side
+            [[0.2, -0.3]],  # neither stored
+            [[0.5, -1.0]],  # a norm at the threshold is not stored
+        ]
+    )
+    codes = toy_models.two_feature_phase(W)
+    assert codes.dtype == torch.int64
+    assert codes.tolist() == [0, 1, 2, 3, 3, 1]
+    assert toy_models.two_feature_phase(W, threshold=0.1).tolist() == [0, 1, 2, 3, 2, 2]
+    # two hidden dimensions: orthogonal features are "other", obtuse ones count as apart
+    W2 = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, -0.6], [0.0, 0.8]]])
+    assert toy_models.two_feature_phase(W2).tolist() == [3, 2]
+    # extra leading axes are kept
+    assert toy_models.two_feature_phase(W.view(2, 3, 1, 2)).shape == (2, 3)
+    assert len(toy_models.TWO_FEATURE_PHASES) == 4
+    with pytest.raises(ValueError, match=r"\(\.\.\., hidden, 2\), got \(1, 3\)"):
+        toy_models.two_feature_phase(torch.ones(1, 3))
+    with pytest.raises(ValueError, match="threshold must be >= 0, got -1"):
+        toy_models.two_feature_phase(W, threshold=-1)
+
+
+def test_plot_phase_diagram():
+    phase = torch.tensor([[0, 1, 1], [2, 2, 3]])
+    ratios, probs = torch.tensor([0.1, 1.0, 10.0]), torch.tensor([1.0, 0.1])
+    fig = toy_models.plot_phase_diagram(phase, ratios, probs, title="t")
+    heat = fig.data[0]
+    assert isinstance(heat, go.Heatmap) and [list(row) for row in heat.z] == phase.tolist()
+    assert list(heat.x) == pytest.approx([-1.0, 0.0, 1.0])
+    assert list(heat.y) == pytest.approx([0.0, -1.0])
+    assert heat.text[1][0] == toy_models.TWO_FEATURE_PHASES[2]
+    assert [t.name for t in fig.data[1:]] == list(toy_models.TWO_FEATURE_PHASES)
+    with pytest.raises(ValueError, match=r"\(2, 3\), got \(3, 2\)"):
+        toy_models.plot_phase_diagram(phase.T, ratios, probs)
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 4\)"):
+        toy_models.plot_phase_diagram(phase + 2, ratios, probs)
 
 
 def test_plots_return_figures():

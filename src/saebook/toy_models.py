@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -43,11 +43,14 @@ __all__ = [
     "feature_dimensionality",
     "dimensions_per_feature",
     "represented_features",
+    "TWO_FEATURE_PHASES",
+    "two_feature_phase",
     "plot_feature_directions",
     "plot_wtw",
     "plot_feature_norms",
     "plot_dimensionality",
     "plot_latent_directions",
+    "plot_phase_diagram",
 ]
 
 _EPS = 1e-8
@@ -220,16 +223,22 @@ class ToyModel(nn.Module):
 def weighted_mse(
     output: Float[Tensor, "batch instances features"],
     target: Float[Tensor, "batch instances features"],
-    importance: Float[Tensor, " features"],
+    importance: Float[Tensor, " features"] | Float[Tensor, "instances features"],
 ) -> Float[Tensor, " instances"]:
-    """Importance-weighted squared error, averaged over batch and features, per instance."""
+    """Importance-weighted squared error, averaged over batch and features, per instance.
+
+    ``importance`` is either ``(features,)``, shared by every instance, or
+    ``(instances, features)``, one row of importances per instance.
+    """
     if output.shape != target.shape:
         raise ValueError(
             f"output must have the target's shape {tuple(target.shape)}, got {tuple(output.shape)}"
         )
-    if importance.shape != target.shape[-1:]:
+    if importance.shape not in (target.shape[-1:], target.shape[-2:]):
         raise ValueError(
-            f"importance must have shape ({target.shape[-1]},), got {tuple(importance.shape)}"
+            f"importance must have shape ({target.shape[-1]},) or "
+            f"({target.shape[-2]}, {target.shape[-1]}) = (instances, features), got "
+            f"{tuple(importance.shape)}"
         )
     return (importance * (output - target) ** 2).mean(dim=(0, 2))
 
@@ -237,7 +246,7 @@ def weighted_mse(
 def train_toy_model(
     model: ToyModel,
     feature_probability: Float[Tensor, " instances"],
-    importance: Float[Tensor, " features"] | None = None,
+    importance: Float[Tensor, " features"] | Float[Tensor, "instances features"] | None = None,
     steps: int = 5_000,
     batch_size: int = 1024,
     lr: float = 1e-2,
@@ -256,7 +265,9 @@ def train_toy_model(
     Args:
         model: the toy models to train, in place.
         feature_probability: ``(instances,)`` probability that a feature is present.
-        importance: ``(features,)`` weights of the loss; all ones by default.
+        importance: ``(features,)`` weights of the loss shared by every instance, or
+            ``(instances, features)`` for one set of weights per instance; all ones by
+            default.
         steps: optimisation steps.
         batch_size: samples per step.
         lr: peak learning rate.
@@ -279,6 +290,13 @@ def train_toy_model(
         )
     if importance is None:
         importance = torch.ones(model.n_features)
+    importance = torch.as_tensor(importance, dtype=torch.float32)
+    if importance.shape not in ((model.n_features,), (model.n_instances, model.n_features)):
+        raise ValueError(
+            f"importance must have shape ({model.n_features},) = (features,) or "
+            f"({model.n_instances}, {model.n_features}) = (instances, features), got "
+            f"{tuple(importance.shape)}"
+        )
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     history = []
     bar = tqdm(range(steps), desc="Training toy models", unit="step", disable=not progress)
@@ -359,6 +377,52 @@ def represented_features(
 ) -> Float[Tensor, " *batch"]:
     """How many features have ``||W_i|| > threshold`` (stored rather than dropped), as floats."""
     return (feature_norms(W) > threshold).sum(-1).float()
+
+
+#: What each code of :func:`two_feature_phase` means, by code.
+TWO_FEATURE_PHASES = (
+    "feature 2 not represented",
+    "feature 2 alone (feature 1 dropped)",
+    "superposition (antipodal)",
+    "other",
+)
+
+
+def two_feature_phase(
+    W: Float[Tensor, "*batch hidden 2"], threshold: float = 0.5
+) -> Int[Tensor, " *batch"]:
+    """Classify how a toy model with two features arranges them, from its weights alone.
+
+    A feature is *stored* when its column has ``||W_i|| > threshold``. The code is
+
+    - 0 (``"feature 2 not represented"``): feature 1 stored, feature 2 not;
+    - 1 (``"feature 2 alone (feature 1 dropped)"``): feature 2 stored, feature 1 not;
+    - 2 (``"superposition (antipodal)"``): both stored, pointing away from each other
+      (``W_1 · W_2 < 0``; in one hidden dimension that makes them antipodal);
+    - 3 (``"other"``): neither stored, or both stored with ``W_1 · W_2 >= 0``.
+
+    :data:`TWO_FEATURE_PHASES` holds the names, indexed by code.
+
+    Args:
+        W: ``(..., hidden, 2)`` weights; column ``W[..., :, i]`` is feature ``i``'s direction.
+        threshold: the norm above which a feature counts as stored.
+
+    Returns:
+        An int64 tensor of codes, shape ``W.shape[:-2]``.
+    """
+    W = _as_weights(W)
+    if W.shape[-1] != 2:
+        raise ValueError(f"W must have shape (..., hidden, 2), got {tuple(W.shape)}")
+    if not threshold >= 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold!r}")
+    stored = feature_norms(W) > threshold
+    first, second = stored[..., 0], stored[..., 1]
+    apart = (W[..., 0] * W[..., 1]).sum(-1) < 0
+    code = torch.full(W.shape[:-2], 3, dtype=torch.int64)
+    code[first & ~second] = 0
+    code[second & ~first] = 1
+    code[first & second & apart] = 2
+    return code
 
 
 def _titles(titles: Sequence[str] | None, n: int, name: str = "titles") -> list[str]:
@@ -707,5 +771,87 @@ def plot_latent_directions(
         title=title,
         margin={"t": 80},
         legend={"orientation": "h", "y": -0.05},
+    )
+    return fig
+
+
+#: One colour per code of :func:`two_feature_phase`.
+_PHASE_COLOURS = ("#c9c9c9", "#4c72b0", "#dd8452", "#55a868")
+
+
+def plot_phase_diagram(
+    phase: Int[Tensor, "probabilities ratios"],
+    relative_importance: Float[Tensor, " ratios"],
+    feature_probability: Float[Tensor, " probabilities"],
+    names: Sequence[str] = TWO_FEATURE_PHASES,
+    title: str | None = None,
+) -> go.Figure:
+    """A heatmap of phase codes (from :func:`two_feature_phase`) over a grid of cells.
+
+    Rows are feature probabilities (dense at the top), columns the relative importance of
+    feature 2; both axes are drawn on a log scale (cells are placed at ``log10`` of their
+    value and labelled with the value). Each code gets one colour and a legend entry named
+    by ``names[code]``.
+
+    Returns:
+        A plotly figure.
+    """
+    codes = torch.as_tensor(phase).long()
+    ratios = torch.as_tensor(relative_importance, dtype=torch.float32)
+    probs = torch.as_tensor(feature_probability, dtype=torch.float32)
+    if codes.shape != (probs.numel(), ratios.numel()) or ratios.ndim != 1 or probs.ndim != 1:
+        raise ValueError(
+            "phase must have shape (len(feature_probability), len(relative_importance)) = "
+            f"({probs.numel()}, {ratios.numel()}), got {tuple(codes.shape)}"
+        )
+    if len(names) > len(_PHASE_COLOURS) or codes.min() < 0 or codes.max() >= len(names):
+        raise ValueError(
+            f"phase codes must lie in [0, {len(names)}) with at most {len(_PHASE_COLOURS)} "
+            f"names, got codes {sorted(set(codes.flatten().tolist()))} and {len(names)} names"
+        )
+    x, y = ratios.log10().tolist(), probs.log10().tolist()
+    n = len(names)
+    scale = []
+    for code in range(n):
+        scale += [[code / n, _PHASE_COLOURS[code]], [(code + 1) / n, _PHASE_COLOURS[code]]]
+    fig = go.Figure(
+        go.Heatmap(
+            x=x,
+            y=y,
+            z=codes.tolist(),
+            zmin=-0.5,
+            zmax=n - 0.5,
+            colorscale=scale,
+            showscale=False,
+            text=[[names[c] for c in row] for row in codes.tolist()],
+            customdata=[[[r, p] for r in ratios.tolist()] for p in probs.tolist()],
+            hovertemplate="importance ratio %{customdata[0]:.3g}, p = %{customdata[1]:.3g}"
+            "<br>%{text}<extra></extra>",
+            xgap=1,
+            ygap=1,
+        )
+    )
+    for code in range(n):  # legend entries: one invisible marker per phase
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                marker={"size": 12, "symbol": "square", "color": _PHASE_COLOURS[code]},
+                name=names[code],
+            )
+        )
+    fig.update_xaxes(
+        tickvals=x,
+        ticktext=[f"{r:.2g}" for r in ratios.tolist()],
+        title_text="importance of feature 2 relative to feature 1",
+    )
+    fig.update_yaxes(
+        tickvals=y,
+        ticktext=[f"{p:.2g}" for p in probs.tolist()],
+        title_text="feature probability p (sparser downwards)",
+    )
+    fig.update_layout(
+        height=460, title=title, legend={"orientation": "h", "y": -0.25}, plot_bgcolor="white"
     )
     return fig

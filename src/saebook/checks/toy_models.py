@@ -64,6 +64,32 @@ def check_feature_dimensionality(fn: Callable[[Tensor], Tensor]) -> None:
     check_function(fn, toy_models.feature_dimensionality, cases)
 
 
+def check_two_feature_phase(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(W, threshold=0.5) -> (cells,)`` int codes of two-feature arrangements.
+
+    ``W`` is ``(cells, hidden, 2)``. Code 0: only feature 1 has norm above ``threshold``;
+    1: only feature 2; 2: both, with ``W_1 · W_2 < 0``; 3: anything else. The reference is
+    :func:`saebook.toy_models.two_feature_phase`. Cases: one cell of each code in one
+    dimension, norms exactly at the threshold (not stored), another threshold, both features
+    stored on the same side, and two hidden dimensions (orthogonal and obtuse pairs).
+    """
+    g = _generator(12)
+    one_dim = torch.tensor([[[1.0, 0.02]], [[-0.1, 1.2]], [[0.9, -1.1]], [[0.2, -0.3]]])
+    at_threshold = torch.tensor([[[0.5, -1.0]], [[1.0, 0.5]], [[0.5, -0.5]]])
+    same_side = torch.tensor([[[1.0, 0.8]], [[-1.0, -0.7]]])
+    two_dim = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, -0.6], [0.0, 0.8]]])
+    random = torch.randn(12, 1, 2, generator=g)
+    cases: list[Case] = [
+        ("one cell of each code", (one_dim,), {}),
+        ("norms at the threshold", (at_threshold,), {}),
+        ("threshold 0.1", (one_dim,), {"threshold": 0.1}),
+        ("both stored on the same side", (same_side,), {}),
+        ("two hidden dimensions", (two_dim,), {}),
+        ("random cells", (random,), {}),
+    ]
+    check_function(fn, toy_models.two_feature_phase, cases)
+
+
 # --- Part 0, chapter 2: SAEs from scratch ---------------------------------------------------
 
 
