@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 
 #: fields of :class:`saebook.profiles.Sizes` the default rehearsal reduces
-REDUCED = {"n_seqs": 64, "batch_size": 8, "gen_tokens": 8, "train_tokens": 16_384}
+REDUCED = {"n_seqs": 64, "batch_size": 8, "gen_tokens": 8, "train_tokens": 16_384,
+           "jacobian_seq": 16}  # circuits/01: one backward pass per active latent of the text
 REHEARSAL_ENV = "SAEBOOK_REHEARSAL"  # set in the kernels: "1" while rehearsing
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 
 from saebook import checks
 from saebook import latent_gradients as lg
@@ -161,6 +162,19 @@ def test_residual_connected(setup):
     assert not lg.residual_connected(saes["resid"], saes["attn"])
 
 
+def _record_blocks(monkeypatch) -> list[int]:
+    """Sizes of the blocks of passes ``_jacobian`` vectorises, in order."""
+    seen: list[int] = []
+    real = lg._one_hot
+
+    def one_hot(start, stop, n, like):
+        seen.append(stop - start)
+        return real(start, stop, n, like)
+
+    monkeypatch.setattr(lg, "_one_hot", one_hot)
+    return seen
+
+
 def test_auto_chunk_size_bounds_vectorised_passes(setup, monkeypatch):
     assert lg.auto_chunk_size(10, 100, budget=10_000) == 10  # small maps: all at once
     assert lg.auto_chunk_size(24576, 24576 * 17, budget=1 << 24) == 40  # gpt2-wide dense map
@@ -172,16 +186,49 @@ def test_auto_chunk_size_bounds_vectorised_passes(setup, monkeypatch):
     kw = dict(down_positions=[-1], dense=True)
     whole = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, **kw)
     monkeypatch.setattr(lg, "JACOBIAN_BUDGET", 1)
-    seen = []
-    real = lg.jacrev
-    monkeypatch.setattr(
-        lg,
-        "jacrev",
-        lambda fn, chunk_size: seen.append(chunk_size) or real(fn, chunk_size=chunk_size),
-    )
+    seen = _record_blocks(monkeypatch)
     chunked = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, mode="rev", **kw)
-    assert seen == [1]
+    assert seen == [1] * saes["attn"].cfg.d_sae  # one row of the dense map at a time
     assert torch.allclose(whole.jacobian, chunked.jacobian, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["rev", "fwd"])
+def test_chunks_give_the_same_jacobian_in_both_modes(setup, monkeypatch, mode):
+    model, saes, tokens = setup
+    whole = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, mode=mode)
+    seen = _record_blocks(monkeypatch)
+    chunked = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, mode=mode,
+                                 chunk_size=3)  # fmt: skip
+    n_passes = len(whole.down) if mode == "rev" else len(whole.up)
+    assert sum(seen) == n_passes and max(seen) == 3 and len(seen) == -(-n_passes // 3)
+    assert torch.allclose(whole.jacobian, chunked.jacobian, atol=1e-6)
+    assert whole.jacobian.abs().max() > 1e-3
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+            lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, chunk_size=bad)
+
+
+@pytest.mark.parametrize("mode", ["rev", "fwd"])
+def test_blocks_of_passes_keep_no_graph(setup, monkeypatch, mode):
+    """Issue 15: the model's parameters require gradients, so passes run with autograd on
+    return blocks that hold the graph of every pass (all activations, for a second
+    derivative) until the Jacobian is complete: 12 GB on gpt2 shapes, growing with the number
+    of passes instead of the chunk. Every block must come back without a graph."""
+    model, saes, tokens = setup
+    assert any(p.requires_grad for p in model.parameters())  # the case that leaked
+    blocks: list[Tensor] = []
+    real = lg.vmap
+
+    def vmap(fn, *args, **kwargs):
+        batched = real(fn, *args, **kwargs)
+        return lambda *a: blocks.append(batched(*a)) or blocks[-1]
+
+    monkeypatch.setattr(lg, "vmap", vmap)
+    jac = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, mode=mode, chunk_size=2)
+    n_passes = len(jac.down) if mode == "rev" else len(jac.up)
+    assert len(blocks) == -(-n_passes // 2) and blocks[0].shape[0] == 2
+    assert not any(b.requires_grad or b.grad_fn is not None for b in blocks)
+    assert not jac.jacobian.requires_grad
 
 
 def test_dense_jacobian_sample_matches_the_full_dense_rows(setup, monkeypatch):
@@ -190,10 +237,7 @@ def test_dense_jacobian_sample_matches_the_full_dense_rows(setup, monkeypatch):
     kw = dict(down_positions=[-1])
     full = lg.latent_jacobian(model, saes["mlp"], saes["attn"], tokens, dense=True, **kw)
     n_active = len(full.down)
-    seen = []
-    real = lg.jacrev
-    monkeypatch.setattr(lg, "jacrev", lambda fn, chunk_size: seen.append(fn) or real(
-        fn, chunk_size=chunk_size))  # fmt: skip
+    seen = _record_blocks(monkeypatch)
     sample, n_total = lg.dense_jacobian_sample(
         model, saes["mlp"], saes["attn"], tokens, n_active + 5, **kw
     )
@@ -201,7 +245,7 @@ def test_dense_jacobian_sample_matches_the_full_dense_rows(setup, monkeypatch):
     assert torch.allclose(sample.jacobian, full.jacobian, atol=1e-6)
     assert torch.equal(sample.down.latent, full.down.latent)
     assert torch.equal(sample.up.latent, full.up.latent)
-    assert len(seen) == 1  # one reverse-mode Jacobian, of the sampled rows only
+    assert sum(seen) == n_active + 5  # reverse-mode passes for the sampled rows only
     again, _ = lg.dense_jacobian_sample(
         model, saes["mlp"], saes["attn"], tokens, n_total + 10, seed=3, **kw
     )  # more rows than exist: all of them

@@ -199,7 +199,8 @@ def test_sizes_is_a_typed_frozen_dataclass():
     sizes = profiles.PROFILES["tiny"].sizes
     assert isinstance(sizes, profiles.Sizes)
     assert profiles.Sizes.names() == (
-        "seq_len", "n_seqs", "batch_size", "gen_tokens", "train_tokens", "dense_rows"
+        "seq_len", "n_seqs", "batch_size", "gen_tokens", "train_tokens", "dense_rows",
+        "jacobian_seq",
     )  # fmt: skip
     for spec in profiles.PROFILES.values():
         assert all(isinstance(getattr(spec.sizes, n), int) for n in profiles.Sizes.names())

@@ -302,18 +302,22 @@ def _direct_effects(
     for layer in rm.by_layer:
         sel = nodes[(nodes["kind"] == "latent") & (nodes["layer"] == layer)]
         latent_slot[layer] = (
-            torch.tensor(sel.index.tolist()),
-            torch.tensor(sel["pos"].tolist()),
-            torch.tensor(sel["feature"].tolist()),
+            torch.tensor(sel.index.tolist(), dtype=torch.long),  # long even when empty
+            torch.tensor(sel["pos"].tolist(), dtype=torch.long),
+            torch.tensor(sel["feature"].tolist(), dtype=torch.long),
         )
     err_slot = {
         li: torch.tensor(
-            nodes.index[(kind == "error") & (nodes["layer"] == li).to_numpy()].tolist()
+            nodes.index[(kind == "error") & (nodes["layer"] == li).to_numpy()].tolist(),
+            dtype=torch.long,
         )
         for li in rm.by_layer
     }
     mlp_slot = {
-        li: torch.tensor(nodes.index[(kind == "mlp") & (nodes["layer"] == li).to_numpy()].tolist())
+        li: torch.tensor(
+            nodes.index[(kind == "mlp") & (nodes["layer"] == li).to_numpy()].tolist(),
+            dtype=torch.long,
+        )
         for li in rm.mlp_nodes
     }
     bar = tqdm(

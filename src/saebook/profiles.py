@@ -56,6 +56,7 @@ class Sizes:
     gen_tokens: int  # tokens to generate per prompt (steering)
     train_tokens: int  # activations an SAE sees during training (Part 4)
     dense_rows: int = 256  # rows of a dense latent Jacobian computed for timing (circuits/01)
+    jacobian_seq: int = 32  # tokens of the text whose latent Jacobians circuits/01 computes
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -673,6 +674,7 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
                 f"in on this machine (`hf auth login`, or set HF_TOKEN) and load again."
             ) from err
         raise
+
     def loader(release: str, sae_id: str) -> Callable[[], SAE]:
         return lambda: SAE.from_pretrained(release, sae_id, device=device)
 
