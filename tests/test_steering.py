@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import socket
-import urllib.request
 
 import pytest
+import requests
 import torch
 
-from saebook import checks, steering
+from saebook import checks
 from saebook.directions import decoder_directions
 from saebook.steering import (
     generate,
@@ -160,7 +160,7 @@ def test_neuronpedia_steer_offline_is_one_line(parts, monkeypatch):
         raise OSError("network blocked by the test")
 
     monkeypatch.setattr(socket, "create_connection", blocked)
-    monkeypatch.setattr(urllib.request, "urlopen", blocked)
+    monkeypatch.setattr(requests.Session, "request", blocked)
     answer = neuronpedia_steer(sae, 0, "Once", 1.0)
     assert isinstance(answer, str) and "not reachable" in answer and "\n" not in answer
 
@@ -172,14 +172,17 @@ def test_neuronpedia_steer_request_failure_never_raises(parts, monkeypatch):
     monkeypatch.setattr("saebook.neuronpedia.online", lambda timeout=2.0: True)
     sent = {}
 
-    def failing(request, timeout):
-        sent["body"] = request.data
-        raise TimeoutError("slow service")
+    def failing(session, method, url, json=None, headers=None, timeout=None):
+        sent.update(method=method, url=url, body=json, timeout=timeout)
+        raise requests.Timeout("slow service")
 
-    monkeypatch.setattr(steering.urllib.request, "urlopen", failing)
-    answer = neuronpedia_steer(sae, 7, "Once", 2.5)
-    assert answer.startswith("Neuronpedia steering failed: TimeoutError")
-    assert b'"index": 7' in sent["body"] and b'"layer": "8-res-jb"' in sent["body"]
+    monkeypatch.setattr(requests.Session, "request", failing)
+    answer = neuronpedia_steer(sae, 7, "Once", 2.5, timeout=3.0)
+    assert answer.startswith("Neuronpedia steering failed: POST https://")
+    assert "/api/steer failed: Timeout: slow service" in answer and "\n" not in answer
+    assert sent["method"] == "POST" and sent["timeout"] == 3.0
+    feature = sent["body"]["features"][0]
+    assert feature["index"] == 7 and feature["layer"] == "8-res-jb" and feature["strength"] == 2.5
 
 
 def test_check_steering_hook_accepts_reference_and_rejects_wrong_sign():

@@ -14,10 +14,7 @@ Chapters: intro/06
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,7 +29,6 @@ from saebook import neuronpedia
 from saebook.directions import check_latent, decoder_directions
 
 __all__ = [
-    "NEURONPEDIA_STEER_URL",
     "SteeringResult",
     "generate",
     "generated_loss",
@@ -245,9 +241,6 @@ def steering_sweep(
     return SteeringResult(pd.DataFrame(rows), generated, start, hook_name)
 
 
-NEURONPEDIA_STEER_URL = f"{neuronpedia.NEURONPEDIA_URL}/api/steer"
-
-
 def neuronpedia_steer(
     sae: SAE,
     latent: int,
@@ -280,17 +273,11 @@ def neuronpedia_steer(
     body = neuronpedia.steer_body(
         str(np_id), latent, prompt, strength, n_tokens=n_tokens, temperature=temperature, seed=seed
     )
-    headers = {"Content-Type": "application/json"}
-    if os.environ.get("NEURONPEDIA_API_KEY"):
-        headers["x-api-key"] = os.environ["NEURONPEDIA_API_KEY"]
-    request = urllib.request.Request(
-        NEURONPEDIA_STEER_URL, data=json.dumps(body).encode(), headers=headers, method="POST"
-    )
+    client = neuronpedia.NeuronpediaClient(timeout=timeout)  # reads NEURONPEDIA_API_KEY
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            answer = json.loads(response.read().decode())
-    except Exception as err:  # HTTP errors, timeouts, bad JSON: report, never raise
-        return f"Neuronpedia steering failed: {type(err).__name__}: {err}"
+        answer = client.request("POST", "/api/steer", body)
+    except neuronpedia.NeuronpediaError as err:  # HTTP errors, timeouts, bad JSON: report
+        return f"Neuronpedia steering failed: {err}"
     if not isinstance(answer, dict):
         return f"Neuronpedia steering returned an unexpected answer: {str(answer)[:200]}"
     return {k: str(v) for k, v in answer.items()}
