@@ -674,3 +674,21 @@ def test_check_jumprelu_function():
         checks.check_jumprelu_function(PassThrough)
     with pytest.raises(TypeError, match="torch.autograd.Function"):
         checks.check_jumprelu_function(lambda z, t, b: z)
+
+
+def test_instanced_toy_model_checks_sizes_input_and_draws_xavier_weights():
+    InstancedToyModel, ToyModel = toy_models.InstancedToyModel, toy_models.ToyModel
+
+    base = InstancedToyModel(n_features=30, n_hidden=10, n_instances=2)
+    w = base.xavier(2000, 10, 30, generator=torch.Generator().manual_seed(0))
+    assert w.shape == (2000, 10, 30)
+    assert abs(float(w.std()) - (2.0 / 40) ** 0.5) < 2e-3  # Xavier normal: sqrt(2/(in+out))
+    base._check_input(torch.zeros(5, 2, 30))
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, 2, 30\).*got \(5, 3, 30\)"):
+        base._check_input(torch.zeros(5, 3, 30))
+    with pytest.raises(ValueError, match="n_hidden"):
+        InstancedToyModel(n_features=3, n_hidden=0)
+    # the toy model draws exactly these weights: same generator, same draw
+    model = ToyModel(30, 10, 2, generator=torch.Generator().manual_seed(1))
+    again = base.xavier(2, 10, 30, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(model.W.detach(), again)

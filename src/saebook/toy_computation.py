@@ -27,7 +27,7 @@ from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor, nn
 
-from saebook.toy_models import generate_batch, weighted_mse
+from saebook.toy_models import InstancedToyModel, generate_batch, weighted_mse
 from saebook.validate import check_int
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
 _EPS = 1e-8
 
 
-class HiddenLayerModel(nn.Module):
+class HiddenLayerModel(InstancedToyModel):
     """``n_instances`` independent models ``y = ReLU(W_out act(W_in x + b_hidden) + b_out)``.
 
     ``act`` is ReLU when ``hidden_relu`` and the identity otherwise. With ``tied`` the output
@@ -74,20 +74,12 @@ class HiddenLayerModel(nn.Module):
         hidden_bias: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__()
-        for name, value in (
-            ("n_features", n_features),
-            ("n_hidden", n_hidden),
-            ("n_instances", n_instances),
-        ):
-            check_int(name, value)
-        self.n_features, self.n_hidden, self.n_instances = n_features, n_hidden, n_instances
+        super().__init__(n_features, n_hidden, n_instances)
         self.hidden_relu, self.tied = hidden_relu, tied
-        std = math.sqrt(2.0 / (n_features + n_hidden))  # Xavier normal
         shape = (n_instances, n_hidden, n_features)
-        self.W_in = nn.Parameter(torch.randn(*shape, generator=generator) * std)
+        self.W_in = nn.Parameter(self.xavier(*shape, generator=generator))
         if not tied:
-            W_out = torch.randn(n_instances, n_features, n_hidden, generator=generator) * std
+            W_out = self.xavier(n_instances, n_features, n_hidden, generator=generator)
             self.W_out = nn.Parameter(W_out)
         self.b_hidden = nn.Parameter(torch.zeros(n_instances, n_hidden), requires_grad=hidden_bias)
         self.b_out = nn.Parameter(torch.zeros(n_instances, n_features))
@@ -100,12 +92,7 @@ class HiddenLayerModel(nn.Module):
         self, x: Float[Tensor, "batch instances features"]
     ) -> Float[Tensor, "batch instances hidden"]:
         """The hidden activations ``act(W_in x + b_hidden)`` of every instance."""
-        expected = (self.n_instances, self.n_features)
-        if x.ndim != 3 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"x must have shape (batch, {expected[0]}, {expected[1]}) = (batch, instances, "
-                f"features), got {tuple(x.shape)}"
-            )
+        self._check_input(x)
         pre = torch.einsum("bif,ihf->bih", x, self.W_in) + self.b_hidden
         return torch.relu(pre) if self.hidden_relu else pre
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from saebook.validate import check_int
 
 __all__ = [
+    "InstancedToyModel",
     "ToyModel",
     "importance_weights",
     "feature_probability_sweep",
@@ -168,7 +169,38 @@ def generate_batch(
     return rand(batch_size, n_inst, n_features) * present
 
 
-class ToyModel(nn.Module):
+class InstancedToyModel(nn.Module):
+    """Base of the toy models: ``n_instances`` independent models of ``n_features`` features
+    through ``n_hidden`` dimensions, trained side by side (one batch axis per instance).
+
+    Checks the sizes and the input shape; :meth:`xavier` draws Xavier-normal weights.
+    """
+
+    def __init__(self, n_features: int, n_hidden: int, n_instances: int = 1) -> None:
+        super().__init__()
+        for name, value in (
+            ("n_features", n_features),
+            ("n_hidden", n_hidden),
+            ("n_instances", n_instances),
+        ):
+            check_int(name, value)
+        self.n_features, self.n_hidden, self.n_instances = n_features, n_hidden, n_instances
+
+    def xavier(self, *shape: int, generator: torch.Generator | None = None) -> Tensor:
+        """Normal weights of ``shape`` with Xavier's std ``sqrt(2 / (features + hidden))``."""
+        std = math.sqrt(2.0 / (self.n_features + self.n_hidden))
+        return torch.randn(*shape, generator=generator) * std
+
+    def _check_input(self, x: Tensor) -> None:
+        expected = (self.n_instances, self.n_features)
+        if x.ndim != 3 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"x must have shape (batch, {expected[0]}, {expected[1]}) = (batch, instances, "
+                f"features), got {tuple(x.shape)}"
+            )
+
+
+class ToyModel(InstancedToyModel):
     """``n_instances`` independent toy models ``x' = ReLU(W^T W x + b)``.
 
     Attributes:
@@ -184,26 +216,9 @@ class ToyModel(nn.Module):
         n_instances: int = 1,
         generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__()
-        for name, value in (
-            ("n_features", n_features),
-            ("n_hidden", n_hidden),
-            ("n_instances", n_instances),
-        ):
-            check_int(name, value)
-        self.n_features, self.n_hidden, self.n_instances = n_features, n_hidden, n_instances
-        std = math.sqrt(2.0 / (n_features + n_hidden))  # Xavier normal
-        W = torch.randn(n_instances, n_hidden, n_features, generator=generator) * std
-        self.W = nn.Parameter(W)
+        super().__init__(n_features, n_hidden, n_instances)
+        self.W = nn.Parameter(self.xavier(n_instances, n_hidden, n_features, generator=generator))
         self.b = nn.Parameter(torch.zeros(n_instances, n_features))
-
-    def _check_input(self, x: Tensor) -> None:
-        expected = (self.n_instances, self.n_features)
-        if x.ndim != 3 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"x must have shape (batch, {expected[0]}, {expected[1]}) = (batch, instances, "
-                f"features), got {tuple(x.shape)}"
-            )
 
     def hidden(
         self, x: Float[Tensor, "batch instances features"]
