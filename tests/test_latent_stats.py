@@ -268,3 +268,59 @@ def test_kept_windows_equal_a_full_pass(micro_model, tokens, role):
     for bad, err in (((3,), ValueError), ((-1, 2), ValueError), ((1.5, 2), TypeError)):
         with pytest.raises(err, match="window"):
             latent_stats(model, sae, tokens, progress=False, window=bad)
+
+
+@pytest.mark.parametrize("role", ["resid", "attn"])
+def test_engine_matches_a_dense_pass_with_sae_lens(micro_model, tokens, role, reference_row):
+    """Density, mean, max and top-k against one dense pass written here: the whole model run
+    with ``run_with_cache``, SAELens' own ``encode`` on the cached input (head axes flattened
+    for hook_z by SAELens), every non-BOS position kept, then plain sums and a full sort."""
+    model, saes, _ = micro_model
+    sae = saes[role]
+    k = 5
+    stats = latent_stats(model, sae, tokens, batch_size=3, k=k, n_samples=4, progress=False)
+    hook = sae.cfg.metadata.hook_name
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=[hook])
+        dense = sae.encode(cache[hook])  # (rows, seq, d_sae)
+    keep = tokens != model.tokenizer.bos_token_id
+    flat = dense[keep].double()  # (kept positions, d_sae)
+    fired = flat > 0
+    density = fired.double().mean(0)
+    max_act = flat.max(0).values
+    mean_act = flat.sum(0) / fired.sum(0)
+    live = fired.any(0)
+    top = flat.T.sort(dim=1, descending=True).values[:, :k]
+    diffs = {
+        "density": float((stats.density.double() - density).abs().max()),
+        "max": float((stats.max.double() - max_act).abs().max()),
+        "mean": float((stats.mean_activation.double() - mean_act)[live].abs().max()),
+    }
+    top_diff, positions_ok = 0.0, True
+    for latent in range(sae.cfg.d_sae):
+        found = stats.top_examples(latent)
+        n = min(k, int(fired[:, latent].sum()))
+        got = torch.tensor([e.value for e in found], dtype=torch.float64)
+        positions_ok &= len(found) == n and len({(e.row, e.pos) for e in found}) == n
+        positions_ok &= all(tokens[e.row, e.pos] != model.tokenizer.bos_token_id for e in found)
+        if n:
+            top_diff = max(top_diff, float((got - top[latent, :n]).abs().max()))
+            held = torch.tensor([float(dense[e.row, e.pos, latent]) for e in found])
+            top_diff = max(top_diff, float((held.double() - got).abs().max()))
+    diffs["top-k"] = top_diff
+    worst = max(diffs.values())
+    ok = worst < 1e-5 and positions_ok and stats.n_tokens == int(keep.sum())
+    reference_row(
+        technique=f"latent statistics engine ({role} SAE)",
+        reference="dense pass: run_with_cache + SAELens encode on every non-BOS token "
+        "(micro world)",
+        quantity="max abs difference (density, mean, max, top-k values at their positions)",
+        measured=", ".join(f"{name} {value:.1e}" for name, value in diffs.items()),
+        tolerance="1e-5, same top-k positions",
+        ok=ok,
+    )
+    assert stats.n_tokens == int(keep.sum())
+    assert positions_ok
+    for name, value in diffs.items():
+        assert value < 1e-5, name
+    assert stats.mean_activation[~live].isnan().all()
