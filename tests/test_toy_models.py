@@ -692,3 +692,89 @@ def test_instanced_toy_model_checks_sizes_input_and_draws_xavier_weights():
     model = ToyModel(30, 10, 2, generator=torch.Generator().manual_seed(1))
     again = base.xavier(2, 10, 30, generator=torch.Generator().manual_seed(1))
     assert torch.equal(model.W.detach(), again)
+
+
+# --- reference rows: toy models against closed forms and explicit loops ---------------------
+
+
+def test_dimensionality_matches_an_explicit_loop(reference_row):
+    """D_i = ||W_i||^2 / sum_j (W_i . W_j / ||W_i||)^2 (Elhage et al., 2022) and n_hidden /
+    ||W||_F^2, written out as plain Python loops over the numbers in W."""
+    W = torch.randn(3, 4, 9, generator=_gen(11))
+    W[1, :, 2] = 0.0  # a dropped feature: D = 0
+    W[2] = torch.cat([_polygon(5), torch.zeros(2, 5)]).repeat(1, 2)[:, :9]  # repeated columns
+    got = toy_models.feature_dimensionality(W)
+    got_dpf = toy_models.dimensions_per_feature(W)
+    rows = W.tolist()
+    worst = 0.0
+    for k, Wk in enumerate(rows):
+        hidden, features = len(Wk), len(Wk[0])
+        frob = 0.0
+        for i in range(features):
+            col_i = [Wk[h][i] for h in range(hidden)]
+            sq = sum(v * v for v in col_i)
+            frob += sq
+            if sq == 0:
+                expected = 0.0
+            else:
+                norm = math.sqrt(sq)
+                denom = 0.0
+                for j in range(features):
+                    dot = sum(col_i[h] * Wk[h][j] for h in range(hidden)) / norm
+                    denom += dot * dot
+                expected = sq / denom
+            worst = max(worst, abs(float(got[k, i]) - expected))
+        worst = max(worst, abs(float(got_dpf[k]) - hidden / frob))
+    pentagon = toy_models.feature_dimensionality(_polygon(5))
+    pentagon_err = float((pentagon - 0.4).abs().max())
+    ok = worst < 1e-5 and pentagon_err < 1e-5
+    reference_row(
+        technique="toy models: feature dimensionality",
+        reference="explicit Python loops over W (Elhage et al. 2022 formula); the pentagon's 2/5",
+        quantity="max abs difference (D_i and dimensions per feature)",
+        measured=f"{worst:.1e}; pentagon {pentagon_err:.1e}",
+        tolerance="1e-5",
+        ok=ok,
+    )
+    assert worst < 1e-5 and pentagon_err < 1e-5
+    assert float(got[1, 2]) == 0.0
+
+
+def test_two_feature_solutions_reach_their_closed_form_losses(reference_row):
+    """Two features in one dimension, x_i = U[0, 1) with probability p. Keeping feature 1
+    (W = [1, 0], b = [0, p/2]) costs I_2 (p/3 - p^2/4) / 2; the antipodal pair (W = [1, -1],
+    b = 0) costs (I_1 + I_2) p^2 / 12 (E[min(u, v)^2] = 1/6 when both are present). Sampled
+    with generate_batch and scored with ToyModel and weighted_mse, one instance per p."""
+    probs = torch.tensor([1.0, 0.5, 0.2, 0.05])
+    importance = torch.tensor([1.0, 0.7])
+    n = 200_000
+    x = toy_models.generate_batch(n, probs, 2, generator=_gen(3))
+    worst_z = 0.0
+    measured = []
+    for name, w, bias, exact in (
+        ("one feature", [1.0, 0.0], lambda p: [0.0, p / 2], lambda p: 0.7 * (p / 3 - p**2 / 4) / 2),
+        ("antipodal", [1.0, -1.0], lambda p: [0.0, 0.0], lambda p: 1.7 * p**2 / 12),
+    ):
+        model = toy_models.ToyModel(2, 1, n_instances=len(probs))
+        with torch.no_grad():
+            model.W.copy_(torch.tensor(w).expand(len(probs), 1, 2))
+            model.b.copy_(torch.tensor([bias(float(p)) for p in probs]))
+            out = model(x)
+            loss = toy_models.weighted_mse(out, x, importance)
+            per_sample = (importance * (out - x) ** 2).mean(-1)  # (n, instances)
+        std_err = per_sample.std(0) / math.sqrt(n)
+        closed = torch.tensor([exact(float(p)) for p in probs])
+        z = ((loss - closed) / std_err).abs()
+        worst_z = max(worst_z, float(z.max()))
+        measured.append(f"{name} max rel. {float(((loss - closed) / closed).abs().max()):.1e}")
+    ok = worst_z < 5
+    reference_row(
+        technique="toy models: loss of the two-feature solutions",
+        reference="closed forms I_2 (p/3 - p^2/4)/2 (one feature kept) and (I_1 + I_2) p^2/12 "
+        "(antipodal)",
+        quantity="sampled loss (2e5 samples per p) vs closed form",
+        measured="; ".join(measured) + f"; max {worst_z:.1f} standard errors",
+        tolerance="5 standard errors",
+        ok=ok,
+    )
+    assert worst_z < 5
