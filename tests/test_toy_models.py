@@ -778,3 +778,108 @@ def test_two_feature_solutions_reach_their_closed_form_losses(reference_row):
         ok=ok,
     )
     assert worst_z < 5
+
+
+def _sae_lens_twin(toy: toy_saes.ToySAE, arch: str, coeff: float):
+    """A SAELens training SAE of the same architecture holding ``toy``'s weights (instance 0),
+    and the coefficients its training_forward_pass reads."""
+    import sae_lens
+
+    d_in, d_sae = toy.d_in, toy.d_sae
+    state = {"W_enc": toy.W_enc[0], "W_dec": toy.W_dec[0], "b_dec": toy.b_dec[0]}
+    if arch == "standard":
+        sae = sae_lens.StandardTrainingSAE(sae_lens.StandardTrainingSAEConfig(d_in, d_sae))
+        state["b_enc"], coefficients = toy.b_enc[0], {"l1": coeff}
+    elif arch == "gated":
+        sae = sae_lens.GatedTrainingSAE(sae_lens.GatedTrainingSAEConfig(d_in, d_sae))
+        state.update(b_gate=toy.b_enc[0], r_mag=toy.r_mag[0], b_mag=toy.b_mag[0])
+        coefficients = {"l1": coeff}
+    elif arch == "jumprelu":
+        cfg = sae_lens.JumpReLUTrainingSAEConfig(d_in, d_sae, jumprelu_bandwidth=toy.bandwidth)
+        sae = sae_lens.JumpReLUTrainingSAE(cfg)
+        state.update(b_enc=toy.b_enc[0], threshold=toy.threshold[0])
+        coefficients = {"l0": coeff}
+    else:
+        cfg = sae_lens.TopKTrainingSAEConfig(
+            d_in, d_sae, k=toy.k, rescale_acts_by_decoder_norm=False
+        )
+        sae = sae_lens.TopKTrainingSAE(cfg)
+        state["b_enc"], coefficients = toy.b_enc[0], {}
+    sae.load_state_dict({name: value.detach().clone() for name, value in state.items()})
+    return sae, coefficients
+
+
+def test_toy_saes_match_sae_lens_training_saes(reference_row):
+    """Each toy SAE against SAELens' training SAE of its architecture, loaded with the same
+    weights: latents, reconstruction, every loss term of ``training_forward_pass`` and the
+    gradients of the encoder-side parameters (the JumpReLU threshold's pseudo-derivative
+    included; the toy learns log(theta), so its gradient is theta times SAELens')."""
+    from sae_lens.saes.sae import TrainStepInput
+
+    d_in, d_sae, coeff = 5, 12, 0.3
+    x = torch.randn(64, 1, d_in, generator=_gen(21))
+    toys = {
+        "standard": toy_saes.StandardSAE(d_in, d_sae, l1_coeff=coeff, generator=_gen(22)),
+        "gated": toy_saes.GatedSAE(d_in, d_sae, l1_coeff=coeff, generator=_gen(23)),
+        "jumprelu": toy_saes.JumpReLUSAE(
+            d_in, d_sae, l0_coeff=coeff, bandwidth=0.5, generator=_gen(24)
+        ),  # fmt: skip
+        "topk": toy_saes.TopKSAE(d_in, d_sae, k=3, generator=_gen(25)),
+    }
+    # loss term names: SAELens' on the left, the toy's on the right
+    terms = {
+        "standard": {"l1_loss": "l1"},
+        "gated": {"l1_loss": "l1", "auxiliary_reconstruction_loss": "aux"},
+        "jumprelu": {"l0_loss": "l0"},
+        "topk": {},
+    }
+    g = _gen(26)
+    worst: dict[str, float] = {}
+    for arch, toy in toys.items():
+        with torch.no_grad():  # random biases, so that no bias is trivially zero
+            toy.b_enc.copy_(torch.randn(toy.b_enc.shape, generator=g) * 0.3)
+            toy.b_dec.copy_(torch.randn(toy.b_dec.shape, generator=g) * 0.3)
+            if arch == "gated":
+                toy.r_mag.copy_(torch.randn(toy.r_mag.shape, generator=g) * 0.3)
+                toy.b_mag.copy_(torch.randn(toy.b_mag.shape, generator=g) * 0.3)
+            if arch == "jumprelu":
+                toy.log_threshold.copy_(torch.rand(toy.log_threshold.shape, generator=g) - 1.5)
+        sae, coefficients = _sae_lens_twin(toy, arch, coeff)
+        out = toy(x)
+        step = TrainStepInput(sae_in=x[:, 0], coefficients=coefficients, dead_neuron_mask=None,
+                              n_training_steps=0, is_logging_step=False)  # fmt: skip
+        ref = sae.training_forward_pass(step)
+        diffs = [
+            (out.latents[:, 0] - ref.feature_acts).abs().max(),
+            (out.reconstruction[:, 0] - ref.sae_out).abs().max(),
+            (out.terms["mse"][0] - ref.losses["mse_loss"]).abs(),
+            (out.loss[0] - ref.loss).abs(),
+        ]
+        diffs += [(out.terms[t][0] - ref.losses[r]).abs() for r, t in terms[arch].items()]
+        out.loss.sum().backward()
+        ref.loss.backward()
+        pairs = [(toy.W_enc.grad[0], sae.W_enc.grad), (toy.b_enc.grad[0],
+                 sae.b_gate.grad if arch == "gated" else sae.b_enc.grad)]  # fmt: skip
+        if arch == "gated":
+            pairs += [(toy.r_mag.grad[0], sae.r_mag.grad), (toy.b_mag.grad[0], sae.b_mag.grad)]
+        if arch == "jumprelu":
+            pairs += [(toy.log_threshold.grad[0], toy.threshold[0].detach() * sae.threshold.grad)]
+        if arch in ("jumprelu", "topk"):  # decoder grads: same objective, same decoder use
+            pairs += [(toy.W_dec.grad[0], sae.W_dec.grad), (toy.b_dec.grad[0], sae.b_dec.grad)]
+        diffs += [(a - b).abs().max() for a, b in pairs]
+        worst[arch] = float(torch.stack([d.detach() for d in diffs]).max())
+    assert toys["jumprelu"].log_threshold.grad.abs().max() > 0  # the pseudo-derivative was hit
+    ok = max(worst.values()) < 1e-5
+    reference_row(
+        technique="toy SAEs (standard, gated, JumpReLU, TopK)",
+        reference="SAELens training SAEs with the same weights (training_forward_pass)",
+        quantity="max abs difference (latents, reconstruction, loss terms, encoder gradients)",
+        measured=", ".join(f"{arch} {value:.1e}" for arch, value in worst.items()),
+        tolerance="1e-5",
+        ok=ok,
+        note="decoder gradients are compared for JumpReLU and TopK only: SAELens weights the "
+        "L1 penalty by decoder norms (the toy keeps them at 1 instead) and its gated auxiliary "
+        "loss uses the live decoder, where the paper and the toy use a frozen copy",
+    )
+    for arch, value in worst.items():
+        assert value < 1e-5, arch
