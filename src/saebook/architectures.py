@@ -105,8 +105,10 @@ def jumprelu_from_topk(sae: SAE, x_sample: Float[Tensor, "n d_in"]) -> JumpReLUS
     it fires on ``x_sample`` exactly as often as under TopK: with ``c`` TopK firings among
     ``n`` rows, the threshold is the ``(c + 1)``-th largest pre-activation (a latent that
     never fires gets its largest one, so it stays off on the sample). The decoder-norm
-    rescaling of a TopK SAE, if any, is folded into the encoder. Returns a SAELens
-    ``JumpReLUSAE`` with ``sae``'s metadata.
+    rescaling of a TopK SAE, if any, is folded into the encoder, and the thresholds are read
+    from the pre-activations the returned SAE itself computes with those folded weights: the
+    same numbers in another order of rounding could put a sample's value just above its own
+    threshold. Returns a SAELens ``JumpReLUSAE`` with ``sae``'s metadata.
     """
     if sae.cfg.architecture() != "topk":
         raise ValueError(f"sae must be a TopK SAE, got architecture {sae.cfg.architecture()!r}")
@@ -114,14 +116,7 @@ def jumprelu_from_topk(sae: SAE, x_sample: Float[Tensor, "n d_in"]) -> JumpReLUS
         raise ValueError(
             f"x_sample must be a (n >= 2, d_in) tensor of activations, got {tuple(x_sample.shape)}"
         )
-    pre = pre_activations(sae, x_sample)
     counts = (encode_from_formula(sae, x_sample) > 0).sum(0)  # TopK firings per latent
-    ordered = pre.sort(dim=0, descending=True).values  # (n, d_sae)
-    rank = counts.clamp(max=pre.shape[0] - 1)
-    threshold = ordered.gather(0, rank[None]).squeeze(0)
-    threshold = torch.where(counts == 0, ordered[0], threshold)
-    threshold = torch.where(counts >= pre.shape[0], ordered[-1] - 1.0, threshold)
-    # below zero a JumpReLU still outputs 0 (ReLU first), so negative thresholds act as 0
     cfg = JumpReLUSAEConfig(
         d_in=sae.cfg.d_in,
         d_sae=sae.cfg.d_sae,
@@ -137,15 +132,21 @@ def jumprelu_from_topk(sae: SAE, x_sample: Float[Tensor, "n d_in"]) -> JumpReLUS
         if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False)
         else torch.ones(sae.cfg.d_sae, device=sae.W_dec.device)
     )
-    out.load_state_dict(
-        {
-            "W_enc": sae.W_enc * scale,
-            "b_enc": sae.b_enc * scale,
-            "W_dec": sae.W_dec / scale[:, None],
-            "b_dec": sae.b_dec,
-            "threshold": threshold,
-        }
-    )
+    weights = {
+        "W_enc": sae.W_enc * scale,
+        "b_enc": sae.b_enc * scale,
+        "W_dec": sae.W_dec / scale[:, None],
+        "b_dec": sae.b_dec,
+    }
+    out.load_state_dict({**weights, "threshold": torch.zeros_like(sae.b_enc)})
+    pre = pre_activations(out, x_sample)  # the folded weights' own numbers
+    ordered = pre.sort(dim=0, descending=True).values  # (n, d_sae)
+    rank = counts.clamp(max=pre.shape[0] - 1)
+    threshold = ordered.gather(0, rank[None]).squeeze(0)
+    threshold = torch.where(counts == 0, ordered[0], threshold)
+    threshold = torch.where(counts >= pre.shape[0], ordered[-1] - 1.0, threshold)
+    # below zero a JumpReLU still outputs 0 (ReLU first), so negative thresholds act as 0
+    out.threshold.data.copy_(threshold)
     return out
 
 
