@@ -121,3 +121,57 @@ def test_train_topk_rejects_bad_arguments(setup) -> None:
         train_topk(model, resid, keep, "e2e", 64, 4, {}, 3)
     with pytest.raises(ValueError, match="k must be below"):
         train_topk(model, resid, keep, "e2e", 8, 8, {"hook_name": hook}, 3)
+
+
+def test_kl_and_downstream_error_match_whole_model_passes(tiny, setup, reference_row) -> None:
+    """The training loop's KL and e2e+ds term, and the KL the chapter reports
+    (reconstruction_metrics), against whole-model passes written here: SAELens'
+    ``run_with_saes`` (BOS left alone) and a plain ``run_with_hooks`` splice, with
+    ``torch.nn.functional.kl_div`` over the non-BOS positions; the downstream residual streams
+    from ``run_with_cache`` with and without the splice."""
+    import torch.nn.functional as F
+
+    model, hook, tokens, resid, keep = setup
+    sae = tiny.saes["resid"]
+    bos = torch.tensor([model.tokenizer.bos_token_id])
+    down = downstream_hooks(model, hook)
+
+    def patch(act, hook):
+        return torch.where(keep[..., None], sae.decode(sae.encode(act)), act)
+
+    def kl_ref(clean, new):
+        per_token = F.kl_div(new.log_softmax(-1), clean.log_softmax(-1), log_target=True,
+                             reduction="none").sum(-1)  # fmt: skip
+        return float(per_token[keep].mean())
+
+    with torch.no_grad():
+        terms = e2e_losses(model, sae, resid, keep)
+        metrics = reconstruction_metrics(model, sae, tokens)
+        clean, clean_cache = model.run_with_cache(tokens, names_filter=down)
+        with_saes = model.run_with_saes(tokens, saes=[sae], exclude_special_tokens=bos)
+        with model.hooks(fwd_hooks=[(hook, patch)]):
+            hooked, hooked_cache = model.run_with_cache(tokens, names_filter=down)
+    ref_saes, ref_hooks = kl_ref(clean, with_saes), kl_ref(clean, hooked)
+    ds_ref = sum(
+        float((hooked_cache[n] - clean_cache[n]).pow(2).sum(-1)[keep].mean()) for n in down
+    ) / len(down)
+    rel = {
+        "loop KL vs run_with_saes": abs(float(terms["kl"]) / ref_saes - 1),
+        "loop KL vs run_with_hooks": abs(float(terms["kl"]) / ref_hooks - 1),
+        "chapter KL vs run_with_saes": abs(metrics.kl_div / ref_saes - 1),
+        "downstream MSE": abs(float(terms["ds_mse"]) / ds_ref - 1),
+    }
+    worst = max(rel.values())
+    ok = worst < 1e-3 and ref_saes > 1e-4
+    reference_row(
+        technique="end-to-end SAEs: KL and downstream error (resid SAE)",
+        reference="whole-model run_with_saes / run_with_hooks splice + torch kl_div; "
+        "run_with_cache for the downstream residuals",
+        quantity="relative difference (loop KL, reported KL, e2e+ds term)",
+        measured=f"max {worst:.1e} (KL {ref_saes:.4f} nats)",
+        tolerance="1e-3",
+        ok=ok,
+    )
+    assert ref_saes > 1e-4  # the SAE changes the predictions: not a comparison of zeros
+    for name, value in rel.items():
+        assert value < 1e-3, name
