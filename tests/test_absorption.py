@@ -176,11 +176,19 @@ def test_absorption_matches_saebench(reference_row):
     ours = absorption.measure_absorption(acts, x, label, main, decoder, u)
     idx = torch.nonzero(label).flatten()
     calc = FeatureAbsorptionCalculator(
-        model=_StoredModel(x), icl_word_list=["x"], max_icl_examples=0, word_token_pos=-1,
-        batch_size=64, shuffle_examples=False,
+        model=_StoredModel(x),
+        icl_word_list=["x"],
+        max_icl_examples=0,
+        word_token_pos=-1,
+        batch_size=64,
+        shuffle_examples=False,
     )  # thresholds: SAEBench's defaults, as ours
     theirs = calc.calculate_absorption(
-        _StoredSAE(x, acts, decoder), [f"w{i}" for i in idx.tolist()], u, main, layer=0,
+        _StoredSAE(x, acts, decoder),
+        [f"w{i}" for i in idx.tolist()],
+        u,
+        main,
+        layer=0,
         show_progress=False,
     ).word_results
     their_full = torch.tensor([w.is_full_absorption for w in theirs])
@@ -300,3 +308,68 @@ def test_absorption_matches_saebench_on_the_tiny_sae(reference_row):
     )
     assert len(theirs) > 100 and (their_fraction > 0).any()
     assert ok, (full_agree, max_diff)
+
+
+def _logistic_by_lbfgs(x: torch.Tensor, y: torch.Tensor, c: float) -> tuple[torch.Tensor, float]:
+    """The balanced, L2-regularised logistic regression written out and minimised with torch's
+    L-BFGS in float64: 0.5 ||w||^2 + c * sum_i s_i log(1 + exp(-(2 y_i - 1)(w . x_i + b))),
+    with s_i = n / (2 n_class(y_i)) and the bias unpenalised. Returns (w, b)."""
+    x, sign = x.double(), y.double() * 2 - 1
+    share = torch.where(y, len(y) / (2 * y.sum()), len(y) / (2 * (~y).sum())).double()
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=2000, tolerance_grad=1e-12,
+                            tolerance_change=1e-15, line_search_fn="strong_wolfe")  # fmt: skip
+
+    def closure():
+        opt.zero_grad()
+        margin = sign * (x @ w + b)
+        loss = 0.5 * w @ w + c * (share * torch.nn.functional.softplus(-margin)).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), float(b.detach())
+
+
+def test_probe_matches_a_logistic_regression_written_out(micro_model, reference_row):
+    """train_probe (sklearn's LogisticRegression) against the same objective minimised by
+    torch L-BFGS on the same training rows (train_probe's seeded permutation): the direction,
+    the bias and the held-out accuracy, on the micro model's residual stream and a
+    first-letter label."""
+    from saebook.tinyworld.corpus import labeled_batch
+
+    model, _, _ = micro_model
+    tokens, _ = labeled_batch(16, 32, seed=2, tokenizer=model.tokenizer)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter="blocks.1.hook_resid_pre")
+    x = cache["blocks.1.hook_resid_pre"].flatten(0, 1)
+    counts = {ch: int(absorption.first_letter_labels(model, tokens, ch).sum()) for ch in "abcst"}
+    letter = max(counts, key=counts.get)
+    y = absorption.first_letter_labels(model, tokens, letter).flatten()
+    assert 30 <= int(y.sum()) <= len(y) - 30, counts
+    probe = absorption.train_probe(x, y, test_share=0.25, c=0.5, seed=4)
+    order = np.random.default_rng(4).permutation(len(y))
+    n_test = round(0.25 * len(y))
+    test, train = torch.as_tensor(order[:n_test]), torch.as_tensor(order[n_test:])
+    w, b = _logistic_by_lbfgs(x[train], y[train], 0.5)
+    cosine = float(probe.direction.double() @ w / w.norm())
+    scale_rel = abs(probe.scale / float(w.norm()) - 1)
+    bias_gap = abs(probe.bias - b)
+    ref_acc = float((((x[test].double() @ w + b) > 0) == y[test]).double().mean())
+    acc_gap = abs(probe.test_accuracy - ref_acc)
+    ok = cosine > 0.999 and scale_rel < 0.01 and bias_gap < 0.01 * max(1.0, abs(b))
+    ok = ok and acc_gap <= 1 / n_test + 1e-9
+    reference_row(
+        technique="feature absorption: linear probe (first-letter label)",
+        reference="the balanced L2 logistic objective written out, minimised by torch L-BFGS "
+        "(float64) on the same rows (micro world)",
+        quantity="direction cosine; relative |w| and bias gap; held-out accuracy gap",
+        measured=f"cosine {cosine:.6f}, |w| {scale_rel:.1e}, bias {bias_gap:.1e}, "
+        f"accuracy {probe.test_accuracy:.3f} vs {ref_acc:.3f}",
+        tolerance="cosine > 0.999; 1% on |w| and bias; accuracy within one held-out row",
+        ok=ok,
+    )
+    assert cosine > 0.999
+    assert scale_rel < 0.01 and bias_gap < 0.01 * max(1.0, abs(b))
+    assert acc_gap <= 1 / n_test + 1e-9
