@@ -90,3 +90,52 @@ def test_pair_agreement_counts_labelled_pairs_within_groups() -> None:
     # group 1: pairs (0,1) same, (0,2) and (1,2) differ; group 2: one labelled latent only
     assert meta_saes.pair_agreement([[0, 1, 2], [2, 3]], labels) == pytest.approx(1 / 3)
     assert np.isnan(meta_saes.pair_agreement([[3], [0, 3]], labels))
+
+
+def test_meta_sae_numbers_match_sklearn_and_a_plain_recount(trained, reference_row):
+    """The meta-SAE's variance explained against sklearn's pooled R^2 (``r2_score`` with
+    ``multioutput="variance_weighted"``: 1 - SSE / SST over all coordinates) of SAELens'
+    own forward pass, and its groups and pair agreement against a recount with numpy and
+    itertools.combinations over the codes."""
+    from itertools import combinations
+
+    from sklearn.metrics import r2_score
+
+    dirs, labels, meta = trained
+    unit = torch.nn.functional.normalize(dirs, dim=-1)
+    ev = meta_saes.explained_variance(meta, unit)
+    with torch.no_grad():
+        recon = meta(unit)  # SAELens' forward: encode then decode
+    ev_ref = r2_score(unit.numpy(), recon.numpy(), multioutput="variance_weighted")
+    groups = meta_saes.meta_groups(meta, dirs)
+    with torch.no_grad():
+        codes = meta.encode(unit).numpy()
+    expected = {}
+    for m in range(codes.shape[1]):
+        rows = np.flatnonzero(codes[:, m] > 0)
+        if len(rows) >= 2:
+            expected[m] = rows[np.argsort(-codes[rows, m], kind="stable")].tolist()
+    # duplicate directions tie (the same two parts): compare members and strengths in order
+    same_groups = groups.keys() == expected.keys() and all(
+        sorted(groups[m]) == sorted(expected[m])
+        and np.array_equal(codes[groups[m], m], codes[expected[m], m])
+        for m in expected
+    )
+    agreement = meta_saes.pair_agreement(list(groups.values()), labels)
+    pairs = [(a, b) for g in expected.values() for a, b in combinations(g, 2)]
+    agreement_ref = sum(labels[a] == labels[b] for a, b in pairs) / len(pairs)
+    gaps = {"EV": abs(ev - ev_ref), "pair agreement": abs(agreement - agreement_ref)}
+    ok = max(gaps.values()) < 1e-5 and same_groups
+    reference_row(
+        technique="meta-SAEs: variance explained, groups, pair agreement",
+        reference="sklearn r2_score (variance_weighted) of SAELens' forward; groups and pairs "
+        "recounted with numpy / itertools",
+        quantity="abs difference (EV, pair agreement); groups identical up to tie order",
+        measured=f"EV {gaps['EV']:.1e} (EV {ev:.3f}), pairs {gaps['pair agreement']:.1e}; "
+        f"{len(groups)} groups identical: {same_groups}",
+        tolerance="1e-5; identical groups",
+        ok=ok,
+    )
+    assert same_groups
+    for name, value in gaps.items():
+        assert value < 1e-5, name
