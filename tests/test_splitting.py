@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -175,3 +176,32 @@ def test_leaf_counts_counts_the_widest_latents_under_each_narrow_one() -> None:
     assert leaf_counts([narrow, wide], threshold=0.5).tolist() == [2, 1, 0]
     with pytest.raises(ValueError, match="at least two matrices"):
         leaf_counts([narrow])
+
+
+def test_cross_width_matches_agree_with_sklearn(micro_model, reference_row):
+    """decoder_cosines and max_cosine_matches (in chunks) on every adjacent pair of the micro
+    world's width family, against sklearn.metrics.pairwise.cosine_similarity of the raw
+    decoder rows and numpy's argmax over it."""
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    _, _, family = micro_model
+    worst, parents_equal, n_pairs = 0.0, True, 0
+    for narrow, wide in zip(family[:-1], family[1:], strict=True):
+        ref = cosine_similarity(narrow.W_dec.detach().numpy(), wide.W_dec.detach().numpy())
+        cos = splitting.decoder_cosines(narrow, wide).numpy()
+        values, parents = splitting.max_cosine_matches(narrow.W_dec.detach(), wide.W_dec.detach())
+        worst = max(worst, float(np.abs(cos - ref).max()))
+        worst = max(worst, float(np.abs(values.numpy() - ref.max(0)).max()))
+        parents_equal &= bool((parents.numpy() == ref.argmax(0)).all())
+        n_pairs += 1
+    ok = worst < 1e-5 and parents_equal
+    reference_row(
+        technique="feature splitting: decoder cosines and parents across widths",
+        reference="sklearn.metrics.pairwise.cosine_similarity + numpy argmax (micro width family)",
+        quantity="max abs difference of cosines and best cosines; parents equal",
+        measured=f"{worst:.1e} over {n_pairs} width pairs; parents equal: {parents_equal}",
+        tolerance="1e-5, equal parents",
+        ok=ok,
+    )
+    assert worst < 1e-5
+    assert parents_equal
