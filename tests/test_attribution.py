@@ -249,3 +249,20 @@ def test_tasks_carry_their_own_prose_words(micro_model, task):
         model, "t", "d", [("a b", "a c", " a", " b")], setup="s", carried="c", corruption="x"
     )
     assert (worded.setup, worded.carried, worded.corruption) == ("s", "c", "x")
+
+
+def test_make_task_works_on_a_tokenizer_named_gemma(micro_model, monkeypatch):
+    """TransformerLens reshapes a string's tokens to a column when the tokenizer's name
+    contains "gemma", so ``to_str_tokens(str)`` fails there; tasks tokenize with ``to_tokens``
+    and decode tensors instead (the gemma hub rehearsal hit this in ``ioi_task``)."""
+    model, _, _ = micro_model
+    items = [("a b", "a c", " a", " b")]
+    plain = make_task(model, "t", "d", items)
+    monkeypatch.setattr(model.tokenizer, "name_or_path", "google/gemma-2-2b")
+    named = make_task(model, "t", "d", items)
+    assert torch.equal(named.clean, plain.clean) and torch.equal(named.answer, plain.answer)
+    assert torch.equal(named.wrong, plain.wrong)
+    with pytest.raises(ValueError, match="same token length"):
+        make_task(model, "t", "d", [("a b", "a b c d", " a", " b")])
+    with pytest.raises(ValueError, match="single token"):
+        make_task(model, "t", "d", [("a b", "a c", " a b", " b")])

@@ -433,6 +433,9 @@ class Profile:
         (``expected_var_explained``; e.g. 0.13 for ``gpt2-small-hook-z-kk``, 0.46 for
         ``gpt2-small-mlp-tm``), measured on other text, hence the margin; 0.5 where the
         registry lists none and on ``tiny`` (whose SAEs the book trained, reaching more).
+        SAELens fills a missing ``variance_explained`` with 1.0 (every Gemma Scope entry), and
+        no entry publishes exactly 1.0, so 1.0 counts as none: demanding 0.8 of gemma's SAEs
+        would test a default, not a measurement.
         """
         self.sae(role)  # a clear error for an unknown role
         if not 0 < fraction <= 1:
@@ -445,7 +448,9 @@ class Profile:
         release, sae_id = spec.saes[role]
         entry = get_pretrained_saes_directory()[release]
         published = (entry.expected_var_explained or {}).get(resolve_sae_id(release, sae_id))
-        return 0.5 if published is None else fraction * float(published)
+        if published is None or float(published) >= 1.0:  # SAELens' default for "not given"
+            return 0.5
+        return fraction * float(published)
 
     def describe_saes(self) -> dict[str, str]:
         """role -> a short description (architecture, width, hook) of each SAE."""
@@ -657,6 +662,35 @@ def _is_gated(err: BaseException) -> bool:
     return False
 
 
+def _sae_loader(release: str, sae_id: str, device: str) -> Callable[[], SAE]:
+    """A function loading SAELens' SAE ``sae_id`` of ``release`` on ``device``.
+
+    A file the hub or the local cache cannot give (``huggingface_hub`` says only "cannot find
+    the requested files", naming neither) raises :class:`MissingArtifactError` naming the
+    release and id, with the fix: offline (``HF_HUB_OFFLINE=1``), the SAE was never
+    downloaded; online, the hub is unreachable or refused it.
+    """
+    from huggingface_hub.errors import EntryNotFoundError
+
+    def load() -> SAE:
+        try:
+            return SAE.from_pretrained(release, sae_id, device=device)
+        except (OSError, EntryNotFoundError) as err:
+            reason = str(err).splitlines()[0] if str(err) else ""
+            fix = (
+                "HF_HUB_OFFLINE=1 is set and its files are not in the local Hugging Face "
+                "cache: load it once with the hub reachable, or unset HF_HUB_OFFLINE"
+                if os.environ.get("HF_HUB_OFFLINE") == "1"
+                else "check that the Hugging Face hub is reachable from this machine"
+            )
+            raise MissingArtifactError(
+                f"SAE {sae_id!r} of release {release!r} could not be loaded "
+                f"({type(err).__name__}: {reason}); {fix}."
+            ) from err
+
+    return load
+
+
 def _load_hub(spec: ProfileSpec, device: str) -> Profile:
     _require_hub(spec.name)
     loader = (
@@ -675,15 +709,15 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
             ) from err
         raise
 
-    def loader(release: str, sae_id: str) -> Callable[[], SAE]:
-        return lambda: SAE.from_pretrained(release, sae_id, device=device)
-
     # loaded on first access: gemma's SAEs and width family are several GB in all
     saes = LazySAEs(
-        {role: loader(rel, resolve_sae_id(rel, i)) for role, (rel, i) in spec.saes.items()}
+        {
+            role: _sae_loader(rel, resolve_sae_id(rel, i), device)
+            for role, (rel, i) in spec.saes.items()
+        }
     )
     release, ids = spec.width_family
-    family = LazySAEList([loader(release, i) for i in ids])
+    family = LazySAEList([_sae_loader(release, i, device) for i in ids])
     return Profile.from_spec(
         spec,
         (model, saes, family),
