@@ -317,6 +317,17 @@ for i in range(1, len(p.width_family)):
     except Exception as err:
         out["family_errors"].append([type(err).__name__, str(err)])
 out["family_loaded_at_end"] = p.width_family.loaded()
+# the hooks the SAEs were calibrated at, read off transformers' Gemma2 on the same tokens
+from transformers import AutoModelForCausalLM
+hf = AutoModelForCausalLM.from_pretrained("google/gemma-2-2b", dtype=torch.float32).eval()
+ref = rehearsal.gemma_layer12_acts(hf, rows[:1, :64])
+del hf
+with torch.inference_mode():
+    _, tl = m.run_with_cache(rows[:1, :64], names_filter=lambda n: n in ref)
+out["hook_agreement"] = {
+    h: [list(tl[h].shape), (tl[h].reshape(r.shape) - r).abs().max().item() / r.abs().max().item()]
+    for h, r in ref.items()
+}
 task = p.task(n=4)
 out["task"] = dict(clean=list(task.clean.shape), answer=task.answer.tolist(),
                    wrong=task.wrong.tolist(), carried=task.carried)
@@ -326,6 +337,8 @@ with warnings.catch_warnings(record=True) as caught:
 out["concept_warnings"] = [str(w.message) for w in caught if "concept" in str(w.message)]
 out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 out["total_s"] = time.time() - start
+usage = resource.getrusage(resource.RUSAGE_SELF)
+out["cpu_s"] = usage.ru_utime + usage.ru_stime
 print("RESULT" + json.dumps(out))
 """
 
@@ -473,6 +486,17 @@ def test_gemma_saes_have_gemma_scope_widths_hooks_and_load_lazily(gemma_offline)
     assert gemma_offline["family_loaded_at_end"] == [0]
 
 
+def test_gemma_layer12_hooks_mean_what_transformer_lens_means(gemma_offline):
+    """The calibration read transformers' Gemma2 at the modules TransformerLens' hooks stand
+    for; on the same tokens the two agree to float error (TransformerLens' hook_z is per head)."""
+    agreement = gemma_offline["hook_agreement"]
+    assert set(agreement) == {h for h, *_ in GEMMA_EXPECTED.values()}
+    for hook, (shape, rel_err) in agreement.items():
+        assert shape[:2] == [1, 64], hook
+        assert rel_err < 1e-4, (hook, rel_err)
+    assert agreement["blocks.12.attn.hook_z"][0] == [1, 64, 8, 256]
+
+
 def test_gemma_fabricated_saes_fire_about_forty_latents(gemma_offline):
     """Thresholds were calibrated on other text through ``transformers``; L0 through
     TransformerLens and SAELens on the stream lands near 40 (it checks that the hooks agree)."""
@@ -525,7 +549,8 @@ def test_gemma_profile_load_time_and_peak_memory(gemma_offline):
     with its four 16k SAEs loaded must stay under 6 GB."""
     print(
         f"gemma profile loaded offline in {gemma_offline['load_s']:.1f} s; child ran "
-        f"{gemma_offline['total_s']:.1f} s at peak RSS {gemma_offline['peak_rss_gb']:.2f} GB"
+        f"{gemma_offline['total_s']:.1f} s ({gemma_offline['cpu_s']:.1f} CPU-s) at peak RSS "
+        f"{gemma_offline['peak_rss_gb']:.2f} GB"
     )
     assert gemma_offline["peak_rss_gb"] <= PEAK_RSS_LIMIT_GB
     assert gemma_offline["load_s"] < 180

@@ -30,9 +30,10 @@ and, for ``gemma`` (gemma-2-2b in fp32 is ~10 GB, too much for a test, so at red
 
 Loading then runs through the real code (``HookedSAETransformer.from_pretrained``,
 ``SAE.from_pretrained``, ``datasets.load_dataset``) with :func:`offline_env` set. The cache is
-keyed on the versions of the libraries that write and read it, so a cache built once is reused
-until a pin changes. Weights are random: content checks fail on them by design; the rehearsal
-finds failures of the code (shapes, memory, devices, token layout).
+keyed on the versions of the libraries that write and read it and on the profiles it holds (one
+cache per set of profiles), so a cache built once is reused until a pin changes. Weights are
+random: content checks fail on them by design; the rehearsal finds failures of the code
+(shapes, memory, devices, token layout).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ __all__ = [
     "gemma_dims_override",
     "gemma_transformer_lens_dims",
     "gemma_fabricated_saes",
+    "gemma_layer12_acts",
     "synthetic_documents",
 ]
 
@@ -599,30 +601,27 @@ def _write_gemma(hub: Path):
     return model, tok
 
 
-def _gemma_hook_acts(model, tok, n_rows: int = 24, seq: int = 48, per_row: int = 16):
-    """Activations of the fabricated gemma at layer 12's SAE hooks, as TransformerLens names them.
+def gemma_layer12_acts(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A ``transformers`` Gemma-2 model's layer-12 activations on ``tokens`` (batch x pos),
+    under the names TransformerLens gives them when it loads the model with raw weights
+    (``from_pretrained_no_processing``), each ``batch x pos x width``.
 
-    Computed on the ``transformers`` model just built, with TransformerLens' raw-weights
-    (``from_pretrained_no_processing``) meaning of each hook: ``hook_resid_post`` is the
-    decoder layer's output, ``attn.hook_z`` the input of ``o_proj`` (heads flattened, as
-    SAELens reads it), ``hook_mlp_out`` the output of ``post_feedforward_layernorm`` (what the
-    block adds to the residual stream), and ``ln2.hook_normalized`` the input of
-    ``pre_feedforward_layernorm`` divided by its RMS (before the norm's scale). The rehearsal
-    test checks the resulting L0 through the real loading path.
+    ``blocks.12.hook_resid_post`` is the decoder layer's output; ``blocks.12.attn.hook_z`` the
+    input of ``o_proj`` (heads flattened head-major, as SAELens reads hook_z);
+    ``blocks.12.hook_mlp_out`` the output of ``post_feedforward_layernorm`` (what the block adds
+    to the residual stream); ``blocks.12.ln2.hook_normalized`` the input of
+    ``pre_feedforward_layernorm`` divided by its RMS (TransformerLens hooks it before the
+    norm's scale). The rehearsal test compares these with TransformerLens' own cache.
     """
     eps = GEMMA2_2B_CONFIG["rms_norm_eps"]
-    stream: list[int] = []
-    for doc in synthetic_documents(100, seed=1):  # packed like the profile's token rows
-        stream += tok.encode(doc, add_special_tokens=False).ids + [1]
-    rows = [[2] + stream[i * (seq - 1) : (i + 1) * (seq - 1)] for i in range(n_rows)]
     layer = model.model.layers[12]
     seen: dict[str, torch.Tensor] = {}
 
     def put(name: str, value: torch.Tensor) -> None:
-        seen[name] = value[0] if isinstance(value, tuple) else value
+        seen[name] = (value[0] if isinstance(value, tuple) else value).float().clone()
 
     def normalized(x: torch.Tensor) -> torch.Tensor:
-        return x / (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        return x.float() / (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
     handles = [
         layer.register_forward_hook(lambda m, a, out: put("blocks.12.hook_resid_post", out)),
@@ -638,14 +637,26 @@ def _gemma_hook_acts(model, tok, n_rows: int = 24, seq: int = 48, per_row: int =
     ]
     try:
         with torch.inference_mode():
-            model(torch.tensor(rows))
+            model(tokens)
     finally:
         for h in handles:
             h.remove()
+    return seen
+
+
+def _gemma_hook_acts(model, tok, n_rows: int = 24, seq: int = 48, per_row: int = 16):
+    """Calibration activations: :func:`gemma_layer12_acts` at ``per_row`` random positions (not
+    BOS) of each of ``n_rows`` rows of ``seq`` tokens, packed like the profile's token rows
+    from documents other than the dataset's; rows x width per hook."""
+    stream: list[int] = []
+    for doc in synthetic_documents(100, seed=1):
+        stream += tok.encode(doc, add_special_tokens=False).ids + [1]
+    rows = [[2] + stream[i * (seq - 1) : (i + 1) * (seq - 1)] for i in range(n_rows)]
+    seen = gemma_layer12_acts(model, torch.tensor(rows))
     gen = torch.Generator().manual_seed(0)
     pos = torch.randint(1, seq, (n_rows, per_row), generator=gen)  # not BOS
     return {
-        name: a[torch.arange(n_rows)[:, None], pos].reshape(-1, a.shape[-1]).float().clone()
+        name: a[torch.arange(n_rows)[:, None], pos].reshape(-1, a.shape[-1])
         for name, a in seen.items()
     }
 
