@@ -47,6 +47,7 @@ from saebook import profiles
 from saebook.errors import MissingArtifactError
 p = profiles.load("gpt2", device="cpu")
 out = {"load_s": time.time() - start}
+out["described"] = p.describe_saes()  # every chapter's banner: must load nothing
 out["loaded_up_front"] = [p.saes.loaded(), p.width_family.loaded()]
 m = p.model
 out["model"] = dict(n_layers=m.cfg.n_layers, d_model=m.cfg.d_model, d_vocab=m.cfg.d_vocab,
@@ -181,6 +182,11 @@ def test_gpt2_profile_loads_offline_with_real_shapes(gpt2_offline):
         n_layers=12, d_model=768, d_vocab=50257, bos=50256, eos=50256
     )
     assert gpt2_offline["loaded_up_front"] == [[], []]  # SAEs load on first access
+    described = gpt2_offline["described"]  # the banner, read from configs before any load
+    for role, (hook, width) in GPT2_EXPECTED.items():
+        assert described[role] == f"standard x{width} @ {hook}", role
+    widths = ", ".join(map(str, GPT2_FAMILY_WIDTHS))
+    assert described["width_family"] == f"{len(GPT2_FAMILY_WIDTHS)} widths ({widths})"
     spec = profiles.PROFILES["gpt2"]
     saes = gpt2_offline["saes"]
     assert {r for r in saes if not r.startswith("w")} == set(spec.saes) == set(GPT2_EXPECTED)
@@ -279,7 +285,9 @@ start = time.time()
 from saebook import profiles, rehearsal
 with rehearsal.gemma_dims_override():
     p = profiles.load("gemma", device="cpu")
-out = {"load_s": time.time() - start, "loaded_up_front": [p.saes.loaded(), p.width_family.loaded()]}
+out = {"load_s": time.time() - start}
+out["described"] = p.describe_saes()  # every chapter's banner: must load nothing
+out["loaded_up_front"] = [p.saes.loaded(), p.width_family.loaded()]
 m, c = p.model, p.model.cfg
 out["model"] = dict(n_layers=c.n_layers, d_model=c.d_model, d_vocab=c.d_vocab, n_heads=c.n_heads,
                     d_head=c.d_head, n_kv=c.n_key_value_heads, d_mlp=c.d_mlp,
@@ -463,7 +471,12 @@ def test_gemma_profile_loads_offline_at_gemma_shapes_with_raw_weights(gemma_offl
 
 
 def test_gemma_saes_have_gemma_scope_widths_hooks_and_load_lazily(gemma_offline):
-    assert gemma_offline["loaded_up_front"] == [[], []]  # nothing loads with the profile
+    assert gemma_offline["loaded_up_front"] == [[], []]  # nothing loads with the profile ...
+    described = gemma_offline["described"]  # ... nor with the banner, even the 65k/262k
+    for role, (hook, hook_out, _, arch) in GEMMA_EXPECTED.items():
+        where = f"{hook} -> {hook_out}" if hook_out else hook
+        assert described[role] == f"{arch} x16384 @ {where}", role
+    assert described["width_family"] == "3 widths (16384, 65536, 262144)"
     saes = gemma_offline["saes"]
     assert set(saes) - {"w0"} == set(profiles.PROFILES["gemma"].saes) == set(GEMMA_EXPECTED)
     for role, (hook, hook_out, d_in, arch) in GEMMA_EXPECTED.items():

@@ -392,3 +392,44 @@ def test_a_missing_hub_sae_raises_an_error_naming_it(monkeypatch):
     monkeypatch.setattr(profiles.SAE, "from_pretrained", broken)
     with pytest.raises(RuntimeError, match="out of memory"):  # not dressed up as missing
         load()
+
+
+def test_describe_saes_loads_no_sae_of_a_hub_profile():
+    """Every chapter's banner describes the SAEs; on gemma, loading them for it would pull the
+    whole width family (16k + 65k + 262k, ~7 GB) into memory, so it reads SAELens' configs."""
+    spec = profiles.PROFILES["gemma"]
+
+    def never():
+        raise AssertionError("describe_saes loaded an SAE")
+
+    sources = {r: (rel, profiles.resolve_sae_id(rel, i)) for r, (rel, i) in spec.saes.items()}
+    saes = profiles.LazySAEs({role: never for role in sources}, sources)
+    release, ids = spec.width_family
+    family = profiles.LazySAEList([never] * len(ids), [(release, i) for i in ids])
+    gemma = profiles.Profile(
+        name="gemma", description="", model=None, sizes=spec.sizes, device="cpu",
+        task_name="ioi", saes=saes, width_family=family, _token_source=None,
+    )  # fmt: skip
+    assert gemma.describe_saes() == {
+        "resid": "jumprelu x16384 @ blocks.12.hook_resid_post",
+        "attn": "jumprelu x16384 @ blocks.12.attn.hook_z",
+        "mlp": "jumprelu x16384 @ blocks.12.hook_mlp_out",
+        "transcoder": (
+            "jumprelu_transcoder x16384 @ blocks.12.ln2.hook_normalized -> blocks.12.hook_mlp_out"
+        ),
+        "width_family": "3 widths (16384, 65536, 262144)",
+    }
+    assert saes.loaded() == [] and family.loaded() == []
+    assert saes.source("attn") == sources["attn"] and family.source(2) == (release, ids[2])
+    assert profiles.LazySAEs({"x": never}).source("x") is None
+
+
+def test_describe_saes_reads_loaded_saes_themselves():
+    tiny = profiles.load("tiny", device="cpu")
+    described = tiny.describe_saes()
+    for role, sae in tiny.saes.items():
+        meta = sae.cfg.metadata
+        assert described[role].startswith(f"{sae.cfg.architecture()} x{sae.cfg.d_sae} @ ")
+        assert meta.hook_name in described[role]
+    widths = ", ".join(str(s.cfg.d_sae) for s in tiny.width_family)
+    assert described["width_family"] == f"{len(tiny.width_family)} widths ({widths})"

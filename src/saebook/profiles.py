@@ -224,9 +224,14 @@ class LazySAEs(Mapping[str, SAE]):
     Iterating over roles loads nothing; ``items()``/``values()`` load every role they reach.
     """
 
-    def __init__(self, loaders: Mapping[str, Callable[[], SAE]]) -> None:
+    def __init__(
+        self,
+        loaders: Mapping[str, Callable[[], SAE]],
+        sources: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
         self._loaders = dict(loaders)
         self._loaded: dict[str, SAE] = {}
+        self._sources = dict(sources or {})  # role -> (SAELens release, sae_id), if known
 
     def __getitem__(self, role: str) -> SAE:
         if role not in self._loaders:
@@ -248,6 +253,10 @@ class LazySAEs(Mapping[str, SAE]):
         """The roles loaded so far."""
         return list(self._loaded)
 
+    def source(self, role: str) -> tuple[str, str] | None:
+        """The (SAELens release, sae_id) ``role`` loads from, or None where not given."""
+        return self._sources.get(role)
+
     def __repr__(self) -> str:
         return f"LazySAEs(roles={list(self._loaders)}, loaded={self.loaded()})"
 
@@ -255,8 +264,15 @@ class LazySAEs(Mapping[str, SAE]):
 class LazySAEList(Sequence[SAE]):
     """A sequence of SAEs (the width family), each loaded on first access and kept."""
 
-    def __init__(self, loaders: Sequence[Callable[[], SAE]]) -> None:
-        self._saes = LazySAEs({str(i): f for i, f in enumerate(loaders)})
+    def __init__(
+        self,
+        loaders: Sequence[Callable[[], SAE]],
+        sources: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
+        self._saes = LazySAEs(
+            {str(i): f for i, f in enumerate(loaders)},
+            {str(i): s for i, s in enumerate(sources or ())},
+        )
 
     def __getitem__(self, index):  # int -> SAE, slice -> list[SAE]
         if isinstance(index, slice):
@@ -276,6 +292,10 @@ class LazySAEList(Sequence[SAE]):
     def loaded(self) -> list[int]:
         """The indices loaded so far."""
         return [int(i) for i in self._saes.loaded()]
+
+    def source(self, index: int) -> tuple[str, str] | None:
+        """The (SAELens release, sae_id) SAE ``index`` loads from, or None where not given."""
+        return self._saes.source(str(index))
 
     def __repr__(self) -> str:
         return f"LazySAEList(n={len(self)}, loaded={self.loaded()})"
@@ -453,16 +473,38 @@ class Profile:
         return fraction * float(published)
 
     def describe_saes(self) -> dict[str, str]:
-        """role -> a short description (architecture, width, hook) of each SAE."""
+        """role -> a short description (architecture, width, hook) of each SAE.
+
+        Loads no SAE: one a hub profile has not loaded yet is described from its SAELens
+        config (derived from the id for Gemma Scope, a small file otherwise), so the banner
+        every chapter shows does not pull the whole width family (~7 GB on gemma) into memory.
+        """
         out = {}
-        for role, sae in self.saes.items():
-            hook = sae.cfg.metadata.hook_name
-            out_hook = sae.cfg.metadata.hook_name_out
+        for role in self.saes:
+            arch, d_sae, hook, out_hook = _sae_facts(self.saes, role)
             where = f"{hook} -> {out_hook}" if out_hook else hook
-            out[role] = f"{sae.cfg.architecture()} x{sae.cfg.d_sae} @ {where}"
-        widths = ", ".join(str(s.cfg.d_sae) for s in self.width_family)
-        out["width_family"] = f"{len(self.width_family)} widths ({widths})"
+            out[role] = f"{arch} x{d_sae} @ {where}"
+        family = self.width_family
+        widths = ", ".join(str(_sae_facts(family, i)[1]) for i in range(len(family)))
+        out["width_family"] = f"{len(family)} widths ({widths})"
         return out
+
+
+def _sae_facts(saes: Any, key: Any) -> tuple[str, int, str, str | None]:
+    """(architecture, d_sae, hook, output hook or None) of ``saes[key]``, without loading it
+    when ``saes`` is lazy, has not loaded it yet and knows its SAELens source."""
+    source = saes.source(key) if isinstance(saes, LazySAEs | LazySAEList) else None
+    if source is not None and key not in saes.loaded():
+        from sae_lens.loading.pretrained_sae_loaders import load_sae_config_from_huggingface
+
+        cfg = load_sae_config_from_huggingface(*source)
+        meta = cfg.get("metadata") or {}
+        hook = meta.get("hook_name", cfg.get("hook_name"))
+        out_hook = meta.get("hook_name_out", cfg.get("hook_name_out"))
+        return cfg.get("architecture", "standard"), int(cfg["d_sae"]), hook, out_hook or None
+    sae = saes[key]
+    meta = sae.cfg.metadata
+    return sae.cfg.architecture(), sae.cfg.d_sae, meta.hook_name, meta.hook_name_out or None
 
 
 def single_token_words(tokenizer: object, words: Iterable[str]) -> tuple[str, ...]:
@@ -710,14 +752,12 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
         raise
 
     # loaded on first access: gemma's SAEs and width family are several GB in all
-    saes = LazySAEs(
-        {
-            role: _sae_loader(rel, resolve_sae_id(rel, i), device)
-            for role, (rel, i) in spec.saes.items()
-        }
-    )
+    sources = {role: (rel, resolve_sae_id(rel, i)) for role, (rel, i) in spec.saes.items()}
+    saes = LazySAEs({role: _sae_loader(*src, device) for role, src in sources.items()}, sources)
     release, ids = spec.width_family
-    family = LazySAEList([_sae_loader(release, i, device) for i in ids])
+    family = LazySAEList(
+        [_sae_loader(release, i, device) for i in ids], [(release, i) for i in ids]
+    )
     return Profile.from_spec(
         spec,
         (model, saes, family),
