@@ -222,6 +222,8 @@ class LazySAEs(Mapping[str, SAE]):
     A hub profile names several SAEs (on gemma several GB in all); a chapter that reads one
     role loads only that one. ``loaders`` maps role -> a function returning its ``SAE``.
     Iterating over roles loads nothing; ``items()``/``values()`` load every role they reach.
+    ``sources`` (role -> (SAELens release, sae_id)) lets :meth:`Profile.describe_saes` describe
+    a role without loading it.
     """
 
     def __init__(
