@@ -12,7 +12,7 @@ from saebook.attribution import (
     integrated_attribution,
     latent_activations_at_last,
 )
-from saebook.tasks import make_task
+from saebook.tasks import make_task, token_strings
 from saebook.tinyworld.tasks import code_recall_task
 
 
@@ -249,3 +249,33 @@ def test_tasks_carry_their_own_prose_words(micro_model, task):
         model, "t", "d", [("a b", "a c", " a", " b")], setup="s", carried="c", corruption="x"
     )
     assert (worded.setup, worded.carried, worded.corruption) == ("s", "c", "x")
+
+
+def test_make_task_works_on_a_tokenizer_named_gemma(micro_model, monkeypatch):
+    """TransformerLens reshapes a string's tokens to a column when the tokenizer's name
+    contains "gemma", so ``to_str_tokens(str)`` fails there; tasks tokenize with ``to_tokens``
+    and decode tensors instead (the gemma hub rehearsal hit this in ``ioi_task``)."""
+    model, _, _ = micro_model
+    items = [("a b", "a c", " a", " b")]
+    plain = make_task(model, "t", "d", items)
+    monkeypatch.setattr(model.tokenizer, "name_or_path", "google/gemma-2-2b")
+    named = make_task(model, "t", "d", items)
+    assert torch.equal(named.clean, plain.clean) and torch.equal(named.answer, plain.answer)
+    assert torch.equal(named.wrong, plain.wrong)
+    with pytest.raises(ValueError, match="same token length"):
+        make_task(model, "t", "d", [("a b", "a b c d", " a", " b")])
+    with pytest.raises(ValueError, match="single token"):
+        make_task(model, "t", "d", [("a b", "a c", " a b", " b")])
+
+
+def test_token_strings_match_to_str_tokens_and_survive_a_gemma_name(micro_model, monkeypatch):
+    model, _, _ = micro_model
+    text = "a b c"
+    monkeypatch.setattr(model.tokenizer, "name_or_path", "plain/tokenizer")
+    expected = model.to_str_tokens(text)  # TransformerLens' own answer on a non-gemma name
+    assert token_strings(model, text) == expected and len(expected) > 1
+    assert token_strings(model, text, prepend_bos=False) == expected[1:]
+    monkeypatch.setattr(model.tokenizer, "name_or_path", "/home/me/gemma-runs/tokenizer")
+    assert token_strings(model, text) == expected
+    with pytest.raises(TypeError, match="text must be a str"):
+        token_strings(model, ["a b"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 import time
 
@@ -261,6 +262,27 @@ def test_ev_floor_follows_the_published_figures():
     assert tiny.ev_floor("resid") == 0.5
 
 
+def test_ev_floor_ignores_the_registry_default_on_gemma():
+    """SAELens fills a missing variance_explained with 1.0 (all Gemma Scope entries); that is
+    not a published figure, so gemma's content checks get the 0.5 default, not 0.8."""
+    spec = profiles.PROFILES["gemma"]
+    gemma = profiles.Profile(
+        name="gemma", description="", model=None, sizes=spec.sizes, device="cpu",
+        task_name="ioi", saes={role: object() for role in spec.saes}, width_family=[],
+        _token_source=None,
+    )  # fmt: skip
+    directory = get_pretrained_saes_directory()
+    for role, (release, sae_id) in spec.saes.items():
+        entry = directory[release]
+        assert entry.expected_var_explained[profiles.resolve_sae_id(release, sae_id)] == 1.0
+        assert gemma.ev_floor(role) == 0.5, role
+    # the registry's raw yaml never states 1.0: the value is always SAELens' fill-in
+    from importlib import resources
+
+    text = resources.files("sae_lens").joinpath("pretrained_saes.yaml").read_text()
+    assert not re.search(r"variance_explained:\s*1(\.0*)?\s*$", text, flags=re.M)
+
+
 def test_profile_from_spec_takes_names_sizes_and_task_from_the_spec():
     spec = profiles.PROFILES["gpt2"]
     rows = lambda n, s, seed: torch.zeros(n, s, dtype=torch.long)  # noqa: E731
@@ -337,3 +359,77 @@ def test_hub_concept_words_drop_split_words_with_a_warning(micro_model):
         for word in set(listed) - set(words[category]):
             assert f"{category}:{word}" in message
     assert sum(map(len, words.values())) < sum(map(len, profiles.HUB_CONCEPT_WORDS.values()))
+
+
+def test_a_missing_hub_sae_raises_an_error_naming_it(monkeypatch):
+    """huggingface_hub's offline miss names no file; the lazy loader names release and id and
+    says why (the gemma rehearsal leaves the 65k/262k width family out to hit this)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    calls = []
+
+    def missing(release, sae_id, device):
+        calls.append((release, sae_id, device))
+        raise LocalEntryNotFoundError("An error happened ... cannot find the requested files")
+
+    monkeypatch.setattr(profiles.SAE, "from_pretrained", missing)
+    load = profiles._sae_loader("gemma-scope-2b-pt-res-canonical", "layer_12/width_65k/x", "cpu")
+    assert calls == []  # nothing is fetched until the loader is called
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MissingArtifactError, match="HF_HUB_OFFLINE=1") as err:
+        load()
+    assert "'layer_12/width_65k/x'" in str(err.value)
+    assert "'gemma-scope-2b-pt-res-canonical'" in str(err.value)
+    assert isinstance(err.value.__cause__, LocalEntryNotFoundError)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(MissingArtifactError, match="reachable"):
+        load()
+    assert calls == [("gemma-scope-2b-pt-res-canonical", "layer_12/width_65k/x", "cpu")] * 2
+
+    def broken(release, sae_id, device):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(profiles.SAE, "from_pretrained", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):  # not dressed up as missing
+        load()
+
+
+def test_describe_saes_loads_no_sae_of_a_hub_profile():
+    """Every chapter's banner describes the SAEs; on gemma, loading them for it would pull the
+    whole width family (16k + 65k + 262k, ~7 GB) into memory, so it reads SAELens' configs."""
+    spec = profiles.PROFILES["gemma"]
+
+    def never():
+        raise AssertionError("describe_saes loaded an SAE")
+
+    sources = {r: (rel, profiles.resolve_sae_id(rel, i)) for r, (rel, i) in spec.saes.items()}
+    saes = profiles.LazySAEs({role: never for role in sources}, sources)
+    release, ids = spec.width_family
+    family = profiles.LazySAEList([never] * len(ids), [(release, i) for i in ids])
+    gemma = profiles.Profile(
+        name="gemma", description="", model=None, sizes=spec.sizes, device="cpu",
+        task_name="ioi", saes=saes, width_family=family, _token_source=None,
+    )  # fmt: skip
+    assert gemma.describe_saes() == {
+        "resid": "jumprelu x16384 @ blocks.12.hook_resid_post",
+        "attn": "jumprelu x16384 @ blocks.12.attn.hook_z",
+        "mlp": "jumprelu x16384 @ blocks.12.hook_mlp_out",
+        "transcoder": (
+            "jumprelu_transcoder x16384 @ blocks.12.ln2.hook_normalized -> blocks.12.hook_mlp_out"
+        ),
+        "width_family": "3 widths (16384, 65536, 262144)",
+    }
+    assert saes.loaded() == [] and family.loaded() == []
+    assert saes.source("attn") == sources["attn"] and family.source(2) == (release, ids[2])
+    assert profiles.LazySAEs({"x": never}).source("x") is None
+
+
+def test_describe_saes_reads_loaded_saes_themselves():
+    tiny = profiles.load("tiny", device="cpu")
+    described = tiny.describe_saes()
+    for role, sae in tiny.saes.items():
+        meta = sae.cfg.metadata
+        assert described[role].startswith(f"{sae.cfg.architecture()} x{sae.cfg.d_sae} @ ")
+        assert meta.hook_name in described[role]
+    widths = ", ".join(str(s.cfg.d_sae) for s in tiny.width_family)
+    assert described["width_family"] == f"{len(tiny.width_family)} widths ({widths})"

@@ -222,11 +222,18 @@ class LazySAEs(Mapping[str, SAE]):
     A hub profile names several SAEs (on gemma several GB in all); a chapter that reads one
     role loads only that one. ``loaders`` maps role -> a function returning its ``SAE``.
     Iterating over roles loads nothing; ``items()``/``values()`` load every role they reach.
+    ``sources`` (role -> (SAELens release, sae_id)) lets :meth:`Profile.describe_saes` describe
+    a role without loading it.
     """
 
-    def __init__(self, loaders: Mapping[str, Callable[[], SAE]]) -> None:
+    def __init__(
+        self,
+        loaders: Mapping[str, Callable[[], SAE]],
+        sources: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
         self._loaders = dict(loaders)
         self._loaded: dict[str, SAE] = {}
+        self._sources = dict(sources or {})  # role -> (SAELens release, sae_id), if known
 
     def __getitem__(self, role: str) -> SAE:
         if role not in self._loaders:
@@ -248,6 +255,10 @@ class LazySAEs(Mapping[str, SAE]):
         """The roles loaded so far."""
         return list(self._loaded)
 
+    def source(self, role: str) -> tuple[str, str] | None:
+        """The (SAELens release, sae_id) ``role`` loads from, or None where not given."""
+        return self._sources.get(role)
+
     def __repr__(self) -> str:
         return f"LazySAEs(roles={list(self._loaders)}, loaded={self.loaded()})"
 
@@ -255,8 +266,15 @@ class LazySAEs(Mapping[str, SAE]):
 class LazySAEList(Sequence[SAE]):
     """A sequence of SAEs (the width family), each loaded on first access and kept."""
 
-    def __init__(self, loaders: Sequence[Callable[[], SAE]]) -> None:
-        self._saes = LazySAEs({str(i): f for i, f in enumerate(loaders)})
+    def __init__(
+        self,
+        loaders: Sequence[Callable[[], SAE]],
+        sources: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
+        self._saes = LazySAEs(
+            {str(i): f for i, f in enumerate(loaders)},
+            {str(i): s for i, s in enumerate(sources or ())},
+        )
 
     def __getitem__(self, index):  # int -> SAE, slice -> list[SAE]
         if isinstance(index, slice):
@@ -276,6 +294,10 @@ class LazySAEList(Sequence[SAE]):
     def loaded(self) -> list[int]:
         """The indices loaded so far."""
         return [int(i) for i in self._saes.loaded()]
+
+    def source(self, index: int) -> tuple[str, str] | None:
+        """The (SAELens release, sae_id) SAE ``index`` loads from, or None where not given."""
+        return self._saes.source(str(index))
 
     def __repr__(self) -> str:
         return f"LazySAEList(n={len(self)}, loaded={self.loaded()})"
@@ -433,6 +455,9 @@ class Profile:
         (``expected_var_explained``; e.g. 0.13 for ``gpt2-small-hook-z-kk``, 0.46 for
         ``gpt2-small-mlp-tm``), measured on other text, hence the margin; 0.5 where the
         registry lists none and on ``tiny`` (whose SAEs the book trained, reaching more).
+        SAELens fills a missing ``variance_explained`` with 1.0 (every Gemma Scope entry), and
+        no entry publishes exactly 1.0, so 1.0 counts as none: demanding 0.8 of gemma's SAEs
+        would test a default, not a measurement.
         """
         self.sae(role)  # a clear error for an unknown role
         if not 0 < fraction <= 1:
@@ -445,19 +470,43 @@ class Profile:
         release, sae_id = spec.saes[role]
         entry = get_pretrained_saes_directory()[release]
         published = (entry.expected_var_explained or {}).get(resolve_sae_id(release, sae_id))
-        return 0.5 if published is None else fraction * float(published)
+        if published is None or float(published) >= 1.0:  # SAELens' default for "not given"
+            return 0.5
+        return fraction * float(published)
 
     def describe_saes(self) -> dict[str, str]:
-        """role -> a short description (architecture, width, hook) of each SAE."""
+        """role -> a short description (architecture, width, hook) of each SAE.
+
+        Loads no SAE: one a hub profile has not loaded yet is described from its SAELens
+        config (derived from the id for Gemma Scope, a small file otherwise), so the banner
+        every chapter shows does not pull the whole width family (~7 GB on gemma) into memory.
+        """
         out = {}
-        for role, sae in self.saes.items():
-            hook = sae.cfg.metadata.hook_name
-            out_hook = sae.cfg.metadata.hook_name_out
+        for role in self.saes:
+            arch, d_sae, hook, out_hook = _sae_facts(self.saes, role)
             where = f"{hook} -> {out_hook}" if out_hook else hook
-            out[role] = f"{sae.cfg.architecture()} x{sae.cfg.d_sae} @ {where}"
-        widths = ", ".join(str(s.cfg.d_sae) for s in self.width_family)
-        out["width_family"] = f"{len(self.width_family)} widths ({widths})"
+            out[role] = f"{arch} x{d_sae} @ {where}"
+        family = self.width_family
+        widths = ", ".join(str(_sae_facts(family, i)[1]) for i in range(len(family)))
+        out["width_family"] = f"{len(family)} widths ({widths})"
         return out
+
+
+def _sae_facts(saes: Any, key: Any) -> tuple[str, int, str, str | None]:
+    """(architecture, d_sae, hook, output hook or None) of ``saes[key]``, without loading it
+    when ``saes`` is lazy, has not loaded it yet and knows its SAELens source."""
+    source = saes.source(key) if isinstance(saes, LazySAEs | LazySAEList) else None
+    if source is not None and key not in saes.loaded():
+        from sae_lens.loading.pretrained_sae_loaders import load_sae_config_from_huggingface
+
+        cfg = load_sae_config_from_huggingface(*source)
+        meta = cfg.get("metadata") or {}
+        hook = meta.get("hook_name", cfg.get("hook_name"))
+        out_hook = meta.get("hook_name_out", cfg.get("hook_name_out"))
+        return cfg.get("architecture", "standard"), int(cfg["d_sae"]), hook, out_hook or None
+    sae = saes[key]
+    meta = sae.cfg.metadata
+    return sae.cfg.architecture(), sae.cfg.d_sae, meta.hook_name, meta.hook_name_out or None
 
 
 def single_token_words(tokenizer: object, words: Iterable[str]) -> tuple[str, ...]:
@@ -657,6 +706,35 @@ def _is_gated(err: BaseException) -> bool:
     return False
 
 
+def _sae_loader(release: str, sae_id: str, device: str) -> Callable[[], SAE]:
+    """A function loading SAELens' SAE ``sae_id`` of ``release`` on ``device``.
+
+    A file the hub or the local cache cannot give (``huggingface_hub`` says only "cannot find
+    the requested files", naming neither) raises :class:`MissingArtifactError` naming the
+    release and id, with the fix: offline (``HF_HUB_OFFLINE=1``), the SAE was never
+    downloaded; online, the hub is unreachable or refused it.
+    """
+    from huggingface_hub.errors import EntryNotFoundError
+
+    def load() -> SAE:
+        try:
+            return SAE.from_pretrained(release, sae_id, device=device)
+        except (OSError, EntryNotFoundError) as err:
+            reason = str(err).splitlines()[0] if str(err) else ""
+            fix = (
+                "HF_HUB_OFFLINE=1 is set and its files are not in the local Hugging Face "
+                "cache: load it once with the hub reachable, or unset HF_HUB_OFFLINE"
+                if os.environ.get("HF_HUB_OFFLINE") == "1"
+                else "check that the Hugging Face hub is reachable from this machine"
+            )
+            raise MissingArtifactError(
+                f"SAE {sae_id!r} of release {release!r} could not be loaded "
+                f"({type(err).__name__}: {reason}); {fix}."
+            ) from err
+
+    return load
+
+
 def _load_hub(spec: ProfileSpec, device: str) -> Profile:
     _require_hub(spec.name)
     loader = (
@@ -675,15 +753,13 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
             ) from err
         raise
 
-    def loader(release: str, sae_id: str) -> Callable[[], SAE]:
-        return lambda: SAE.from_pretrained(release, sae_id, device=device)
-
     # loaded on first access: gemma's SAEs and width family are several GB in all
-    saes = LazySAEs(
-        {role: loader(rel, resolve_sae_id(rel, i)) for role, (rel, i) in spec.saes.items()}
-    )
+    sources = {role: (rel, resolve_sae_id(rel, i)) for role, (rel, i) in spec.saes.items()}
+    saes = LazySAEs({role: _sae_loader(*src, device) for role, src in sources.items()}, sources)
     release, ids = spec.width_family
-    family = LazySAEList([loader(release, i) for i in ids])
+    family = LazySAEList(
+        [_sae_loader(release, i, device) for i in ids], [(release, i) for i in ids]
+    )
     return Profile.from_spec(
         spec,
         (model, saes, family),

@@ -1,8 +1,8 @@
 """A fabricated, offline Hugging Face cache for rehearsing the hub profiles at real shapes.
 
-The ``gpt2`` profile downloads gpt2-small, SAELens' pretrained SAEs and a text dataset from the
-Hugging Face hub. To exercise that code path without a network (tests, ``make rehearse``),
-:func:`fabricate` writes a hub cache holding:
+The ``gpt2`` and ``gemma`` profiles download a model, SAELens' pretrained SAEs and a text dataset
+from the Hugging Face hub. To exercise that code path without a network (tests, ``make rehearse``),
+:func:`fabricate` writes a hub cache holding, for ``gpt2``:
 
 - gpt2-small: its real ``config.json``, random weights of the real shapes and key names
   (``GPT2LMHeadModel`` saved by ``transformers``), and a byte-level BPE tokenizer of vocabulary
@@ -14,11 +14,26 @@ Hugging Face hub. To exercise that code path without a network (tests, ``make re
 - the profile's text dataset as the prepared ``datasets`` cache entry that ``load_dataset``
   streams from when offline (synthetic English-like documents).
 
+and, for ``gemma`` (gemma-2-2b in fp32 is ~10 GB, too much for a test, so at reduced size):
+
+- gemma-2-2b at :data:`GEMMA_REDUCED` depth and widths (13 layers, so that layer 12 exists;
+  ``d_model`` 2304 and 8 heads of 256, so Gemma Scope's SAEs attach at their real widths; a small
+  MLP and vocabulary): gemma-2-2b's real ``config.json`` with those fields changed, random
+  weights under ``Gemma2ForCausalLM``'s key names, and a Gemma-like tokenizer (``<pad>`` = 0,
+  ``<eos>`` = 1, ``<bos>`` = 2: BOS and EOS differ, unlike gpt2). TransformerLens hard-codes
+  gemma-2-2b's dimensions by name, so loading needs :func:`gemma_dims_override` too;
+- the profile's 16k Gemma Scope SAEs and transcoder (``params.npz`` under the repo folders
+  SAELens' registry names), JumpReLU thresholds calibrated so about :data:`TARGET_L0` latents
+  fire; the 65k and 262k members of the width family are left out (they must load lazily);
+- ``monology/pile-uncopyrighted`` as a ``datasets`` cache entry prepared from ``jsonl.zst``
+  (its real format: ``text`` and ``meta`` columns).
+
 Loading then runs through the real code (``HookedSAETransformer.from_pretrained``,
 ``SAE.from_pretrained``, ``datasets.load_dataset``) with :func:`offline_env` set. The cache is
-keyed on the versions of the libraries that write and read it, so a cache built once is reused
-until a pin changes. Weights are random: content checks fail on them by design; the rehearsal
-finds failures of the code (shapes, memory, devices, token layout).
+keyed on the versions of the libraries that write and read it and on the profiles it holds (one
+cache per set of profiles), so a cache built once is reused until a pin changes. Weights are
+random: content checks fail on them by design; the rehearsal finds failures of the code
+(shapes, memory, devices, token layout).
 """
 
 from __future__ import annotations
@@ -31,6 +46,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -39,17 +56,35 @@ import torch
 __all__ = [
     "TARGET_L0",
     "GPT2_CONFIG",
+    "GEMMA2_2B_CONFIG",
+    "GEMMA_REDUCED",
+    "GEMMA_SPECIAL_TOKENS",
+    "PROFILES_FABRICATED",
     "cache_key",
     "fabricate",
     "offline_env",
     "byte_level_tokenizer",
+    "gemma_tokenizer",
+    "gemma_dims_override",
+    "gemma_transformer_lens_dims",
+    "gemma_fabricated_saes",
+    "gemma_layer12_acts",
     "synthetic_documents",
 ]
 
 TARGET_L0 = 40  # latents firing per token on average in the fabricated SAEs
 COMMIT = hashlib.sha1(b"saebook-rehearsal").hexdigest()  # the fake revision every repo is at
-_LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "huggingface_hub",
-              "datasets", "sae-lens", "transformer-lens", "pyarrow")
+_LIBRARIES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "huggingface_hub",
+    "datasets",
+    "sae-lens",
+    "transformer-lens",
+    "pyarrow",
+)
 FORMAT_VERSION = "1"  # bump when this module writes a different cache
 
 # gpt2-small's config.json as published on the hub (openai-community/gpt2).
@@ -78,6 +113,53 @@ GPT2_CONFIG: dict = {
     "vocab_size": 50257,
 }
 
+# gemma-2-2b's config.json as published on the hub (google/gemma-2-2b).
+GEMMA2_2B_CONFIG: dict = {
+    "architectures": ["Gemma2ForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "attn_logit_softcapping": 50.0,
+    "bos_token_id": 2,
+    "cache_implementation": "hybrid",
+    "eos_token_id": 1,
+    "final_logit_softcapping": 30.0,
+    "head_dim": 256,
+    "hidden_act": "gelu_pytorch_tanh",
+    "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 2304,
+    "initializer_range": 0.02,
+    "intermediate_size": 9216,
+    "max_position_embeddings": 8192,
+    "model_type": "gemma2",
+    "num_attention_heads": 8,
+    "num_hidden_layers": 26,
+    "num_key_value_heads": 4,
+    "pad_token_id": 0,
+    "query_pre_attn_scalar": 256,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 10000.0,
+    "sliding_window": 4096,
+    "torch_dtype": "float32",
+    "transformers_version": "4.42.4",
+    "use_cache": True,
+    "vocab_size": 256000,
+}
+
+#: The fields of :data:`GEMMA2_2B_CONFIG` the rehearsal changes, and why. Kept real: d_model
+#: (2304, the d_in of Gemma Scope's residual, MLP and transcoder SAEs), 8 query heads of 256
+#: (2048 = the attention SAEs' d_in on hook_z), the attention scale, soft caps, window, norms.
+GEMMA_REDUCED: dict = {
+    "num_hidden_layers": 13,  # layer 12, where the profile's SAEs sit, is the last
+    "num_key_value_heads": 1,  # 4 on the real model
+    "intermediate_size": 256,  # 9216
+    "vocab_size": 8192,  # 256000
+}
+#: Gemma's special tokens and ids: pad 0, eos 1, bos 2 (BOS != EOS, unlike gpt2's 50256).
+GEMMA_SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
+GEMMA_REPO = "google/gemma-2-2b"
+#: The profiles :func:`fabricate` can build.
+PROFILES_FABRICATED: tuple[str, ...] = ("gpt2", "gemma")
+
 _WORDS = (
     "the a an of to in and or but is was were be been has had have it its this that these "
     "those he she they we you I his her their our my your when where while after before "
@@ -91,8 +173,10 @@ _WORDS = (
 ).split()
 
 
-def cache_key() -> str:
-    """A short hash of this module's format and the installed versions of the libraries."""
+def cache_key(profiles: tuple[str, ...] = ("gpt2",)) -> str:
+    """A short hash of this module's format, the installed versions of the libraries and the
+    ``profiles`` the cache holds (each set of profiles is its own cache; the key of the
+    original gpt2-only cache is unchanged)."""
     versions = []
     for name in _LIBRARIES:
         try:
@@ -100,6 +184,8 @@ def cache_key() -> str:
         except metadata.PackageNotFoundError:
             versions.append(f"{name}==absent")
     text = ";".join([FORMAT_VERSION, *versions])
+    if tuple(profiles) != ("gpt2",):
+        text += ";profiles=" + ",".join(profiles)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -181,6 +267,107 @@ def byte_level_tokenizer(vocab_size: int = 50257, eos: str = "<|endoftext|>"):
     return tok
 
 
+def gemma_tokenizer(vocab_size: int = GEMMA_REDUCED["vocab_size"]):
+    """A Gemma-like ``tokenizers.Tokenizer`` of ``vocab_size`` ids.
+
+    Laid out as gemma's: :data:`GEMMA_SPECIAL_TOKENS` at ids 0-4 (``<pad>``, ``<eos>``,
+    ``<bos>``, ``<unk>``, ``<mask>``), then the 256 byte-fallback tokens ``<0x00>``..``<0xFF>``,
+    then BPE pieces over text whose spaces are written ``▁`` (no pre-tokenizer, no prefix
+    space), decoded back by replacing ``▁``, fusing bytes. Pieces: the printable ASCII
+    characters and ``▁``, then whole words of :func:`synthetic_documents`' word list and of
+    :data:`saebook.profiles.HUB_CONCEPT_WORDS` after a ``▁`` (one token each, as on gemma's
+    256k vocabulary), then the same words at the start of a text, then pairs of characters
+    until the vocabulary is full. ``transformers``' ``GemmaTokenizer`` rebuilds its backend from
+    these pieces and merges, so the file's pipeline mirrors that class's.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    from saebook.profiles import HUB_CONCEPT_WORDS
+
+    if vocab_size < 400:
+        raise ValueError(f"vocab_size must be >= 400, got {vocab_size!r}")
+    vocab: dict[str, int] = {t: i for i, t in enumerate(GEMMA_SPECIAL_TOKENS)}
+    vocab.update({f"<0x{b:02X}>": len(vocab) + b for b in range(256)})
+    chars = [chr(c) for c in range(33, 127)]
+    for c in [*chars, "\u2581"]:
+        vocab[c] = len(vocab)
+    merges: list[tuple[str, str]] = []
+
+    def add(a: str, b: str) -> None:
+        if len(vocab) >= vocab_size or a + b in vocab:
+            return
+        vocab[a + b] = len(vocab)
+        merges.append((a, b))
+
+    words = list(dict.fromkeys([*_WORDS, *(w for ws in HUB_CONCEPT_WORDS.values() for w in ws)]))
+    for text in ["\u2581" + w for w in words] + words:  # merged left to right
+        acc = text[0]
+        for ch in text[1:]:
+            add(acc, ch)
+            acc += ch
+    order = sorted(chars, key=lambda c: (not c.isalpha(), chars.index(c)))
+    for a in order:
+        for b in order:
+            add(a, b)
+    tok = Tokenizer(
+        models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True)
+    )
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    tok.add_special_tokens(list(GEMMA_SPECIAL_TOKENS))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", 2)]
+    )
+    assert tok.get_vocab_size() == vocab_size and tok.token_to_id("<bos>") == 2
+    return tok
+
+
+def gemma_transformer_lens_dims() -> dict:
+    """:data:`GEMMA_REDUCED` in TransformerLens' config names (and its attention pattern)."""
+    n_layers = GEMMA_REDUCED["num_hidden_layers"]
+    return {
+        "n_layers": n_layers,
+        "n_key_value_heads": GEMMA_REDUCED["num_key_value_heads"],
+        "d_mlp": GEMMA_REDUCED["intermediate_size"],
+        "d_vocab": GEMMA_REDUCED["vocab_size"],
+        # transformers makes even layers sliding-window, as TransformerLens' ["local", "global"]
+        "attn_types": [("local", "global")[i % 2] for i in range(n_layers)],
+    }
+
+
+@contextmanager
+def gemma_dims_override() -> Iterator[None]:
+    """Within the block, TransformerLens builds gemma-2-2b at :data:`GEMMA_REDUCED` dimensions.
+
+    TransformerLens does not read gemma-2-2b's ``config.json``: ``convert_hf_model_config`` in
+    ``transformer_lens.loading_from_pretrained`` returns a hard-coded dict for any official
+    name starting ``google/gemma-2-2b`` (26 layers, d_mlp 9216, d_vocab 256000, 4 key-value
+    heads) and ``get_pretrained_model_config`` looks that function up by module global. The
+    block replaces it with a wrapper that updates the dict for that name with
+    :func:`gemma_transformer_lens_dims` (every other model and field is left as TransformerLens
+    has it), so ``HookedSAETransformer.from_pretrained_no_processing("gemma-2-2b")`` builds the
+    model whose weights :func:`fabricate` wrote. Restored on exit, even on error.
+    """
+    import transformer_lens.loading_from_pretrained as loading
+
+    original = loading.convert_hf_model_config
+
+    def reduced(model_name, **kwargs):
+        cfg = original(model_name, **kwargs)
+        if cfg.get("tokenizer_name") == GEMMA_REPO:  # not gemma-2-2b-it
+            cfg.update(gemma_transformer_lens_dims())
+        return cfg
+
+    loading.convert_hf_model_config = reduced
+    try:
+        yield
+    finally:
+        loading.convert_hf_model_config = original
+
+
 def synthetic_documents(n_docs: int, seed: int = 0) -> list[str]:
     """``n_docs`` short English-like documents of varying length (deterministic in ``seed``)."""
     gen = torch.Generator().manual_seed(seed)
@@ -229,9 +416,7 @@ def _write_gpt2(hub: Path):
 
 
 # --------------------------------------------------------------------------- SAEs
-def _random_sae(
-    d_in: int, d_sae: int, acts: torch.Tensor, seed: int
-) -> dict[str, torch.Tensor]:
+def _random_sae(d_in: int, d_sae: int, acts: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
     """Random SAE weights whose encoder biases make about TARGET_L0 latents fire on ``acts``.
 
     ``acts`` (rows x d_in) are activations of the fabricated model at the SAE's hook. Each
@@ -356,8 +541,15 @@ def _write_gpt2_saes(hub: Path, model, tok) -> None:
             d_sae = int(folder.split("_ds")[1].split("_")[0])
             weights = _random_sae(768, d_sae, acts[hook], seed=n)
             torch.save(weights, snap / folder)
-            cfg = {"act_size": 768, "dict_size": d_sae, "act_name": hook, "layer": layer,
-                   "site": "z", "model_name": "gpt2-small", "seq_len": 128}
+            cfg = {
+                "act_size": 768,
+                "dict_size": d_sae,
+                "act_name": hook,
+                "layer": layer,
+                "site": "z",
+                "model_name": "gpt2-small",
+                "seq_len": 128,
+            }
             (snap / (folder.split(".pt")[0] + "_cfg.json")).write_text(json.dumps(cfg))
         elif entry.conversion_func is None:
             hook = sae_id.rsplit("_", 1)[0] if "resid_pre_" in sae_id else sae_id
@@ -371,25 +563,215 @@ def _write_gpt2_saes(hub: Path, model, tok) -> None:
             )
 
 
+# --------------------------------------------------------------------------- gemma
+def _write_gemma(hub: Path):
+    """Write gemma-2-2b's repo at :data:`GEMMA_REDUCED` size; return the model and tokenizer."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    snap = _repo_dir(hub, "model", GEMMA_REPO)
+    config_json = {**GEMMA2_2B_CONFIG, **GEMMA_REDUCED}
+    (snap / "config.json").write_text(json.dumps(config_json, indent=2))
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config.from_pretrained(snap)).eval()
+    model.save_pretrained(snap, safe_serialization=True)
+    (snap / "config.json").write_text(json.dumps(config_json, indent=2))  # the real layout
+    (snap / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0})
+    )
+    tok = gemma_tokenizer()
+    tok.save(str(snap / "tokenizer.json"))
+    special = dict(zip(("pad", "eos", "bos", "unk"), GEMMA_SPECIAL_TOKENS, strict=False))
+    (snap / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "add_bos_token": True,
+                "add_eos_token": False,
+                **{f"{k}_token": v for k, v in special.items()},
+                "clean_up_tokenization_spaces": False,
+                "model_max_length": 1000000000000000019884624838656,
+                "spaces_between_special_tokens": False,
+                "tokenizer_class": "GemmaTokenizer",
+            },
+            indent=2,
+        )
+    )
+    (snap / "special_tokens_map.json").write_text(
+        json.dumps({f"{k}_token": v for k, v in special.items()}, indent=2)
+    )
+    return model, tok
+
+
+def gemma_layer12_acts(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A ``transformers`` Gemma-2 model's layer-12 activations on ``tokens`` (batch x pos),
+    under the names TransformerLens gives them when it loads the model with raw weights
+    (``from_pretrained_no_processing``), each ``batch x pos x width``.
+
+    ``blocks.12.hook_resid_post`` is the decoder layer's output; ``blocks.12.attn.hook_z`` the
+    input of ``o_proj`` (heads flattened head-major, as SAELens reads hook_z);
+    ``blocks.12.hook_mlp_out`` the output of ``post_feedforward_layernorm`` (what the block adds
+    to the residual stream); ``blocks.12.ln2.hook_normalized`` the input of
+    ``pre_feedforward_layernorm`` divided by its RMS (TransformerLens hooks it before the
+    norm's scale). The rehearsal test compares these with TransformerLens' own cache.
+    """
+    eps = GEMMA2_2B_CONFIG["rms_norm_eps"]
+    layer = model.model.layers[12]
+    seen: dict[str, torch.Tensor] = {}
+
+    def put(name: str, value: torch.Tensor) -> None:
+        seen[name] = (value[0] if isinstance(value, tuple) else value).float().clone()
+
+    def normalized(x: torch.Tensor) -> torch.Tensor:
+        return x.float() / (x.float().pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+    handles = [
+        layer.register_forward_hook(lambda m, a, out: put("blocks.12.hook_resid_post", out)),
+        layer.self_attn.o_proj.register_forward_pre_hook(
+            lambda m, a: put("blocks.12.attn.hook_z", a[0])
+        ),
+        layer.post_feedforward_layernorm.register_forward_hook(
+            lambda m, a, out: put("blocks.12.hook_mlp_out", out)
+        ),
+        layer.pre_feedforward_layernorm.register_forward_pre_hook(
+            lambda m, a: put("blocks.12.ln2.hook_normalized", normalized(a[0]))
+        ),
+    ]
+    try:
+        with torch.inference_mode():
+            model(tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _gemma_hook_acts(model, tok, n_rows: int = 24, seq: int = 48, per_row: int = 16):
+    """Calibration activations: :func:`gemma_layer12_acts` at ``per_row`` random positions (not
+    BOS) of each of ``n_rows`` rows of ``seq`` tokens, packed like the profile's token rows
+    from documents other than the dataset's; rows x width per hook."""
+    stream: list[int] = []
+    for doc in synthetic_documents(100, seed=1):
+        stream += tok.encode(doc, add_special_tokens=False).ids + [1]
+    rows = [[2] + stream[i * (seq - 1) : (i + 1) * (seq - 1)] for i in range(n_rows)]
+    seen = gemma_layer12_acts(model, torch.tensor(rows))
+    gen = torch.Generator().manual_seed(0)
+    pos = torch.randint(1, seq, (n_rows, per_row), generator=gen)  # not BOS
+    return {
+        name: a[torch.arange(n_rows)[:, None], pos].reshape(-1, a.shape[-1])
+        for name, a in seen.items()
+    }
+
+
+def _jumprelu_params(
+    acts_in: torch.Tensor, acts_out: torch.Tensor, d_sae: int, seed: int
+) -> dict[str, torch.Tensor]:
+    """Random Gemma Scope-style JumpReLU parameters, about TARGET_L0 latents firing on ``acts_in``.
+
+    ``acts_in`` (rows x d_in) are what the encoder reads, ``acts_out`` (rows x d_out) what the
+    decoder writes (the same tensor for an SAE, the MLP output for a transcoder). The encoder
+    bias centres each latent's pre-activation (Gemma Scope SAEs do not subtract ``b_dec``
+    first) and its threshold is ``z`` of its standard deviations, ``z`` the standardised value
+    the pre-activations of all latents exceed TARGET_L0 times per row.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    d_in, d_out = acts_in.shape[1], acts_out.shape[1]
+    w_dec = torch.randn(d_sae, d_out, generator=gen)
+    w_dec /= w_dec.norm(dim=1, keepdim=True)
+    if d_in == d_out:
+        w_enc = w_dec.T.contiguous()
+    else:
+        w_enc = torch.randn(d_in, d_sae, generator=gen)
+        w_enc /= w_enc.norm(dim=0, keepdim=True)
+    pre = acts_in @ w_enc
+    mean, std = pre.mean(0), pre.std(0).clamp_min(1e-6)
+    z = ((pre - mean) / std).flatten().topk(TARGET_L0 * acts_in.shape[0]).values[-1]
+    return {
+        "W_enc": w_enc,
+        "W_dec": w_dec,
+        "b_enc": -mean,
+        "b_dec": acts_out.mean(0),
+        "threshold": z.clamp_min(1e-3) * std,
+    }
+
+
+def gemma_fabricated_saes() -> list[tuple[str, str]]:
+    """The (release, sae_id) pairs of the gemma profile the rehearsal writes: its roles and
+    the 16k member of its width family (the 65k and 262k members are left out)."""
+    from saebook.profiles import PROFILES, resolve_sae_id
+
+    spec = PROFILES["gemma"]
+    release, ids = spec.width_family
+    wanted = [(r, resolve_sae_id(r, i)) for r, i in spec.saes.values()]
+    wanted += [(release, i) for i in ids if "width_16k" in i]
+    return list(dict.fromkeys(wanted))
+
+
+def _write_gemma_saes(hub: Path, model, tok) -> None:
+    """Write each of :func:`gemma_fabricated_saes` as ``<repo>/<path>/params.npz``.
+
+    Repo ids and folder paths come from SAELens' registry; hook names and widths from the
+    config function SAELens' own loader calls for the release (``gemma_2`` or
+    ``gemma_2_transcoder``), so each SAE is calibrated at the hook it will be read at.
+    """
+    import numpy as np
+    from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_CONFIG_GETTERS
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    directory = get_pretrained_saes_directory()
+    acts = _gemma_hook_acts(model, tok)
+    for n, (release, sae_id) in enumerate(gemma_fabricated_saes()):
+        entry = directory[release]
+        folder = entry.saes_map[sae_id]
+        if entry.conversion_func not in ("gemma_2", "gemma_2_transcoder"):
+            raise NotImplementedError(
+                f"no fabricated layout for conversion {entry.conversion_func!r} ({release})"
+            )
+        cfg = NAMED_PRETRAINED_SAE_CONFIG_GETTERS[entry.conversion_func](
+            entry.repo_id, folder, device="cpu"
+        )
+        acts_in = acts[cfg["hook_name"]]
+        acts_out = acts[cfg.get("hook_name_out") or cfg["hook_name"]]
+        if acts_in.shape[1] != cfg["d_in"]:
+            raise ValueError(f"{release} {sae_id}: d_in {cfg['d_in']} != {acts_in.shape[1]}")
+        params = _jumprelu_params(acts_in, acts_out, cfg["d_sae"], seed=100 + n)
+        out = _repo_dir(hub, "model", entry.repo_id) / folder
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / "params.npz", **{k: v.numpy() for k, v in params.items()})
+
+
 # --------------------------------------------------------------------------- dataset
-def _write_dataset(root: Path, repo_id: str, n_docs: int = 400) -> None:
+def _write_dataset(root: Path, repo_id: str, n_docs: int = 400, fmt: str = "parquet") -> None:
     """Write the dataset cache entry ``datasets`` falls back to offline for ``repo_id``.
 
     Offline, ``load_dataset(repo_id)`` looks for a dataset prepared earlier under
     ``$HF_DATASETS_CACHE/<namespace>___<name>/<config>/<version>/<hash>/`` and streams its
-    arrow file. The entry is prepared from a parquet file of :func:`synthetic_documents` by
-    ``datasets``' own parquet builder, then moved to the name the repo id maps to.
+    arrow file. The entry is prepared from a file of :func:`synthetic_documents` in the
+    repo's format by ``datasets``' own builder for it, then moved to the name the repo id maps
+    to: ``fmt="parquet"`` (a ``text`` column, as NeelNanda/pile-10k) or ``fmt="jsonl.zst"``
+    (``text`` and ``meta`` fields, zstandard-compressed JSON lines, as
+    monology/pile-uncopyrighted).
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from datasets.packaged_modules.parquet.parquet import Parquet
-
     namespace, name = repo_id.split("/")
-    source = root / "source" / f"{name}-train.parquet"
+    docs = synthetic_documents(n_docs, seed=0)
+    source = root / "source" / f"{name}-train.{fmt}"
     source.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"text": synthetic_documents(n_docs, seed=0)}), source)
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from datasets.packaged_modules.parquet.parquet import Parquet as Builder
+
+        pq.write_table(pa.table({"text": docs}), source)
+    elif fmt == "jsonl.zst":
+        import zstandard
+        from datasets.packaged_modules.json.json import Json as Builder
+
+        lines = "".join(
+            json.dumps({"text": d, "meta": {"pile_set_name": "Pile-CC"}}) + "\n" for d in docs
+        )
+        source.write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
+    else:
+        raise ValueError(f"fmt must be 'parquet' or 'jsonl.zst', got {fmt!r}")
     cache = Path(os.environ["HF_DATASETS_CACHE"])
-    builder = Parquet(
+    builder = Builder(
         cache_dir=str(cache),
         dataset_name=name,
         data_files={"train": [str(source)]},
@@ -407,15 +789,21 @@ def _write_dataset(root: Path, repo_id: str, n_docs: int = 400) -> None:
 def fabricate(base: str | os.PathLike, profiles: tuple[str, ...] = ("gpt2",)) -> Path:
     """Build (or reuse) the fabricated cache for ``profiles`` under ``base``; return its root.
 
-    The root is ``base/<cache_key()>``; a finished build leaves a ``DONE`` file, and a root
-    that has one is returned at once. The build runs in a child Python process started with
+    ``profiles`` is a non-empty subset of :data:`PROFILES_FABRICATED`. The root is
+    ``base/<cache_key(profiles)>``; a finished build leaves a ``DONE`` file, and a root that
+    has one is returned at once. The build runs in a child Python process started with
     :func:`offline_env` (``huggingface_hub`` reads its cache location at import), so it
     works from a process that has already imported the Hugging Face libraries. Pass the root
-    to :func:`offline_env` to load from it.
+    to :func:`offline_env` to load from it (and, for gemma, load inside
+    :func:`gemma_dims_override`).
     """
-    if not profiles or set(profiles) - {"gpt2"}:
-        raise ValueError(f"profiles must be a non-empty subset of ('gpt2',), got {profiles!r}")
-    root = Path(base).resolve() / cache_key()
+    profiles = tuple(profiles)
+    if not profiles or set(profiles) - set(PROFILES_FABRICATED):
+        raise ValueError(
+            f"profiles must be a non-empty subset of {PROFILES_FABRICATED}, got {profiles!r}"
+        )
+    profiles = tuple(p for p in PROFILES_FABRICATED if p in profiles)  # canonical order
+    root = Path(base).resolve() / cache_key(profiles)
     if (root / "DONE").exists():
         return root
     if root.exists():
@@ -440,11 +828,25 @@ def _build(root: Path, profiles: tuple[str, ...]) -> None:
     start = time.time()
     hub = Path(os.environ["HF_HUB_CACHE"])
     hub.mkdir(parents=True, exist_ok=True)
-    model, tok = _write_gpt2(hub)
-    _write_gpt2_saes(hub, model, tok)
-    del model
-    _write_dataset(root, PROFILES["gpt2"].dataset)
-    info = {"seconds": round(time.time() - start, 1), "profiles": list(profiles)}
+    seconds = {}
+    if "gpt2" in profiles:
+        model, tok = _write_gpt2(hub)
+        _write_gpt2_saes(hub, model, tok)
+        del model
+        _write_dataset(root, PROFILES["gpt2"].dataset)
+        seconds["gpt2"] = round(time.time() - start, 1)
+    if "gemma" in profiles:
+        t0 = time.time()
+        model, tok = _write_gemma(hub)
+        _write_gemma_saes(hub, model, tok)
+        del model
+        _write_dataset(root, PROFILES["gemma"].dataset, fmt="jsonl.zst")
+        seconds["gemma"] = round(time.time() - t0, 1)
+    info = {
+        "seconds": round(time.time() - start, 1),
+        "profiles": list(profiles),
+        **{f"seconds_{p}": t for p, t in seconds.items()},
+    }
     (root / "DONE").write_text(json.dumps(info))
 
 

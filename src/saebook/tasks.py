@@ -15,7 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-__all__ = ["LogitDiffTask", "make_task", "ioi_task"]
+__all__ = ["LogitDiffTask", "make_task", "ioi_task", "token_strings"]
 
 
 @dataclass
@@ -66,8 +66,21 @@ class LogitDiffTask:
         )
 
 
+def token_strings(model: HookedTransformer, text: str, prepend_bos: bool = True) -> list[str]:
+    """The tokens ``model`` splits ``text`` into, as strings (BOS first if ``prepend_bos``).
+
+    Computed with ``to_tokens`` and decoded token by token: ``model.to_str_tokens(text)``
+    itself fails (``int()`` of a list) whenever the tokenizer's ``name_or_path`` contains
+    "gemma" (TransformerLens 3.x reshapes a string's tokens to a column for gemma), which is
+    gemma-2-2b's and also any local tokenizer under a folder named like it.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return model.to_str_tokens(model.to_tokens(text, prepend_bos=prepend_bos)[0])
+
+
 def _single_token(model: HookedTransformer, text: str, arg: str) -> int:
-    pieces = model.to_str_tokens(text, prepend_bos=False)
+    pieces = token_strings(model, text, prepend_bos=False)
     if len(pieces) != 1:
         raise ValueError(
             f"each {arg} must be a single token for the model, got {text!r} "
@@ -108,8 +121,8 @@ def make_task(
             raise ValueError(f"items[{i}] prompts must be non-empty text, got {item[:2]!r}")
     clean = model.to_tokens([c for c, _, _, _ in items])
     corrupted = model.to_tokens([x for _, x, _, _ in items])
-    lengths = {len(model.to_str_tokens(c)) for c, _, _, _ in items}
-    lengths |= {len(model.to_str_tokens(x)) for _, x, _, _ in items}
+    lengths = {len(token_strings(model, c)) for c, _, _, _ in items}
+    lengths |= {len(token_strings(model, x)) for _, x, _, _ in items}
     if len(lengths) != 1:
         raise ValueError(
             f"all prompts must have the same token length, got lengths {sorted(lengths)}"
@@ -133,7 +146,7 @@ def ioi_task(model: HookedTransformer, n: int = 16, seed: int = 0) -> LogitDiffT
     Names are kept only if they are single tokens with a leading space for ``model``.
     """
     rng = random.Random(seed)
-    names = [n_ for n_ in _IOI_NAMES if len(model.to_str_tokens(" " + n_, prepend_bos=False)) == 1]
+    names = [n_ for n_ in _IOI_NAMES if len(token_strings(model, " " + n_, prepend_bos=False)) == 1]
     if len(names) < 2:
         raise ValueError("the model's tokenizer has fewer than two single-token IOI names")
     items = []

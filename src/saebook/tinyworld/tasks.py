@@ -11,7 +11,7 @@ import random
 
 from transformer_lens import HookedTransformer
 
-from saebook.tasks import LogitDiffTask, make_task
+from saebook.tasks import LogitDiffTask, make_task, token_strings
 from saebook.tinyworld.labels import FEMALE_NAMES, MALE_NAMES
 
 __all__ = ["code_recall_task"]
@@ -26,7 +26,7 @@ def code_recall_task(model: HookedTransformer, n: int = 16, seed: int = 0) -> Lo
     names = [
         name
         for name in FEMALE_NAMES + MALE_NAMES
-        if len(model.to_str_tokens(" " + name, prepend_bos=False)) == 1
+        if len(token_strings(model, " " + name, prepend_bos=False)) == 1
     ]
     if not names:
         raise ValueError("the model's tokenizer has no single-token character name")
