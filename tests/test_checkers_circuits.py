@@ -404,3 +404,15 @@ def test_a_wrong_implementation_is_rejected(name: str, wrong: Callable, request)
 def test_the_books_solution_passes(name: str, request) -> None:
     chapter, defined = SOLUTIONS[name]
     getattr(checks, name)(load_solution(chapter, defined), *_args(name, request))
+
+
+@pytest.mark.parametrize("name", ["check_graph_edge", "check_embedding_edge"])
+def test_edge_checkers_fail_as_content_on_a_graph_without_latents(name: str, tiny) -> None:
+    import dataclasses
+
+    model, tc, tokens, graph = _edge_args(tiny)
+    assert (graph.nodes["kind"] == "latent").any()
+    bare = dataclasses.replace(graph, nodes=graph.nodes[graph.nodes["kind"] != "latent"])
+    chapter, defined = SOLUTIONS[name]
+    with pytest.raises(AssertionError, match="no active latent of the layer-.* transcoder"):
+        getattr(checks, name)(load_solution(chapter, defined), model, tc, tokens, bare)

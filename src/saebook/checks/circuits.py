@@ -270,6 +270,20 @@ def check_prediction_overlap(fn: Callable[..., tuple]) -> None:
     check_function(lambda *a: tuple(fn(*a)), prediction_overlap, cases)
 
 
+def _transcoder_latent_nodes(graph, transcoder):
+    """The graph's latent nodes of ``transcoder`` after position 0; an AssertionError when it
+    has none (no edge of the kind checked exists: the graph's content, not its code, is at
+    fault, e.g. every latent pruned away)."""
+    layer = int(transcoder.cfg.metadata.hook_name_out.split(".")[1])
+    nodes = graph.nodes
+    latents = nodes[(nodes["kind"] == "latent") & (nodes["layer"] == layer) & (nodes["pos"] > 0)]
+    assert not latents.empty, (
+        f"the graph has no active latent of the layer-{layer} transcoder after position 0: "
+        "there is no edge of this kind to check"
+    )
+    return latents
+
+
 def check_graph_edge(
     fn: Callable[..., float], model, transcoder, tokens: Tensor, graph=None
 ) -> None:
@@ -290,12 +304,8 @@ def check_graph_edge(
     tokens = tokens.reshape(-1)
     if graph is None:
         graph = ag.attribution_graph(model, [transcoder], tokens, max_logits=5, progress=False)
-    layer = int(transcoder.cfg.metadata.hook_name_out.split(".")[1])
-    nodes = graph.nodes
-    latents = nodes[(nodes["kind"] == "latent") & (nodes["layer"] == layer) & (nodes["pos"] > 0)]
+    nodes, latents = graph.nodes, _transcoder_latent_nodes(graph, transcoder)
     logits = nodes[nodes["kind"] == "logit"]
-    if latents.empty:
-        raise ValueError(f"the graph has no active latent of the layer-{layer} transcoder")
     last = int(tokens.numel()) - 1
 
     def edge(s: int, t: int) -> float:
@@ -364,12 +374,8 @@ def check_embedding_edge(
     tokens = tokens.reshape(-1)
     if graph is None:
         graph = ag.attribution_graph(model, [transcoder], tokens, max_logits=5, progress=False)
-    layer = int(transcoder.cfg.metadata.hook_name_out.split(".")[1])
-    nodes = graph.nodes
-    latents = nodes[(nodes["kind"] == "latent") & (nodes["layer"] == layer) & (nodes["pos"] > 0)]
+    nodes, latents = graph.nodes, _transcoder_latent_nodes(graph, transcoder)
     embeddings = nodes[nodes["kind"] == "embedding"]
-    if latents.empty:
-        raise ValueError(f"the graph has no active latent of the layer-{layer} transcoder")
     lat_idx = torch.tensor(latents.index.tolist())
     emb_idx = torch.tensor(embeddings.index.tolist())
     block = graph.adjacency[lat_idx[:, None], emb_idx[None, :]]  # (latents, positions)
