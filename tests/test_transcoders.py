@@ -188,3 +188,29 @@ def test_splice_report_matches_a_hand_written_splice(setup, reference_row):
     assert report.kl_spliced > 1e-4  # the splice changes the model: not a comparison of zeros
     for name, value in rel.items():
         assert value < 1e-4, name
+
+
+def test_fit_learning_rate_keeps_latents_alive_at_gpt2_width():
+    from saebook.training import train_transcoder
+
+    assert tr.fit_learning_rate(128) == tr.fit_learning_rate(64) == 3e-3
+    assert tr.fit_learning_rate(768) == pytest.approx(3e-3 / 6)
+    with pytest.raises(ValueError, match="d_in"):
+        tr.fit_learning_rate(0)
+    # inputs that share a direction, as LayerNorm outputs do: at 3e-3 the L1 gradient pushes
+    # every pre-activation down by ~lr * sum|x_i| per step and most latents die in 8 steps
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 768, generator=g) * 0.5 + torch.randn(768, generator=g)
+    y = (
+        torch.relu(x @ torch.randn(768, 64, generator=g) / 768**0.5)
+        @ torch.randn(64, 768, generator=g)
+        / 8
+    )
+    alive = {}
+    for lr in (3e-3, tr.fit_learning_rate(768)):
+        tc = train_transcoder(x, y, d_sae=512, metadata={"hook_name": "a", "hook_name_out": "b"},
+                              total_samples=2 * 4096, batch_size=1024, lr=lr)  # fmt: skip
+        with torch.no_grad():
+            alive[lr] = int((tc.encode(x) > 0).any(0).sum())
+    assert alive[tr.fit_learning_rate(768)] > 0.8 * 512
+    assert alive[3e-3] < alive[tr.fit_learning_rate(768)] / 2
