@@ -316,6 +316,28 @@ def _value_key(values: Tensor) -> Tensor:
     return 0x7FFFFFFF - bits
 
 
+def _sort_order(rank: Tensor, keys: Tensor, n_ranks: int) -> Tensor:
+    """Indices that sort entries by ``(rank, key, index)``: a stable sort on ``(rank, key)``.
+
+    When ``rank``, ``key`` (below ``2**31``) and the entry's index fit in 63 bits together,
+    they are packed into one int64 that is unique, so an unstable sort of the packed values
+    is stable and the index comes back in the low bits (numpy's sort of int64 is several
+    times faster than ``torch.argsort``); otherwise a stable argsort.
+    """
+    n = keys.numel()
+    index_bits = max(1, (n - 1).bit_length())
+    rank_bits = max(1, (n_ranks - 1).bit_length())
+    if rank_bits + 31 + index_bits > 63:
+        return torch.argsort((rank << 31) | keys, stable=True)
+    index = torch.arange(n, device=keys.device)
+    packed = (rank << (31 + index_bits)) | (keys << index_bits) | index
+    if packed.device.type == "cpu":
+        packed = torch.from_numpy(np.sort(packed.numpy()))
+    else:
+        packed = torch.sort(packed).values
+    return packed & ((1 << index_bits) - 1)
+
+
 def _merge_smallest(
     state_keys: Tensor,
     state_payload: list[Tensor],
@@ -326,14 +348,15 @@ def _merge_smallest(
     """Keep, per group, the ``m`` entries with the smallest keys among state and candidates.
 
     ``state_keys`` is an int64 ``(n_groups, m)`` buffer, each row sorted ascending, with
-    :data:`_EMPTY` in unused slots; candidates come flat, with their ``group`` ids and int64
-    ``keys`` in ``[0, 2**31)``. Candidates that cannot enter (key not below their group's
-    current worst) are dropped first, so once the buffers are full a batch costs little;
-    ``payload`` may be a function of the kept candidates' indices, so that costly payloads
-    (activation windows) are built for those only. A payload entry may have trailing axes
-    (state ``(n_groups, m, *trail)``, candidates ``(n, *trail)``).
-    The rest are merged with one stable sort on ``group * 2**32 + key`` over the touched
-    groups only; ties keep the older entry. Returns the number of candidates merged.
+    :data:`_EMPTY` in unused slots (and the unused slots' payload left as it is); candidates
+    come flat, with their ``group`` ids and int64 ``keys`` in ``[0, 2**31)``. Candidates that
+    cannot enter (key not below their group's current worst) are dropped first, so once the
+    buffers are full a batch costs little; ``payload`` may be a function of the kept
+    candidates' indices, so that costly payloads (activation windows) are built for those
+    only. A payload entry may have trailing axes (state ``(n_groups, m, *trail)``, candidates
+    ``(n, *trail)``). The filled state slots of the touched groups and the candidates are
+    sorted together on ``(group, key)``, stably: ties keep the older entry, and candidates
+    keep their order. Returns the number of candidates merged.
     """
     n_groups, m = state_keys.shape
     enter = torch.nonzero(keys < state_keys[:, -1].index_select(0, group)).squeeze(1)
@@ -343,19 +366,26 @@ def _merge_smallest(
     payload = payload(enter) if callable(payload) else [p.index_select(0, enter) for p in payload]
     mask = torch.zeros(n_groups, dtype=torch.bool, device=keys.device)
     mask[group] = True
+    rank = mask.cumsum(0) - 1  # a touched group's place among the touched ones
     touched = torch.nonzero(mask).squeeze(1)  # ascending
     t = touched.numel()
-    all_group = torch.cat([touched.repeat_interleave(m), group])
-    all_keys = torch.cat([state_keys.index_select(0, touched).reshape(-1), keys])
-    order = torch.argsort((all_group << 32) | all_keys, stable=True)
-    sizes = torch.bincount(all_group, minlength=n_groups).index_select(0, touched)
-    starts = sizes.cumsum(0) - sizes  # each touched group holds >= m entries
-    chosen = order[(starts[:, None] + torch.arange(m, device=keys.device)).reshape(-1)]
-    state_keys[touched] = all_keys[chosen].view(t, m)
+    old = state_keys.index_select(0, touched)  # (t, m)
+    filled = torch.nonzero((old != _EMPTY).view(-1)).squeeze(1)  # a prefix of each row
+    all_rank = torch.cat([filled // m, rank.index_select(0, group)])
+    all_keys = torch.cat([old.view(-1).index_select(0, filled), keys])
+    order = _sort_order(all_rank, all_keys, t)
+    sizes = torch.bincount(all_rank, minlength=t)
+    slot = torch.arange(m, device=keys.device)
+    valid = slot < sizes[:, None]  # (t, m): slots that get an entry, the rest stay unused
+    at = (sizes.cumsum(0) - sizes)[:, None] + slot
+    chosen = order.index_select(0, at.view(-1).clamp(max=all_keys.numel() - 1))
+    state_keys[touched] = torch.where(valid, all_keys.index_select(0, chosen).view(t, m), old)
     for state, new in zip(state_payload, payload, strict=True):
         trail = state.shape[2:]
-        merged = torch.cat([state.index_select(0, touched).reshape(-1, *trail), new])
-        state[touched] = merged[chosen].view(t, m, *trail)
+        prev = state.index_select(0, touched)
+        merged = torch.cat([prev.reshape(-1, *trail).index_select(0, filled), new])
+        picked = merged.index_select(0, chosen).view(t, m, *trail)
+        state[touched] = torch.where(valid.view(t, m, *[1] * len(trail)), picked, prev)
     return int(group.numel())
 
 
@@ -369,9 +399,47 @@ def _log_edges(values: Tensor, n_bins: int) -> Tensor:
     return torch.logspace(math.log10(lo), math.log10(hi), n_bins + 1, dtype=torch.float64)
 
 
+class _Buffer:
+    """A per-group buffer of the ``m`` smallest keys (:func:`_merge_smallest`) whose
+    candidates are staged and merged in bulk: each row is sorted once per many batches.
+
+    A staged candidate passed the group's threshold at staging time; thresholds only fall,
+    so a stale one lets through a few candidates the merge then drops, never loses one.
+    Pending candidates are merged once they outnumber the buffer's slots (memory stays
+    bounded by twice the buffer), and by :meth:`flush`.
+    """
+
+    def __init__(self, keys: Tensor, payload: list[Tensor]) -> None:
+        self.keys, self.payload = keys, payload
+        self.pending: list[tuple[Tensor, Tensor, list[Tensor]]] = []
+        self.n_pending = 0
+
+    def stage(self, group: Tensor, keys: Tensor,
+              payload: list[Tensor] | Callable[[Tensor], list[Tensor]]) -> None:  # fmt: skip
+        """Keep the candidates that can enter (payload built for those only)."""
+        enter = torch.nonzero(keys < self.keys[:, -1].index_select(0, group)).squeeze(1)
+        if enter.numel() == 0:
+            return
+        built = payload(enter) if callable(payload) else [p.index_select(0, enter) for p in payload]
+        self.pending.append((group.index_select(0, enter), keys.index_select(0, enter), built))
+        self.n_pending += enter.numel()
+        if self.n_pending >= self.keys.numel():
+            self.flush()
+
+    def flush(self) -> None:
+        """Merge every pending candidate, in the order they were staged."""
+        if not self.pending:
+            return
+        groups, keys, payloads = zip(*self.pending, strict=True)
+        self.pending, self.n_pending = [], 0
+        cat = [torch.cat(p) for p in zip(*payloads, strict=True)]
+        _merge_smallest(self.keys, self.payload, torch.cat(groups), torch.cat(keys), cat)
+
+
 class _Accumulator:
-    """The running state of :func:`latent_stats`: per-latent count, sum, maximum, histogram,
-    top-k buffer and reservoir sample, updated from each batch's firings."""
+    """The running state of :func:`latent_stats`: per-latent sum, histogram (whose rows sum
+    to the counts), top-k buffer (whose first column is the maximum) and reservoir sample,
+    updated from each batch's firings."""
 
     def __init__(self, d: int, k: int, n_samples: int, n_bins: int, edges: Tensor | None,
                  device: torch.device, seed: int,
@@ -379,34 +447,37 @@ class _Accumulator:
         self.d, self.n_bins, self.edges, self.device = d, n_bins, edges, device
         self.window = window
         width = 0 if window is None else window[0] + window[1] + 1
-        self.top_win = torch.zeros((d, k if width else 0, width), device=device)
-        self.smp_win = torch.zeros((d, n_samples if width else 0, width), device=device)
-        self.count = torch.zeros(d, dtype=torch.int64, device=device)
         self.total = torch.zeros(d, dtype=torch.float64, device=device)
-        self.peak = torch.zeros(d, dtype=torch.float32, device=device)
         self.hist = torch.zeros(d * n_bins, dtype=torch.int64, device=device)
-        # Top-k and sample buffers hold flat positions (row * seq + pos), -1 when unused.
-        self.top_keys = torch.full((d, k), _EMPTY, dtype=torch.int64, device=device)
+        # Top-k and sample buffers hold flat positions (row * seq + pos), -1 when unused, and
+        # with a window the latent's activations around them.
         self.top_vals = torch.zeros((d, k), device=device)
         self.top_at = torch.full((d, k), -1, dtype=torch.int64, device=device)
-        self.smp_keys = torch.full((d, n_samples), _EMPTY, dtype=torch.int64, device=device)
+        self.top_win = torch.zeros((d, k, width), device=device)
         self.smp_vals = torch.zeros((d, n_samples), device=device)
         self.smp_at = torch.full((d, n_samples), -1, dtype=torch.int64, device=device)
+        self.smp_win = torch.zeros((d, n_samples, width), device=device)
+        wins = ([self.top_win], [self.smp_win]) if width else ([], [])
+        self.top = _Buffer(torch.full((d, k), _EMPTY, dtype=torch.int64, device=device),
+                           [self.top_vals, self.top_at, *wins[0]])  # fmt: skip
+        self.smp = _Buffer(torch.full((d, n_samples), _EMPTY, dtype=torch.int64, device=device),
+                           [self.smp_vals, self.smp_at, *wins[1]])  # fmt: skip
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     @property
     def state_bytes(self) -> int:
-        state = [self.count, self.total, self.peak, self.hist, self.top_keys, self.top_vals,
-                 self.top_at, self.smp_keys, self.smp_vals, self.smp_at, self.top_win,
-                 self.smp_win]  # fmt: skip
-        return sum(t.numel() * t.element_size() for t in state)
+        state = [self.total, self.hist, self.top.keys, self.top_vals, self.top_at, self.smp.keys,
+                 self.smp_vals, self.smp_at, self.top_win, self.smp_win]  # fmt: skip
+        return 2 * sum(t.numel() * t.element_size() for t in state)  # pending: as much again
 
     def _payload(self, vals: Tensor, where: Tensor, lat: Tensor, acts: Tensor | None,
                  offset: int) -> list[Tensor] | Callable[[Tensor], list[Tensor]]:  # fmt: skip
         """The buffers' payload of the candidates: value and position, plus (with a window)
         the latent's activations around the position, built for the entering ones only."""
-        if self.window is None or acts is None:
+        if self.window is None:
             return [vals, where]
+        if acts is None:
+            raise ValueError("acts must be given when the accumulator keeps windows")
         before, after = self.window
         seq = acts.shape[1]
 
@@ -428,24 +499,21 @@ class _Accumulator:
         if lat.numel() == 0:
             return
         d = self.d
-        self.count += torch.bincount(lat, minlength=d)
         self.total += torch.bincount(lat, weights=vals.double(), minlength=d)
-        self.peak.scatter_reduce_(0, lat, vals, reduce="amax", include_self=True)
         if self.edges is None:
             self.edges = _log_edges(vals, self.n_bins).to(self.device)
         bins = torch.bucketize(vals.double(), self.edges[1:-1])
         self.hist.scatter_add_(0, lat * self.n_bins + bins, torch.ones_like(bins))
-        keep_win = self.window is not None and acts is not None
-        top_state = [self.top_vals, self.top_at] + ([self.top_win] if keep_win else [])
-        smp_state = [self.smp_vals, self.smp_at] + ([self.smp_win] if keep_win else [])
         payload = self._payload(vals, where, lat, acts, offset)
-        _merge_smallest(self.top_keys, top_state, lat, _value_key(vals), payload)
+        self.top.stage(lat, _value_key(vals), payload)
         rand = torch.randint(0, 1 << 31, (lat.numel(),), generator=self.generator,
                              device=self.device)  # fmt: skip
-        _merge_smallest(self.smp_keys, smp_state, lat, rand, payload)
+        self.smp.stage(lat, rand, payload)
 
     def result(self, hook: str, n_positions: int, tokens: Tensor, working: int) -> LatentStats:
         """The :class:`LatentStats` on the CPU."""
+        self.top.flush()
+        self.smp.flush()
         seq = int(tokens.shape[1])
         edges = self.edges
         if edges is None:  # nothing fired at all: any edges will do
@@ -463,9 +531,9 @@ class _Accumulator:
             n_tokens=n_positions,
             n_rows=int(tokens.shape[0]),
             seq_len=seq,
-            count=self.count.cpu(),
+            count=self.hist.view(self.d, self.n_bins).sum(1).cpu(),
             sum=self.total.cpu(),
-            max=self.peak.cpu(),
+            max=self.top_vals[:, 0].contiguous().cpu(),  # 0 where nothing fired
             hist=self.hist.view(self.d, self.n_bins).cpu(),
             hist_edges=edges.cpu(),
             top_values=self.top_vals.cpu(),
