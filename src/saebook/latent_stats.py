@@ -366,26 +366,50 @@ def _merge_smallest(
     payload = payload(enter) if callable(payload) else [p.index_select(0, enter) for p in payload]
     mask = torch.zeros(n_groups, dtype=torch.bool, device=keys.device)
     mask[group] = True
-    rank = mask.cumsum(0) - 1  # a touched group's place among the touched ones
     touched = torch.nonzero(mask).squeeze(1)  # ascending
+    # when most groups are touched, merge all (an untouched row is rewritten unchanged) and
+    # skip the gathers and scatters of whole buffers
+    every = 2 * touched.numel() >= n_groups
+    if every:
+        touched = torch.arange(n_groups, device=keys.device)
     t = touched.numel()
-    old = state_keys.index_select(0, touched)  # (t, m)
-    filled = torch.nonzero((old != _EMPTY).view(-1)).squeeze(1)  # a prefix of each row
-    all_rank = torch.cat([filled // m, rank.index_select(0, group)])
-    all_keys = torch.cat([old.view(-1).index_select(0, filled), keys])
+
+    def rows(state: Tensor) -> Tensor:
+        return state if every else state.index_select(0, touched)
+
+    old = rows(state_keys)  # (t, m)
+    filled = None if bool(old[:, -1].ne(_EMPTY).all()) else torch.nonzero(old.view(-1) != _EMPTY)
+    state_rank = torch.arange(t, device=keys.device).repeat_interleave(m)
+    state_keys_flat = old.reshape(-1)
+    if filled is not None:  # leave out the unused slots (a suffix of each row)
+        filled = filled.squeeze(1)
+        state_rank, state_keys_flat = filled // m, state_keys_flat.index_select(0, filled)
+    cand_rank = group if every else (mask.cumsum(0) - 1).index_select(0, group)
+    all_rank = torch.cat([state_rank, cand_rank])
+    all_keys = torch.cat([state_keys_flat, keys])
     order = _sort_order(all_rank, all_keys, t)
     sizes = torch.bincount(all_rank, minlength=t)
     slot = torch.arange(m, device=keys.device)
     valid = slot < sizes[:, None]  # (t, m): slots that get an entry, the rest stay unused
     at = (sizes.cumsum(0) - sizes)[:, None] + slot
     chosen = order.index_select(0, at.view(-1).clamp(max=all_keys.numel() - 1))
-    state_keys[touched] = torch.where(valid, all_keys.index_select(0, chosen).view(t, m), old)
+    every_valid = bool(valid.all())
+
+    def put(state: Tensor, prev: Tensor, picked: Tensor) -> None:
+        if not every_valid:
+            picked = torch.where(valid.view(t, m, *[1] * (picked.dim() - 2)), picked, prev)
+        if every:
+            state.copy_(picked)
+        else:
+            state[touched] = picked
+
+    put(state_keys, old, all_keys.index_select(0, chosen).view(t, m))
     for state, new in zip(state_payload, payload, strict=True):
         trail = state.shape[2:]
-        prev = state.index_select(0, touched)
-        merged = torch.cat([prev.reshape(-1, *trail).index_select(0, filled), new])
-        picked = merged.index_select(0, chosen).view(t, m, *trail)
-        state[touched] = torch.where(valid.view(t, m, *[1] * len(trail)), picked, prev)
+        prev = rows(state)
+        flat = prev.reshape(-1, *trail)
+        merged = torch.cat([flat if filled is None else flat.index_select(0, filled), new])
+        put(state, prev, merged.index_select(0, chosen).view(t, m, *trail))
     return int(group.numel())
 
 
@@ -414,15 +438,20 @@ class _Buffer:
         self.pending: list[tuple[Tensor, Tensor, list[Tensor]]] = []
         self.n_pending = 0
 
-    def stage(self, group: Tensor, keys: Tensor,
-              payload: list[Tensor] | Callable[[Tensor], list[Tensor]]) -> None:  # fmt: skip
-        """Keep the candidates that can enter (payload built for those only)."""
-        enter = torch.nonzero(keys < self.keys[:, -1].index_select(0, group)).squeeze(1)
-        if enter.numel() == 0:
-            return
-        built = payload(enter) if callable(payload) else [p.index_select(0, enter) for p in payload]
-        self.pending.append((group.index_select(0, enter), keys.index_select(0, enter), built))
-        self.n_pending += enter.numel()
+    def entering(self, group: Tensor, keys: Tensor) -> Tensor:
+        """Which candidates can enter: key below their group's current worst (a bool mask)."""
+        return keys < self.keys[:, -1].index_select(0, group)
+
+    def stage(self, group: Tensor, keys: Tensor, payload: list[Tensor], enter: Tensor) -> None:
+        """Keep the candidates where the bool mask ``enter`` is set."""
+        if not bool(enter.all()):
+            index = torch.nonzero(enter).squeeze(1)
+            if index.numel() == 0:
+                return
+            group, keys = group.index_select(0, index), keys.index_select(0, index)
+            payload = [p.index_select(0, index) for p in payload]
+        self.pending.append((group, keys, payload))
+        self.n_pending += keys.numel()
         if self.n_pending >= self.keys.numel():
             self.flush()
 
@@ -470,26 +499,23 @@ class _Accumulator:
                  self.smp_vals, self.smp_at, self.top_win, self.smp_win]  # fmt: skip
         return 2 * sum(t.numel() * t.element_size() for t in state)  # pending: as much again
 
-    def _payload(self, vals: Tensor, where: Tensor, lat: Tensor, acts: Tensor | None,
-                 offset: int) -> list[Tensor] | Callable[[Tensor], list[Tensor]]:  # fmt: skip
-        """The buffers' payload of the candidates: value and position, plus (with a window)
-        the latent's activations around the position, built for the entering ones only."""
-        if self.window is None:
-            return [vals, where]
-        if acts is None:
-            raise ValueError("acts must be given when the accumulator keeps windows")
+    def _windows(self, acts: Tensor, where: Tensor, lat: Tensor, offset: int) -> Tensor:
+        """Each firing's latent's activations at ``pos - before .. pos + after`` of its row
+        (0 outside the row), read from the batch's ``acts`` by one flat gather; only the
+        firings near a row's ends need the outside masked."""
         before, after = self.window
-        seq = acts.shape[1]
-
-        def build(enter: Tensor) -> list[Tensor]:
-            at, latent = where.index_select(0, enter), lat.index_select(0, enter)
-            local = at - offset
-            cols = (local % seq)[:, None] + torch.arange(-before, after + 1, device=at.device)
-            inside = (cols >= 0) & (cols < seq)
-            got = acts[(local // seq)[:, None], cols.clamp(0, seq - 1), latent[:, None]]
-            return [vals.index_select(0, enter), at, got.float() * inside]
-
-        return build
+        seq, d = acts.shape[1], acts.shape[-1]
+        flat = acts.reshape(-1)
+        local = where - offset
+        steps = torch.arange(-before, after + 1, device=where.device)
+        index = (local * d + lat)[:, None] + steps * d
+        got = flat.take(index.clamp_(0, flat.numel() - 1)).float()
+        pos = local % seq
+        edge = torch.nonzero((pos < before) | (pos >= seq - after)).squeeze(1)
+        if edge.numel():
+            cols = pos.index_select(0, edge)[:, None] + steps
+            got[edge] = got.index_select(0, edge) * ((cols >= 0) & (cols < seq))
+        return got
 
     def add(self, where: Tensor, lat: Tensor, vals: Tensor, acts: Tensor | None = None,
             offset: int = 0) -> None:  # fmt: skip
@@ -504,11 +530,24 @@ class _Accumulator:
             self.edges = _log_edges(vals, self.n_bins).to(self.device)
         bins = torch.bucketize(vals.double(), self.edges[1:-1])
         self.hist.scatter_add_(0, lat * self.n_bins + bins, torch.ones_like(bins))
-        payload = self._payload(vals, where, lat, acts, offset)
-        self.top.stage(lat, _value_key(vals), payload)
+        top_keys = _value_key(vals)
         rand = torch.randint(0, 1 << 31, (lat.numel(),), generator=self.generator,
                              device=self.device)  # fmt: skip
-        self.smp.stage(lat, rand, payload)
+        top_in, smp_in = self.top.entering(lat, top_keys), self.smp.entering(lat, rand)
+        payload = [vals, where]
+        if self.window is not None:
+            if acts is None:
+                raise ValueError("acts must be given when the accumulator keeps windows")
+            need = top_in | smp_in  # windows are built once, for these only
+            if not bool(need.all()):
+                index = torch.nonzero(need).squeeze(1)
+                lat, top_keys, rand, top_in, smp_in, vals, where = (
+                    t.index_select(0, index)
+                    for t in (lat, top_keys, rand, top_in, smp_in, vals, where)
+                )
+            payload = [vals, where, self._windows(acts, where, lat, offset)]
+        self.top.stage(lat, top_keys, payload, top_in)
+        self.smp.stage(lat, rand, payload, smp_in)
 
     def result(self, hook: str, n_positions: int, tokens: Tensor, working: int) -> LatentStats:
         """The :class:`LatentStats` on the CPU."""
@@ -563,11 +602,12 @@ def _batch_firings(
     n, d = flat.shape
     drop = torch.nonzero(~keep_flat[offset : offset + n]).squeeze(1)
     if flat.device.type == "cpu" and flat.dtype in (torch.float16, torch.float32, torch.float64):
-        mask = flat.detach().numpy() > 0
+        values = flat.detach().numpy()
+        mask = values > 0
         mask[drop.cpu().numpy()] = False
-        index = torch.from_numpy(np.flatnonzero(mask))
-        where, lat = index // d, index % d
-        vals = flat.reshape(-1).index_select(0, index).float()
+        index = np.flatnonzero(mask)
+        where, lat = (torch.from_numpy(a) for a in np.divmod(index, d))
+        vals = torch.from_numpy(values.reshape(-1).take(index)).float()
     else:
         mask = flat > 0
         mask[drop] = False
