@@ -13,6 +13,7 @@ from saebook.latent_stats import (
     _batch_firings,
     _Buffer,
     _merge_smallest,
+    _serial,
     _sort_order,
     _value_key,
     latent_activations,
@@ -324,3 +325,19 @@ def test_batch_firings_equal_nonzero(dtype):
     pos, ref_lat = torch.nonzero(fired, as_tuple=True)
     assert torch.equal(where, pos + offset) and torch.equal(lat, ref_lat)
     assert torch.equal(vals, flat[pos, ref_lat].float()) and vals.dtype == torch.float32
+
+
+def test_serial_block_runs_on_one_thread_and_restores():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with _serial(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"), _serial(torch.device("cpu")):
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+        with _serial(torch.device("meta")):  # not the CPU: left alone
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -25,7 +25,8 @@ deeper/06, deeper/07, training/02, training/03, circuits/02
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -638,6 +639,22 @@ def _check_options(tokens: Tensor, keep: Tensor, batch_size: int, k: int, n_samp
     return n_positions
 
 
+@contextmanager
+def _serial(device: torch.device) -> Iterator[None]:
+    """On the CPU, torch runs on one thread inside the block (then as many as before): the
+    bookkeeping's arrays are small, and a barrier of every thread per small operation costs
+    more than it saves, most of all on a shared machine."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
 def latent_stats(
     model: HookedSAETransformer,
@@ -705,9 +722,10 @@ def latent_stats(
     for start in range(0, tokens.shape[0], batch_size):
         batch = tokens[start : start + batch_size]
         acts = encode_at_hook(model, sae, batch)
-        where, lat, vals, used = _batch_firings(acts, start * seq, keep_flat)
-        working = max(working, used)
-        acc.add(where, lat, vals, acts, start * seq)
+        with _serial(device):
+            where, lat, vals, used = _batch_firings(acts, start * seq, keep_flat)
+            working = max(working, used)
+            acc.add(where, lat, vals, acts, start * seq)
         del where, lat, vals, acts
         bar.update(batch.shape[0])
     bar.close()
