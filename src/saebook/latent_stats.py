@@ -11,9 +11,12 @@ contexts. Computing these one latent at a time means one pass of the model per l
   counts, sums, maxima and histograms are scatter-adds over a few entries per token;
 * per-latent top-k and per-latent uniform samples (each firing gets a random key; the
   smallest keys win, which makes a reservoir sample) are kept in fixed ``(d_sae, k)``
-  buffers and merged with each batch's candidates; a candidate that cannot enter a buffer
-  (below the current k-th value, or a key above the current n-th key) is dropped before any
-  sorting, so late batches cost little beyond the forward pass.
+  buffers; a candidate that cannot enter a buffer (below the current k-th value, or a key
+  above the current n-th key) is dropped at once, the others are staged and merged in bulk
+  once they outnumber the buffer's slots, so each buffer row is sorted once per many
+  batches and late batches cost little beyond the forward pass;
+* the firings are read from the dense activations by numpy (a boolean mask and its
+  ``flatnonzero``), and the bookkeeping runs on one torch thread: its arrays are small.
 
 Memory is that of one batch plus the fixed-size outputs: it does not grow with the number of
 rows. The result, :class:`LatentStats`, knows how to turn its buffers into examples.
