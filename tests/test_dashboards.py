@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 import re
 import socket
 
@@ -190,6 +191,25 @@ def test_batched_dashboards_equal_single_ones(setup, tmp_path):
         dashboards.latent_dashboards(model, sae, tokens, st, [0, sae.cfg.d_sae])
     with pytest.raises(ValueError, match="chunk"):
         dashboards.write_dashboards(model, sae, tokens, st, [0], tmp_path, chunk=0)
+
+
+def test_latent_numbers_equal_the_stats_properties(setup, tmp_path):
+    """Per-latent count, density, mean and max equal the entries of the whole-vector
+    properties exactly (a dead latent's mean is NaN), and a generator of latents is read
+    once for the sweep and once for the pages."""
+    model, saes, tokens, stats = setup
+    st = stats["resid"]
+    dead = st.dead()[:1].tolist()
+    for latent in torch.nonzero(st.count > 0).flatten()[:20].tolist() + dead:
+        count, density, mean, top = dashboards._latent_numbers(st, latent)
+        assert count == int(st.count[latent]) and density == float(st.density[latent])
+        assert top == float(st.max[latent])
+        want = float(st.mean_activation[latent])
+        assert mean == want or (math.isnan(mean) and math.isnan(want))
+    paths = dashboards.write_dashboards(model, saes["resid"], tokens, st, iter([1, 2]),
+                                        tmp_path)  # fmt: skip
+    assert [p.name for p in paths] == ["latent_1.html", "latent_2.html"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latent_1.html", "latent_2.html"]
 
 
 def test_window_activations_match_a_full_pass(setup):

@@ -8,7 +8,12 @@ import sys
 
 import pytest
 
-from saebook.files import atomic_write_dir, atomic_write_text, remove_stale_temporaries
+from saebook.files import (
+    atomic_write_dir,
+    atomic_write_text,
+    remove_stale_temporaries,
+    remove_stale_text_temporaries,
+)
 
 
 def test_atomic_write_dir_replaces_on_success(tmp_path):
@@ -186,6 +191,24 @@ def test_a_kill_between_the_two_renames_is_undone(tmp_path):
     assert remove_stale_temporaries(tmp_path / "sae") == []
     assert (tmp_path / "sae" / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["sae"]
+
+
+def test_one_sweep_for_many_text_files(tmp_path):
+    """remove_stale_text_temporaries: one listing removes the dead writers' temporaries of the
+    named files only; atomic_write_text(clean=False) leaves the folder's debris alone."""
+    dead_pid = _dead_pid()
+    dead = [tmp_path / f".page_{i}.html.tmp-{dead_pid}-x{i}" for i in range(3)]
+    other = tmp_path / f".notes.txt.tmp-{dead_pid}-y"
+    live = tmp_path / f".page_0.html.tmp-{os.getppid()}-z"
+    for path in [*dead, other, live]:
+        path.write_text("half")
+    atomic_write_text(tmp_path / "page_0.html", "new", clean=False)
+    assert all(p.exists() for p in [*dead, other, live])
+    names = {f"page_{i}.html" for i in range(3)}
+    assert sorted(remove_stale_text_temporaries(tmp_path, names)) == sorted(dead)
+    assert other.exists() and live.exists() and not any(p.exists() for p in dead)
+    assert (tmp_path / "page_0.html").read_text() == "new"
+    assert remove_stale_text_temporaries(tmp_path / "missing", names) == []
 
 
 def _dead_pid() -> int:

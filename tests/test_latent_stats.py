@@ -10,7 +10,11 @@ from sae_lens.saes.sae import SAEMetadata
 from saebook.latent_stats import (
     _EMPTY,
     LatentStats,
+    _batch_firings,
+    _Buffer,
     _merge_smallest,
+    _serial,
+    _sort_order,
     _value_key,
     latent_activations,
     latent_stats,
@@ -324,3 +328,72 @@ def test_engine_matches_a_dense_pass_with_sae_lens(micro_model, tokens, role, re
     for name, value in diffs.items():
         assert value < 1e-5, name
     assert stats.mean_activation[~live].isnan().all()
+
+
+def test_sort_order_is_a_stable_sort_on_rank_and_key():
+    """The packed-int64 sort (and its fallback when the fields do not fit in 63 bits) equals
+    a stable argsort on (rank, key), ties included."""
+    gen = torch.Generator().manual_seed(4)
+    for n, n_ranks, key_range in ((5000, 7, 30), (5000, 300, 1 << 31), (1, 1, 5), (40, 1, 3)):
+        rank = torch.randint(0, n_ranks, (n,), generator=gen)
+        keys = torch.randint(0, key_range, (n,), generator=gen)
+        expected = torch.argsort((rank << 31) | keys, stable=True)
+        assert torch.equal(_sort_order(rank, keys, n_ranks), expected)
+        assert torch.equal(_sort_order(rank, keys, 1 << 40), expected)  # the fallback
+
+
+def test_staged_buffer_equals_a_merge_per_batch():
+    """Staging candidates and merging them in bulk keeps exactly what merging every batch
+    keeps (same entries, same order, ties to the older), payload with trailing axes too."""
+    gen = torch.Generator().manual_seed(5)
+    groups, m = 50, 6
+    plain_keys = torch.full((groups, m), _EMPTY)
+    plain_pay = [torch.full((groups, m), -1), torch.zeros(groups, m, 3)]
+    staged = _Buffer(plain_keys.clone(), [p.clone() for p in plain_pay])
+    for batch in range(12):
+        n = int(torch.randint(1, 200, (1,), generator=gen))
+        group = torch.randint(0, groups, (n,), generator=gen)
+        keys = torch.randint(0, 40, (n,), generator=gen)  # many ties
+        ids = torch.arange(n) + 1000 * batch
+        payload = [ids, torch.randn(n, 3, generator=gen)]
+        _merge_smallest(plain_keys, plain_pay, group, keys, payload)
+        staged.stage(group, keys, payload, staged.entering(group, keys))
+    assert staged.n_pending > 0  # something was still pending before the last flush
+    staged.flush()
+    assert torch.equal(staged.keys, plain_keys)
+    for got, want in zip(staged.payload, plain_pay, strict=True):
+        assert torch.equal(got, want)
+    assert (plain_pay[0] >= 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_batch_firings_equal_nonzero(dtype):
+    """The firings (> 0) of a batch, in row-major order, BOS positions left out, offset added;
+    numpy reads the CPU floats, torch.nonzero the rest."""
+    gen = torch.Generator().manual_seed(6)
+    acts = torch.randn(3, 5, 7, generator=gen).to(dtype)
+    acts[acts.abs() < 0.8] = 0
+    keep = torch.rand(40, generator=gen) > 0.3
+    offset = 20
+    where, lat, vals, _ = _batch_firings(acts, offset, keep)
+    flat = acts.reshape(15, 7)
+    fired = (flat > 0) & keep[offset : offset + 15, None]
+    pos, ref_lat = torch.nonzero(fired, as_tuple=True)
+    assert torch.equal(where, pos + offset) and torch.equal(lat, ref_lat)
+    assert torch.equal(vals, flat[pos, ref_lat].float()) and vals.dtype == torch.float32
+
+
+def test_serial_block_runs_on_one_thread_and_restores():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with _serial(torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"), _serial(torch.device("cpu")):
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+        with _serial(torch.device("meta")):  # not the CPU: left alone
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

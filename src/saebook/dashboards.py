@@ -48,7 +48,7 @@ from saebook.directions import (
     effective_unembedding,
     logit_effects,
 )
-from saebook.files import atomic_write_text
+from saebook.files import atomic_write_text, remove_stale_text_temporaries
 from saebook.hooks import reachable
 from saebook.latent_stats import Example, Interval, LatentStats, encode_at_hook
 from saebook.neuronpedia import NEURONPEDIA_HOST
@@ -166,6 +166,15 @@ def _log_ticks(lo: float, hi: float) -> list[float]:
     return inside if len(inside) >= 2 else [lo, hi]
 
 
+def _latent_numbers(stats: LatentStats, latent: int) -> tuple[int, float, float, float]:
+    """Count, density, mean activation when firing (NaN if never) and maximum of one latent:
+    the entries of ``stats.density`` and ``stats.mean_activation``, computed for that latent
+    only (those properties compute every latent's, once per dashboard adds up for many)."""
+    count = int(stats.count[latent])
+    mean = float(stats.sum[latent]) / count if count > 0 else float("nan")
+    return count, count / stats.n_tokens, mean, float(stats.max[latent])
+
+
 def _activation_plot(stats: LatentStats, latent: int) -> tuple[dict, dict, list, list]:
     """(data, layout, heights, labels) of one latent's activation histogram.
 
@@ -178,7 +187,7 @@ def _activation_plot(stats: LatentStats, latent: int) -> tuple[dict, dict, list,
     log_edges = edges.log10()
     centers = ((log_edges[:-1] + log_edges[1:]) / 2)[lo:hi].tolist()
     heights = counts[lo:hi].tolist()
-    density = float(stats.density[latent])
+    density = _latent_numbers(stats, latent)[1]
     step = float(log_edges[1] - log_edges[0])
     ticks = _log_ticks(float(edges[lo]), float(edges[hi])) if heights else [1.0]
     data = {
@@ -551,14 +560,14 @@ def _dashboard_html(
     """The HTML fragment of one dashboard from its parts (examples already rendered)."""
     uid = f"sbd{next(_IDS)}-{latent}"
     esc = html.escape
+    count, density, mean, top_act = _latent_numbers(stats, latent)
     (act_data, act_layout, act_h, act_l), (lg_data, lg_layout, lg_h, lg_l) = plots.values()
     parts = [
         f"<div class='sbd' id='{uid}'><style>{_CSS}</style>",
         f"<h4>Latent {latent}</h4>",
         f"<div class='sbd-meta'>{esc(stats.hook_name)} · d_sae {stats.d_sae:,} · fires on "
-        f"{int(stats.count[latent]):,} of {stats.n_tokens:,} positions "
-        f"({float(stats.density[latent]):.3%}) · mean {float(stats.mean_activation[latent]):.3g}"
-        f" · max {float(stats.max[latent]):.3g}</div>",
+        f"{count:,} of {stats.n_tokens:,} positions ({density:.3%}) · mean {mean:.3g}"
+        f" · max {top_act:.3g}</div>",
         "<div class='sbd-row'>",
         _figure_html(f"{uid}-a", act_data, act_layout,
                      _svg_bars(act_h, act_l, "#e67e22"), act_layout["title"]["text"]),
@@ -636,7 +645,7 @@ def _one_dashboard(stats: LatentStats, latent: int, picked: tuple, acts: list[li
     """Assemble one dashboard from its examples, their activation windows (in the order top,
     then each interval's) and its logit summary."""
     top, iv = picked
-    top_act = float(stats.max[latent])
+    _, density, mean, top_act = _latent_numbers(stats, latent)
 
     def render(e: Example, a: list[float]) -> str:
         return _example_html(e, a, token_rows[e.row], toks, opt.context[0], top_act)
@@ -654,8 +663,8 @@ def _one_dashboard(stats: LatentStats, latent: int, picked: tuple, acts: list[li
     return Dashboard(
         latent=latent,
         hook_name=stats.hook_name,
-        density=float(stats.density[latent]),
-        mean_activation=float(stats.mean_activation[latent]),
+        density=density,
+        mean_activation=mean,
         max_activation=top_act,
         top=top,
         intervals=[i for i, _ in iv],
@@ -738,6 +747,12 @@ def write_dashboards(
     folder.mkdir(parents=True, exist_ok=True)
     opt = _Options(**{**options, "context": tuple(options.get("context", CONTEXT))})
     paths = []
+    if isinstance(latents, Tensor):
+        latents = latents.flatten().tolist()
+    elif isinstance(latents, Iterable) and not isinstance(latents, str | bytes):
+        latents = list(latents)  # read once here, once by _iter_dashboards (which checks it)
+    if isinstance(latents, list):  # one sweep of killed writers' temporaries for all pages
+        remove_stale_text_temporaries(folder, {f"latent_{lat}.html" for lat in latents})
     for dash in _iter_dashboards(model, sae, tokens, stats, latents, opt, chunk):
         path = folder / f"latent_{dash.latent}.html"
         atomic_write_text(
@@ -745,6 +760,7 @@ def write_dashboards(
             "<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>Latent {dash.latent} · {html.escape(dash.hook_name)}</title></head>"
             f"<body>{dash.html}</body></html>",
+            clean=False,  # swept once above
         )
         paths.append(path)
     return paths

@@ -18,11 +18,16 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_dir", "atomic_write_text", "remove_stale_temporaries"]
+__all__ = [
+    "atomic_write_dir",
+    "atomic_write_text",
+    "remove_stale_temporaries",
+    "remove_stale_text_temporaries",
+]
 
 
 def _umask() -> int:
@@ -78,6 +83,27 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     return removed
 
 
+def remove_stale_text_temporaries(folder: Path, names: Collection[str]) -> list[Path]:
+    """Remove the temporaries that killed :func:`atomic_write_text` writers of any of the
+    files ``names`` left in ``folder``; return them. One listing of ``folder`` for all the
+    names: a writer of many files calls this once and then ``atomic_write_text(...,
+    clean=False)`` per file (the per-file sweep lists the folder each time)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    names = set(names)
+    pattern = re.compile(r"^\.(.+)\.tmp-(\d+)-")
+    removed = []
+    for path in folder.iterdir():
+        match = pattern.match(path.name)
+        if not match or match.group(1) not in names or int(match.group(2)) == os.getpid():
+            continue
+        if not _alive(int(match.group(2))) and os.path.lexists(path):
+            _remove(path)
+            removed.append(path)
+    return removed
+
+
 @contextmanager
 def atomic_write_dir(target: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``target``; on success it replaces ``target``.
@@ -104,13 +130,17 @@ def atomic_write_dir(target: Path) -> Iterator[Path]:
         _remove(old)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
+def atomic_write_text(path: Path, text: str, *, clean: bool = True) -> None:
+    """Write ``text`` to ``path`` through a temporary file and an atomic rename.
+
+    ``clean=False`` skips the sweep of killed writers' temporaries (for a caller that swept
+    the folder once with :func:`remove_stale_text_temporaries`)."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
+    if clean:
+        remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=_prefix(path, "tmp"), dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

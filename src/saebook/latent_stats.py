@@ -11,9 +11,12 @@ contexts. Computing these one latent at a time means one pass of the model per l
   counts, sums, maxima and histograms are scatter-adds over a few entries per token;
 * per-latent top-k and per-latent uniform samples (each firing gets a random key; the
   smallest keys win, which makes a reservoir sample) are kept in fixed ``(d_sae, k)``
-  buffers and merged with each batch's candidates; a candidate that cannot enter a buffer
-  (below the current k-th value, or a key above the current n-th key) is dropped before any
-  sorting, so late batches cost little beyond the forward pass.
+  buffers; a candidate that cannot enter a buffer (below the current k-th value, or a key
+  above the current n-th key) is dropped at once, the others are staged and merged in bulk
+  once they outnumber the buffer's slots, so each buffer row is sorted once per many
+  batches and late batches cost little beyond the forward pass;
+* the firings are read from the dense activations by numpy (a boolean mask and its
+  ``flatnonzero``), and the bookkeeping runs on one torch thread: its arrays are small.
 
 Memory is that of one batch plus the fixed-size outputs: it does not grow with the number of
 rows. The result, :class:`LatentStats`, knows how to turn its buffers into examples.
@@ -25,9 +28,11 @@ deeper/06, deeper/07, training/02, training/03, circuits/02
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
@@ -315,6 +320,28 @@ def _value_key(values: Tensor) -> Tensor:
     return 0x7FFFFFFF - bits
 
 
+def _sort_order(rank: Tensor, keys: Tensor, n_ranks: int) -> Tensor:
+    """Indices that sort entries by ``(rank, key, index)``: a stable sort on ``(rank, key)``.
+
+    When ``rank``, ``key`` (below ``2**31``) and the entry's index fit in 63 bits together,
+    they are packed into one int64 that is unique, so an unstable sort of the packed values
+    is stable and the index comes back in the low bits (numpy's sort of int64 is several
+    times faster than ``torch.argsort``); otherwise a stable argsort.
+    """
+    n = keys.numel()
+    index_bits = max(1, (n - 1).bit_length())
+    rank_bits = max(1, (n_ranks - 1).bit_length())
+    if rank_bits + 31 + index_bits > 63:
+        return torch.argsort((rank << 31) | keys, stable=True)
+    index = torch.arange(n, device=keys.device)
+    packed = (rank << (31 + index_bits)) | (keys << index_bits) | index
+    if packed.device.type == "cpu":
+        packed = torch.from_numpy(np.sort(packed.numpy()))
+    else:
+        packed = torch.sort(packed).values
+    return packed & ((1 << index_bits) - 1)
+
+
 def _merge_smallest(
     state_keys: Tensor,
     state_payload: list[Tensor],
@@ -325,14 +352,15 @@ def _merge_smallest(
     """Keep, per group, the ``m`` entries with the smallest keys among state and candidates.
 
     ``state_keys`` is an int64 ``(n_groups, m)`` buffer, each row sorted ascending, with
-    :data:`_EMPTY` in unused slots; candidates come flat, with their ``group`` ids and int64
-    ``keys`` in ``[0, 2**31)``. Candidates that cannot enter (key not below their group's
-    current worst) are dropped first, so once the buffers are full a batch costs little;
-    ``payload`` may be a function of the kept candidates' indices, so that costly payloads
-    (activation windows) are built for those only. A payload entry may have trailing axes
-    (state ``(n_groups, m, *trail)``, candidates ``(n, *trail)``).
-    The rest are merged with one stable sort on ``group * 2**32 + key`` over the touched
-    groups only; ties keep the older entry. Returns the number of candidates merged.
+    :data:`_EMPTY` in unused slots (and the unused slots' payload left as it is); candidates
+    come flat, with their ``group`` ids and int64 ``keys`` in ``[0, 2**31)``. Candidates that
+    cannot enter (key not below their group's current worst) are dropped first, so once the
+    buffers are full a batch costs little; ``payload`` may be a function of the kept
+    candidates' indices, so that costly payloads (activation windows) are built for those
+    only. A payload entry may have trailing axes (state ``(n_groups, m, *trail)``, candidates
+    ``(n, *trail)``). The filled state slots of the touched groups and the candidates are
+    sorted together on ``(group, key)``, stably: ties keep the older entry, and candidates
+    keep their order. Returns the number of candidates merged.
     """
     n_groups, m = state_keys.shape
     enter = torch.nonzero(keys < state_keys[:, -1].index_select(0, group)).squeeze(1)
@@ -343,18 +371,49 @@ def _merge_smallest(
     mask = torch.zeros(n_groups, dtype=torch.bool, device=keys.device)
     mask[group] = True
     touched = torch.nonzero(mask).squeeze(1)  # ascending
+    # when most groups are touched, merge all (an untouched row is rewritten unchanged) and
+    # skip the gathers and scatters of whole buffers
+    every = 2 * touched.numel() >= n_groups
+    if every:
+        touched = torch.arange(n_groups, device=keys.device)
     t = touched.numel()
-    all_group = torch.cat([touched.repeat_interleave(m), group])
-    all_keys = torch.cat([state_keys.index_select(0, touched).reshape(-1), keys])
-    order = torch.argsort((all_group << 32) | all_keys, stable=True)
-    sizes = torch.bincount(all_group, minlength=n_groups).index_select(0, touched)
-    starts = sizes.cumsum(0) - sizes  # each touched group holds >= m entries
-    chosen = order[(starts[:, None] + torch.arange(m, device=keys.device)).reshape(-1)]
-    state_keys[touched] = all_keys[chosen].view(t, m)
+
+    def rows(state: Tensor) -> Tensor:
+        return state if every else state.index_select(0, touched)
+
+    old = rows(state_keys)  # (t, m)
+    filled = None if bool(old[:, -1].ne(_EMPTY).all()) else torch.nonzero(old.view(-1) != _EMPTY)
+    state_rank = torch.arange(t, device=keys.device).repeat_interleave(m)
+    state_keys_flat = old.reshape(-1)
+    if filled is not None:  # leave out the unused slots (a suffix of each row)
+        filled = filled.squeeze(1)
+        state_rank, state_keys_flat = filled // m, state_keys_flat.index_select(0, filled)
+    cand_rank = group if every else (mask.cumsum(0) - 1).index_select(0, group)
+    all_rank = torch.cat([state_rank, cand_rank])
+    all_keys = torch.cat([state_keys_flat, keys])
+    order = _sort_order(all_rank, all_keys, t)
+    sizes = torch.bincount(all_rank, minlength=t)
+    slot = torch.arange(m, device=keys.device)
+    valid = slot < sizes[:, None]  # (t, m): slots that get an entry, the rest stay unused
+    at = (sizes.cumsum(0) - sizes)[:, None] + slot
+    chosen = order.index_select(0, at.view(-1).clamp(max=all_keys.numel() - 1))
+    every_valid = bool(valid.all())
+
+    def put(state: Tensor, prev: Tensor, picked: Tensor) -> None:
+        if not every_valid:
+            picked = torch.where(valid.view(t, m, *[1] * (picked.dim() - 2)), picked, prev)
+        if every:
+            state.copy_(picked)
+        else:
+            state[touched] = picked
+
+    put(state_keys, old, all_keys.index_select(0, chosen).view(t, m))
     for state, new in zip(state_payload, payload, strict=True):
         trail = state.shape[2:]
-        merged = torch.cat([state.index_select(0, touched).reshape(-1, *trail), new])
-        state[touched] = merged[chosen].view(t, m, *trail)
+        prev = rows(state)
+        flat = prev.reshape(-1, *trail)
+        merged = torch.cat([flat if filled is None else flat.index_select(0, filled), new])
+        put(state, prev, merged.index_select(0, chosen).view(t, m, *trail))
     return int(group.numel())
 
 
@@ -368,9 +427,52 @@ def _log_edges(values: Tensor, n_bins: int) -> Tensor:
     return torch.logspace(math.log10(lo), math.log10(hi), n_bins + 1, dtype=torch.float64)
 
 
+class _Buffer:
+    """A per-group buffer of the ``m`` smallest keys (:func:`_merge_smallest`) whose
+    candidates are staged and merged in bulk: each row is sorted once per many batches.
+
+    A staged candidate passed the group's threshold at staging time; thresholds only fall,
+    so a stale one lets through a few candidates the merge then drops, never loses one.
+    Pending candidates are merged once they outnumber the buffer's slots (memory stays
+    bounded by twice the buffer), and by :meth:`flush`.
+    """
+
+    def __init__(self, keys: Tensor, payload: list[Tensor]) -> None:
+        self.keys, self.payload = keys, payload
+        self.pending: list[tuple[Tensor, Tensor, list[Tensor]]] = []
+        self.n_pending = 0
+
+    def entering(self, group: Tensor, keys: Tensor) -> Tensor:
+        """Which candidates can enter: key below their group's current worst (a bool mask)."""
+        return keys < self.keys[:, -1].index_select(0, group)
+
+    def stage(self, group: Tensor, keys: Tensor, payload: list[Tensor], enter: Tensor) -> None:
+        """Keep the candidates where the bool mask ``enter`` is set."""
+        if not bool(enter.all()):
+            index = torch.nonzero(enter).squeeze(1)
+            if index.numel() == 0:
+                return
+            group, keys = group.index_select(0, index), keys.index_select(0, index)
+            payload = [p.index_select(0, index) for p in payload]
+        self.pending.append((group, keys, payload))
+        self.n_pending += keys.numel()
+        if self.n_pending >= self.keys.numel():
+            self.flush()
+
+    def flush(self) -> None:
+        """Merge every pending candidate, in the order they were staged."""
+        if not self.pending:
+            return
+        groups, keys, payloads = zip(*self.pending, strict=True)
+        self.pending, self.n_pending = [], 0
+        cat = [torch.cat(p) for p in zip(*payloads, strict=True)]
+        _merge_smallest(self.keys, self.payload, torch.cat(groups), torch.cat(keys), cat)
+
+
 class _Accumulator:
-    """The running state of :func:`latent_stats`: per-latent count, sum, maximum, histogram,
-    top-k buffer and reservoir sample, updated from each batch's firings."""
+    """The running state of :func:`latent_stats`: per-latent sum, histogram (whose rows sum
+    to the counts), top-k buffer (whose first column is the maximum) and reservoir sample,
+    updated from each batch's firings."""
 
     def __init__(self, d: int, k: int, n_samples: int, n_bins: int, edges: Tensor | None,
                  device: torch.device, seed: int,
@@ -378,46 +480,46 @@ class _Accumulator:
         self.d, self.n_bins, self.edges, self.device = d, n_bins, edges, device
         self.window = window
         width = 0 if window is None else window[0] + window[1] + 1
-        self.top_win = torch.zeros((d, k if width else 0, width), device=device)
-        self.smp_win = torch.zeros((d, n_samples if width else 0, width), device=device)
-        self.count = torch.zeros(d, dtype=torch.int64, device=device)
         self.total = torch.zeros(d, dtype=torch.float64, device=device)
-        self.peak = torch.zeros(d, dtype=torch.float32, device=device)
         self.hist = torch.zeros(d * n_bins, dtype=torch.int64, device=device)
-        # Top-k and sample buffers hold flat positions (row * seq + pos), -1 when unused.
-        self.top_keys = torch.full((d, k), _EMPTY, dtype=torch.int64, device=device)
+        # Top-k and sample buffers hold flat positions (row * seq + pos), -1 when unused, and
+        # with a window the latent's activations around them.
         self.top_vals = torch.zeros((d, k), device=device)
         self.top_at = torch.full((d, k), -1, dtype=torch.int64, device=device)
-        self.smp_keys = torch.full((d, n_samples), _EMPTY, dtype=torch.int64, device=device)
+        self.top_win = torch.zeros((d, k, width), device=device)
         self.smp_vals = torch.zeros((d, n_samples), device=device)
         self.smp_at = torch.full((d, n_samples), -1, dtype=torch.int64, device=device)
+        self.smp_win = torch.zeros((d, n_samples, width), device=device)
+        wins = ([self.top_win], [self.smp_win]) if width else ([], [])
+        self.top = _Buffer(torch.full((d, k), _EMPTY, dtype=torch.int64, device=device),
+                           [self.top_vals, self.top_at, *wins[0]])  # fmt: skip
+        self.smp = _Buffer(torch.full((d, n_samples), _EMPTY, dtype=torch.int64, device=device),
+                           [self.smp_vals, self.smp_at, *wins[1]])  # fmt: skip
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     @property
     def state_bytes(self) -> int:
-        state = [self.count, self.total, self.peak, self.hist, self.top_keys, self.top_vals,
-                 self.top_at, self.smp_keys, self.smp_vals, self.smp_at, self.top_win,
-                 self.smp_win]  # fmt: skip
-        return sum(t.numel() * t.element_size() for t in state)
+        state = [self.total, self.hist, self.top.keys, self.top_vals, self.top_at, self.smp.keys,
+                 self.smp_vals, self.smp_at, self.top_win, self.smp_win]  # fmt: skip
+        return 2 * sum(t.numel() * t.element_size() for t in state)  # pending: as much again
 
-    def _payload(self, vals: Tensor, where: Tensor, lat: Tensor, acts: Tensor | None,
-                 offset: int) -> list[Tensor] | Callable[[Tensor], list[Tensor]]:  # fmt: skip
-        """The buffers' payload of the candidates: value and position, plus (with a window)
-        the latent's activations around the position, built for the entering ones only."""
-        if self.window is None or acts is None:
-            return [vals, where]
+    def _windows(self, acts: Tensor, where: Tensor, lat: Tensor, offset: int) -> Tensor:
+        """Each firing's latent's activations at ``pos - before .. pos + after`` of its row
+        (0 outside the row), read from the batch's ``acts`` by one flat gather; only the
+        firings near a row's ends need the outside masked."""
         before, after = self.window
-        seq = acts.shape[1]
-
-        def build(enter: Tensor) -> list[Tensor]:
-            at, latent = where.index_select(0, enter), lat.index_select(0, enter)
-            local = at - offset
-            cols = (local % seq)[:, None] + torch.arange(-before, after + 1, device=at.device)
-            inside = (cols >= 0) & (cols < seq)
-            got = acts[(local // seq)[:, None], cols.clamp(0, seq - 1), latent[:, None]]
-            return [vals.index_select(0, enter), at, got.float() * inside]
-
-        return build
+        seq, d = acts.shape[1], acts.shape[-1]
+        flat = acts.reshape(-1)
+        local = where - offset
+        steps = torch.arange(-before, after + 1, device=where.device)
+        index = (local * d + lat)[:, None] + steps * d
+        got = flat.take(index.clamp_(0, flat.numel() - 1)).float()
+        pos = local % seq
+        edge = torch.nonzero((pos < before) | (pos >= seq - after)).squeeze(1)
+        if edge.numel():
+            cols = pos.index_select(0, edge)[:, None] + steps
+            got[edge] = got.index_select(0, edge) * ((cols >= 0) & (cols < seq))
+        return got
 
     def add(self, where: Tensor, lat: Tensor, vals: Tensor, acts: Tensor | None = None,
             offset: int = 0) -> None:  # fmt: skip
@@ -427,24 +529,34 @@ class _Accumulator:
         if lat.numel() == 0:
             return
         d = self.d
-        self.count += torch.bincount(lat, minlength=d)
         self.total += torch.bincount(lat, weights=vals.double(), minlength=d)
-        self.peak.scatter_reduce_(0, lat, vals, reduce="amax", include_self=True)
         if self.edges is None:
             self.edges = _log_edges(vals, self.n_bins).to(self.device)
         bins = torch.bucketize(vals.double(), self.edges[1:-1])
         self.hist.scatter_add_(0, lat * self.n_bins + bins, torch.ones_like(bins))
-        keep_win = self.window is not None and acts is not None
-        top_state = [self.top_vals, self.top_at] + ([self.top_win] if keep_win else [])
-        smp_state = [self.smp_vals, self.smp_at] + ([self.smp_win] if keep_win else [])
-        payload = self._payload(vals, where, lat, acts, offset)
-        _merge_smallest(self.top_keys, top_state, lat, _value_key(vals), payload)
+        top_keys = _value_key(vals)
         rand = torch.randint(0, 1 << 31, (lat.numel(),), generator=self.generator,
                              device=self.device)  # fmt: skip
-        _merge_smallest(self.smp_keys, smp_state, lat, rand, payload)
+        top_in, smp_in = self.top.entering(lat, top_keys), self.smp.entering(lat, rand)
+        payload = [vals, where]
+        if self.window is not None:
+            if acts is None:
+                raise ValueError("acts must be given when the accumulator keeps windows")
+            need = top_in | smp_in  # windows are built once, for these only
+            if not bool(need.all()):
+                index = torch.nonzero(need).squeeze(1)
+                lat, top_keys, rand, top_in, smp_in, vals, where = (
+                    t.index_select(0, index)
+                    for t in (lat, top_keys, rand, top_in, smp_in, vals, where)
+                )
+            payload = [vals, where, self._windows(acts, where, lat, offset)]
+        self.top.stage(lat, top_keys, payload, top_in)
+        self.smp.stage(lat, rand, payload, smp_in)
 
     def result(self, hook: str, n_positions: int, tokens: Tensor, working: int) -> LatentStats:
         """The :class:`LatentStats` on the CPU."""
+        self.top.flush()
+        self.smp.flush()
         seq = int(tokens.shape[1])
         edges = self.edges
         if edges is None:  # nothing fired at all: any edges will do
@@ -462,9 +574,9 @@ class _Accumulator:
             n_tokens=n_positions,
             n_rows=int(tokens.shape[0]),
             seq_len=seq,
-            count=self.count.cpu(),
+            count=self.hist.view(self.d, self.n_bins).sum(1).cpu(),
             sum=self.total.cpu(),
-            max=self.peak.cpu(),
+            max=self.top_vals[:, 0].contiguous().cpu(),  # 0 where nothing fired
             hist=self.hist.view(self.d, self.n_bins).cpu(),
             hist_edges=edges.cpu(),
             top_values=self.top_vals.cpu(),
@@ -483,17 +595,30 @@ class _Accumulator:
 def _batch_firings(
     acts: Tensor, offset: int, keep_flat: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, int]:
-    """The firings of one batch's activations: flat positions (``offset`` added), latents,
-    values, leaving out positions not kept; and the bytes the dense activations took."""
-    flat = acts.view(-1, acts.shape[-1])
-    where, lat = torch.nonzero(flat, as_tuple=True)  # one pass over the dense batch
-    vals = flat[where, lat].float()
+    """The firings (activation > 0) of one batch's activations: flat positions (``offset``
+    added), latents and values, in row-major order, leaving out positions not kept; and the
+    bytes the dense activations took.
+
+    The mask of positions not kept is applied to the dense ``acts > 0`` before the indices are
+    read, so nothing is filtered afterwards; on the CPU numpy reads them (``flatnonzero`` of a
+    boolean array is several times faster than ``torch.nonzero`` of the floats)."""
+    flat = acts.reshape(-1, acts.shape[-1])
+    n, d = flat.shape
+    drop = torch.nonzero(~keep_flat[offset : offset + n]).squeeze(1)
+    if flat.device.type == "cpu" and flat.dtype in (torch.float16, torch.float32, torch.float64):
+        values = flat.detach().numpy()
+        mask = values > 0
+        mask[drop.cpu().numpy()] = False
+        index = np.flatnonzero(mask)
+        where, lat = (torch.from_numpy(a) for a in np.divmod(index, d))
+        vals = torch.from_numpy(values.reshape(-1).take(index)).float()
+    else:
+        mask = flat > 0
+        mask[drop] = False
+        where, lat = torch.nonzero(mask, as_tuple=True)
+        vals = flat[where, lat].float()
     working = acts.numel() * acts.element_size() + lat.numel() * 48
-    where += offset
-    fired = (vals > 0) & keep_flat.index_select(0, where)  # firing, not at BOS
-    if not bool(fired.all()):
-        where, lat, vals = where[fired], lat[fired], vals[fired]
-    return where, lat, vals, working
+    return where + offset, lat, vals, working
 
 
 def _check_options(tokens: Tensor, keep: Tensor, batch_size: int, k: int, n_samples: int,
@@ -515,6 +640,22 @@ def _check_options(tokens: Tensor, keep: Tensor, batch_size: int, k: int, n_samp
             f"k must be at most the number of positions counted ({n_positions}), got {k}"
         )
     return n_positions
+
+
+@contextmanager
+def _serial(device: torch.device) -> Iterator[None]:
+    """On the CPU, torch runs on one thread inside the block (then as many as before): the
+    bookkeeping's arrays are small, and a barrier of every thread per small operation costs
+    more than it saves, most of all on a shared machine."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @torch.no_grad()
@@ -584,9 +725,10 @@ def latent_stats(
     for start in range(0, tokens.shape[0], batch_size):
         batch = tokens[start : start + batch_size]
         acts = encode_at_hook(model, sae, batch)
-        where, lat, vals, used = _batch_firings(acts, start * seq, keep_flat)
-        working = max(working, used)
-        acc.add(where, lat, vals, acts, start * seq)
+        with _serial(device):
+            where, lat, vals, used = _batch_firings(acts, start * seq, keep_flat)
+            working = max(working, used)
+            acc.add(where, lat, vals, acts, start * seq)
         del where, lat, vals, acts
         bar.update(batch.shape[0])
     bar.close()
