@@ -475,6 +475,17 @@ def _write_saelens_sae(snap: Path, folder: str, cfg: dict, weights: dict) -> Non
     save_file({"sparsity": log_density}, str(out / "sparsity.safetensors"))
 
 
+def _forward_with_hooks(model, tokens: torch.Tensor, handles: list) -> None:
+    """One ``transformers`` forward pass of ``model`` on ``tokens`` (inference mode) with the
+    torch hooks already registered as ``handles``, which are removed afterwards."""
+    try:
+        with torch.inference_mode():
+            model(tokens)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _hook_acts(model, tok, n_rows: int = 128, per_row: int = 8) -> dict[str, torch.Tensor]:
     """Activations of the fabricated gpt2 at the SAE hooks, as TransformerLens will see them.
 
@@ -503,12 +514,7 @@ def _hook_acts(model, tok, n_rows: int = 128, per_row: int = 8) -> dict[str, tor
             lambda m, args: seen.__setitem__("blocks.5.attn.hook_z", args[0])
         ),
     ]
-    try:
-        with torch.inference_mode():
-            model(tokens)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hooks(model, tokens, handles)
     out = {}
     gen = torch.Generator().manual_seed(0)
     for name, a in seen.items():
@@ -635,12 +641,7 @@ def gemma_layer12_acts(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
             lambda m, a: put("blocks.12.ln2.hook_normalized", normalized(a[0]))
         ),
     ]
-    try:
-        with torch.inference_mode():
-            model(tokens)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hooks(model, tokens, handles)
     return seen
 
 
