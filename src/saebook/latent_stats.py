@@ -28,7 +28,7 @@ deeper/06, deeper/07, training/02, training/03, circuits/02
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -347,7 +347,7 @@ def _merge_smallest(
     state_payload: list[Tensor],
     group: Tensor,
     keys: Tensor,
-    payload: list[Tensor] | Callable[[Tensor], list[Tensor]],
+    payload: list[Tensor],
 ) -> int:
     """Keep, per group, the ``m`` entries with the smallest keys among state and candidates.
 
@@ -355,19 +355,17 @@ def _merge_smallest(
     :data:`_EMPTY` in unused slots (and the unused slots' payload left as it is); candidates
     come flat, with their ``group`` ids and int64 ``keys`` in ``[0, 2**31)``. Candidates that
     cannot enter (key not below their group's current worst) are dropped first, so once the
-    buffers are full a batch costs little; ``payload`` may be a function of the kept
-    candidates' indices, so that costly payloads (activation windows) are built for those
-    only. A payload entry may have trailing axes (state ``(n_groups, m, *trail)``, candidates
-    ``(n, *trail)``). The filled state slots of the touched groups and the candidates are
-    sorted together on ``(group, key)``, stably: ties keep the older entry, and candidates
-    keep their order. Returns the number of candidates merged.
+    buffers are full a batch costs little. A payload entry may have trailing axes (state
+    ``(n_groups, m, *trail)``, candidates ``(n, *trail)``). The filled state slots of the
+    touched groups and the candidates are sorted together on ``(group, key)``, stably: ties
+    keep the older entry, and candidates keep their order. Returns the number of candidates merged.
     """
     n_groups, m = state_keys.shape
     enter = torch.nonzero(keys < state_keys[:, -1].index_select(0, group)).squeeze(1)
     if enter.numel() == 0:
         return 0
     group, keys = group.index_select(0, enter), keys.index_select(0, enter)
-    payload = payload(enter) if callable(payload) else [p.index_select(0, enter) for p in payload]
+    payload = [p.index_select(0, enter) for p in payload]
     mask = torch.zeros(n_groups, dtype=torch.bool, device=keys.device)
     mask[group] = True
     touched = torch.nonzero(mask).squeeze(1)  # ascending
