@@ -670,8 +670,7 @@ def train_sae(
         optimizer.step()
         sae.normalise_decoder()
         with torch.no_grad():
-            # a latent fired when its largest activation over the batch is > 0 (max over the
-            # batch axis is several times cheaper than (latents > 0).any(0) here)
+            # fired: batch max > 0 (several times cheaper than (latents > 0).any(0) here)
             last_fired.masked_fill_(out.latents.max(0).values > 0, step)
             dead = dead_latents(last_fired, step, dead_window)
         if step % log_every == 0:
