@@ -78,16 +78,24 @@ def sparse_probe(
     """
     _check_xy(X, y)
     train, test = train_test_split(y, test_fraction, seed)
-    features = top_k_by_mean_difference(X[train], y[train], k)
-    Xtr = X[train][:, features].float()
-    Xte = X[test][:, features].float()
+    X_train = X[train]
+    features = top_k_by_mean_difference(X_train, y[train], k)
+    score = _fit_and_score(X_train, X[test], y[train], y[test], features)
+    return {"balanced_accuracy": score, "features": features.tolist()}
+
+
+def _fit_and_score(
+    X_train: Tensor, X_test: Tensor, y_train: Tensor, y_test: Tensor, features: Tensor
+) -> float:
+    """Balanced held-out accuracy of a logistic regression on columns ``features``."""
+    Xtr = X_train[:, features].float()
+    Xte = X_test[:, features].float()
     # standardise with training statistics: the solver converges in a few iterations
     mean, std = Xtr.mean(0), Xtr.std(0).clamp(min=1e-6)
     Xtr, Xte = ((Xtr - mean) / std).numpy(), ((Xte - mean) / std).numpy()
     probe = LogisticRegression(max_iter=200, class_weight="balanced")
-    probe.fit(Xtr, y[train].numpy())
-    score = balanced_accuracy_score(y[test].numpy(), probe.predict(Xte))
-    return {"balanced_accuracy": float(score), "features": features.tolist()}
+    probe.fit(Xtr, y_train.numpy())
+    return float(balanced_accuracy_score(y_test.numpy(), probe.predict(Xte)))
 
 
 def sparse_probing(
@@ -105,6 +113,8 @@ def sparse_probing(
     """
     if not representations or not labels or not ks:
         raise ValueError("representations, labels and ks must all be non-empty")
+    if any(not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"ks must be positive ints, got {ks}")
     n = {X.shape[0] for X in representations.values()}
     if len(n) != 1:
         raise ValueError(f"representations must share their number of positions, got {n}")
@@ -112,18 +122,21 @@ def sparse_probing(
     usable = {
         name: y for name, y in labels.items() if min_count <= int(y.sum()) <= len(y) - min_count
     }
-    jobs = [(r, lab, k) for r in representations for lab in usable for k in ks]
-    for rep, lab, k in tqdm(jobs, desc="Sparse probes", disable=not progress):
-        X = representations[rep]
-        if k > X.shape[1]:
+    # what does not depend on k is computed once: the split (per label), the training and
+    # held-out rows and the features ranked by mean difference (per representation and label;
+    # the ranking is stable, so its first k are exactly top_k_by_mean_difference(..., k))
+    splits = {lab: train_test_split(y, seed=seed) for lab, y in usable.items()}
+    jobs = [(r, lab) for r in representations for lab in usable]
+    for rep, lab in tqdm(jobs, desc="Sparse probes", disable=not progress):
+        X, y = representations[rep], usable[lab]
+        _check_xy(X, y)
+        train, test = splits[lab]
+        X_train, X_test = X[train], X[test]
+        fitting = [k for k in ks if k <= X.shape[1]]
+        if not fitting:
             continue
-        result = sparse_probe(X, usable[lab], k, seed=seed)
-        rows.append(
-            {
-                "representation": rep,
-                "label": lab,
-                "k": k,
-                "balanced_accuracy": result["balanced_accuracy"],
-            }
-        )
+        ranked = top_k_by_mean_difference(X_train, y[train], max(fitting))
+        for k in fitting:
+            score = _fit_and_score(X_train, X_test, y[train], y[test], ranked[:k])
+            rows.append({"representation": rep, "label": lab, "k": k, "balanced_accuracy": score})
     return pd.DataFrame(rows)

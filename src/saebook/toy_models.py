@@ -165,7 +165,7 @@ def generate_batch(
     n_free = n_features - n_paired
     if n_free:
         parts.append(rand(batch_size, n_inst, n_free) < p)
-    present = torch.cat(parts, dim=-1)
+    present = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
     return rand(batch_size, n_inst, n_features) * present
 
 

@@ -95,9 +95,32 @@ class SAEOutput:
     terms: dict[str, Tensor] = field(default_factory=dict)
 
 
+def _batch_mean(values: Float[Tensor, "batch instances d"]) -> Float[Tensor, " instances"]:
+    """``values.sum(-1).mean(0)``, in one reduction over the batch and last axes."""
+    return values.sum((0, 2)) / values.shape[0]
+
+
 def _mse(x: Tensor, recon: Tensor) -> Tensor:
     """Squared error summed over ``d_in``, averaged over the batch: ``(instances,)``."""
-    return (x - recon).pow(2).sum(-1).mean(0)
+    return _batch_mean((x - recon).pow(2))
+
+
+def _affine(
+    x: Float[Tensor, "batch instances d"],
+    weight: Float[Tensor, "instances d e"],
+    bias: Float[Tensor, "instances e"],
+    shift: Float[Tensor, "instances d"] | None = None,
+) -> Float[Tensor, "batch instances e"]:
+    """``(x - shift) @ weight + bias`` for every instance, as one batched matrix product.
+
+    The result is computed instance-major (one contiguous ``(batch, e)`` block per instance,
+    which makes the reductions of the losses fast) and returned as a ``(batch, instances, e)``
+    view.
+    """
+    xt = x.transpose(0, 1)
+    if shift is not None:
+        xt = xt - shift.unsqueeze(1)
+    return torch.baddbmm(bias.unsqueeze(1), xt, weight).transpose(0, 1)
 
 
 class ToySAE(nn.Module):
@@ -145,7 +168,7 @@ class ToySAE(nn.Module):
     ) -> Float[Tensor, "batch instances d_sae"]:
         """``W_enc^T (x - b_dec) + b_enc``."""
         self.check_input(x)
-        return torch.einsum("bid,ids->bis", x - self.b_dec, self.W_enc) + self.b_enc
+        return _affine(x, self.W_enc, self.b_enc, shift=self.b_dec)
 
     def encode(
         self, x: Float[Tensor, "batch instances d_in"]
@@ -157,7 +180,7 @@ class ToySAE(nn.Module):
         self, latents: Float[Tensor, "batch instances d_sae"]
     ) -> Float[Tensor, "batch instances d_in"]:
         """``W_dec^T f + b_dec``."""
-        return torch.einsum("bis,isd->bid", latents, self.W_dec) + self.b_dec
+        return _affine(latents, self.W_dec, self.b_dec)
 
     def forward(self, x: Float[Tensor, "batch instances d_in"]) -> SAEOutput:
         """Latents, reconstruction and loss of ``x``."""
@@ -216,7 +239,7 @@ class StandardSAE(ToySAE):
         """Latents, reconstruction and ``mse + l1`` per instance."""
         latents = self.encode(x)
         recon = self.decode(latents)
-        terms = {"mse": _mse(x, recon), "l1": self.l1_coeff * latents.abs().sum(-1).mean(0)}
+        terms = {"mse": _mse(x, recon), "l1": self.l1_coeff * _batch_mean(latents.abs())}
         return SAEOutput(latents, recon, terms["mse"] + terms["l1"], terms)
 
 
@@ -249,9 +272,8 @@ class GatedSAE(ToySAE):
 
     def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
         pi_gate = self.preactivations(x)
-        centred = x - self.b_dec
         W_mag = self.W_enc * self.r_mag.exp().unsqueeze(1)
-        pi_mag = torch.einsum("bid,ids->bis", centred, W_mag) + self.b_mag
+        pi_mag = _affine(x, W_mag, self.b_mag, shift=self.b_dec)
         return pi_gate, pi_mag
 
     def encode(
@@ -267,10 +289,10 @@ class GatedSAE(ToySAE):
         latents = (pi_gate > 0).float() * torch.relu(pi_mag)
         recon = self.decode(latents)
         gate_acts = torch.relu(pi_gate)
-        frozen = torch.einsum("bis,isd->bid", gate_acts, self.W_dec.detach()) + self.b_dec.detach()
+        frozen = _affine(gate_acts, self.W_dec.detach(), self.b_dec.detach())
         terms = {
             "mse": _mse(x, recon),
-            "l1": self.l1_coeff * gate_acts.sum(-1).mean(0),
+            "l1": self.l1_coeff * _batch_mean(gate_acts),
             "aux": _mse(x, frozen),
         }
         return SAEOutput(latents, recon, sum(terms.values()), terms)
@@ -388,7 +410,7 @@ class JumpReLUSAE(ToySAE):
         theta = self.threshold
         latents = JumpReLUFunction.apply(z, theta, self.bandwidth)
         recon = self.decode(latents)
-        l0 = StepFunction.apply(z, theta, self.bandwidth).sum(-1).mean(0)
+        l0 = _batch_mean(StepFunction.apply(z, theta, self.bandwidth))
         terms = {"mse": _mse(x, recon), "l0": self.l0_coeff * l0}
         return SAEOutput(latents, recon, terms["mse"] + terms["l0"], terms)
 
@@ -632,7 +654,7 @@ def train_sae(
         check_int(name, value)
     if resample_every is not None:
         check_int("resample_every", resample_every)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, fused=True)  # one kernel per step
     last_fired = torch.full((sae.n_instances, sae.d_sae), -1, dtype=torch.long)
     logged: dict[str, list[Tensor]] = {"loss": [], "mse": [], "l0": [], "dead": []}
     log_steps: list[int] = []
@@ -648,11 +670,12 @@ def train_sae(
         optimizer.step()
         sae.normalise_decoder()
         with torch.no_grad():
-            active = out.latents > 0
-            last_fired[active.any(0)] = step
+            # fired: batch max > 0 (several times cheaper than (latents > 0).any(0) here)
+            last_fired.masked_fill_(out.latents.max(0).values > 0, step)
             dead = dead_latents(last_fired, step, dead_window)
         if step % log_every == 0:
             log_steps.append(step)
+            active = out.latents.detach() > 0
             _record(logged, out.loss.detach(), out.terms["mse"].detach(), active, dead)
             bar.set_postfix(loss=f"{out.loss.mean().item():.4g}", refresh=False)
         if (
@@ -764,7 +787,8 @@ def recovered_features(
         live = (sae.encode(x) > 0).any(0)  # (instances, d_sae)
     counts = [
         match_features(sae.W_dec[k][live[k]], features, method).recovered(threshold)
-        if live[k].any() else 0
+        if live[k].any()
+        else 0
         for k in range(sae.n_instances)
     ]
     return torch.tensor(counts)
