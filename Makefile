@@ -31,18 +31,22 @@ book: setup
 	@echo "Site: _build/html/index.html"
 
 # Three pytest sessions, the first two spread over the cores by pytest-xdist (TEST_WORKERS,
-# one worker per CPU): the unit tests (-m "not book", one test file per worker; they record the appendix's reference
+# one worker per CPU): the unit tests (-m "not book", one test file per worker, the slowest
+# files first: tests/chapter_runner.py's SLOW_FIRST; they record the appendix's reference
 # rows); every chapter executed by nbmake (-m chapter, one torch thread per kernel so that
-# chapters side by side do not oversubscribe the cores); then, in one process, the tests that
-# read the executed chapters (site, browser, determinism reruns with the same thread count).
+# chapters side by side do not oversubscribe the cores); then the tests that read the executed
+# chapters (site, browser, determinism reruns with the same thread count), one test file per
+# worker: the site is assembled once (the first worker that needs it builds it, the others
+# wait for it) while the other worker reruns chapters.
 # Every session runs even when an earlier one failed; the target fails when any did.
 TEST_WORKERS ?= auto
 test: setup
 	status=0; export SAEBOOK_PROFILE=tiny; \
-	$(PY) -m pytest -m "not book" -n $(TEST_WORKERS) --dist loadfile --durations=10 \
-	  || status=$$?; \
+	$(PY) -m pytest -m "not book" -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	  --durations=10 || status=$$?; \
 	SAEBOOK_THREADS=1 $(PY) -m pytest --nbmake book -m chapter -n $(TEST_WORKERS) || status=$$?; \
-	SAEBOOK_THREADS=1 $(PY) -m pytest tests -m book --durations=10 || status=$$?; \
+	SAEBOOK_THREADS=1 $(PY) -m pytest tests -m book -n $(TEST_WORKERS) --dist loadfile \
+	  --durations=10 || status=$$?; \
 	exit $$status
 
 # The fast loop: the unit tests (-m "not book": no chapter, no test of executed chapters)

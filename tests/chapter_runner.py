@@ -17,7 +17,8 @@ and for the site workflow's per-chapter GPU jobs. With ``--nbmake`` it
   the site's plotly renderer, ``TQDM_DISABLE=1`` (third-party progress bars stay out of the
   pages) and, unless ``SAEBOOK_ALLOW_NETWORK=1``, ``tests/netblock`` first on ``PYTHONPATH``
   (its ``sitecustomize`` blocks remote connections);
-* orders the session: unit tests first, then the chapters in ``_toc.yml`` order (the appendix
+* orders the session: unit tests first (the slowest files, :data:`SLOW_FIRST`, before the
+  others), then the chapters in ``_toc.yml`` order (the appendix
   last: its page "How this book checks itself" reads what the unit tests recorded), then the
   tests that read the executed chapters (the assembled site, determinism reruns, secrets);
 * marks the chapters and the tests that read them ``book`` (the only marker a selection needs:
@@ -34,6 +35,7 @@ Determinism and secrets tests re-execute a chapter the same way with :func:`reru
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -59,11 +61,26 @@ ROOT = Path(__file__).resolve().parents[1]
 NETBLOCK = Path(__file__).resolve().parent / "netblock"
 EXECUTED = ROOT / "_build" / "executed"  # executed notebooks: the site assembly reads them
 TIMES_JSON = ROOT / "_build" / "chapter_times.json"
+ASSEMBLED = ROOT / "_build" / "assembled"  # the site assembled from EXECUTED (site_html)
 ALLOW_NETWORK_ENV = "SAEBOOK_ALLOW_NETWORK"
 NBMAKE_DEFAULT_TIMEOUT = 300  # nbmake's own default for --nbmake-timeout
 
 CHAPTER_BUDGET_S = 60  # CPU seconds per chapter (about its wall time alone on 2 cores)
 BOOK_BUDGET_S = 8 * 60  # CPU seconds of every chapter together
+#: The slowest unit-test files, slowest first: they are collected (so, with pytest-xdist's
+#: ``--dist loadfile --no-loadscope-reorder``, scheduled) before the others, so that the
+#: session does not end with one worker running a long file while the other waits. Only
+#: the order changes; a file missing here runs in its usual place.
+SLOW_FIRST: tuple[str, ...] = (
+    "tests/test_hub_rehearsal_gemma.py",  # fabricates a gemma cache, loads it in a child
+    "tests/test_hub_rehearsal.py",  # the same for gpt2
+    "tests/test_dashboards_reference.py",  # sae-dashboard in a child environment
+    "tests/test_exercise_notebooks.py",  # executes notebooks
+    "tests/test_attribution.py",
+    "tests/test_chapters.py",  # collects tests in child pytest processes
+    "tests/test_network.py",  # starts a kernel
+    "tests/test_geometry.py",  # UMAP's numba compilation
+)
 
 _times: list[dict] = []
 _session_start = time.perf_counter()
@@ -145,6 +162,32 @@ def rerun(entry: str, extra_env: dict[str, str] | None = None):
     return run_notebook(write_notebook(entry), extra_env)
 
 
+def assemble_once(entries: list[str], run: str | None, out: Path = ASSEMBLED, build=None) -> Path:
+    """The site assembled from ``EXECUTED`` for ``entries`` into ``out``; returns its html dir.
+
+    ``run`` identifies the test run (pytest-xdist's ``testrunuid``, shared by its workers):
+    the first worker that needs the site builds it while holding a lock, and the others wait
+    for it and reuse it, so a run builds the site once whichever workers read it. Without
+    ``run`` (no pytest-xdist) it is built on every call. ``build`` defaults to
+    ``chapters.assemble`` (called as ``build(EXECUTED, out, only=entries)``).
+    """
+    if build is None:
+        from chapters import assemble as build
+    if run is None:
+        return build(EXECUTED, out, only=entries)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stamp = out.with_name(out.name + ".run")  # which run built out, from which chapters
+    key = json.dumps({"run": run, "chapters": list(entries)})
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if stamp.is_file() and stamp.read_text(encoding="utf-8") == key:
+            return out / "_build" / "html"
+        stamp.unlink(missing_ok=True)
+        html = build(EXECUTED, out, only=entries)
+        stamp.write_text(key, encoding="utf-8")
+        return html
+
+
 def entry_of(path: Path | str) -> str | None:
     """The chapter (toc entry) whose generated notebook is ``path``, or None."""
     try:
@@ -223,6 +266,15 @@ def _is_chapter(item: pytest.Item) -> bool:
     return bool(getattr(item, "nbmake", False))
 
 
+def slow_rank(path: Path | str) -> int:
+    """Where test file ``path`` comes in :data:`SLOW_FIRST` (``len(SLOW_FIRST)``: not in it)."""
+    try:
+        name = Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return len(SLOW_FIRST)
+    return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+
 def _phase(item: pytest.Item) -> int:
     """0: unit tests, 1: chapters, 2: tests reading the chapters' results."""
     if _is_chapter(item):
@@ -244,7 +296,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     def key(item: pytest.Item) -> tuple[int, int]:
         entry = entry_of(item.path) if _is_chapter(item) else None
-        return _phase(item), order.get(entry, len(order)) if entry else 0
+        if entry:
+            return 1, order.get(entry, len(order))
+        return _phase(item), slow_rank(item.path)
 
     items.sort(key=key)  # stable: within a phase, collection order is kept
 

@@ -134,22 +134,25 @@ def _fresh_executions() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def site_html() -> Path:
+def site_html(request) -> Path:
     """The built site to test: ``$SAEBOOK_SITE_HTML`` (e.g. ``_build/html`` after ``make book``)
     or, by default, the site assembled with ``book/_ext/chapters.py`` from the notebooks that
     nbmake executed in this session (into ``_build/assembled``), as the site workflow does.
     ``SAEBOOK_SITE_CHAPTERS`` (comma-separated chapters) assembles only those, for a quick
-    local check; the other chapters' pages are then built without outputs."""
+    local check; the other chapters' pages are then built without outputs. Under pytest-xdist
+    the first worker that needs the site builds it and the others reuse it."""
     given = os.environ.get("SAEBOOK_SITE_HTML")
     if given:
         site = Path(given).resolve()
         if not (site / "index.html").is_file():
             pytest.skip(f"SAEBOOK_SITE_HTML={given} holds no built site (no index.html)")
         return site
-    from chapters import assemble
+    from chapter_runner import assemble_once
 
     entries = _fresh_executions()
-    return assemble(ROOT / "_build" / "executed", ROOT / "_build" / "assembled", only=entries)
+    # under pytest-xdist (make test) the workers share one build per run
+    run = getattr(request.config, "workerinput", {}).get("testrunuid")
+    return assemble_once(entries, run)
 
 
 @pytest.fixture

@@ -154,6 +154,75 @@ def test_appendix_chapters_run_last() -> None:
     assert appendix and appendix == list(range(len(order) - len(appendix), len(order)))
 
 
+def test_assemble_once_builds_the_site_once_per_run(tmp_path) -> None:
+    """pytest-xdist workers of one run share one build of the site; a new run, other chapters
+    or a session without pytest-xdist (run None) build it again."""
+    from chapter_runner import assemble_once
+
+    builds = []
+
+    def build(executed, out, only):
+        builds.append(list(only))
+        (out / "_build" / "html").mkdir(parents=True, exist_ok=True)
+        return out / "_build" / "html"
+
+    out = tmp_path / "assembled"
+    html = assemble_once(["a", "b"], "run1", out, build)
+    assert html == out / "_build" / "html" and builds == [["a", "b"]]
+    assert assemble_once(["a", "b"], "run1", out, build) == html and len(builds) == 1
+    assemble_once(["a", "b"], "run2", out, build)
+    assemble_once(["a"], "run2", out, build)
+    assert builds[1:] == [["a", "b"], ["a"]]
+    assemble_once(["a"], None, out, build)
+    assemble_once(["a"], None, out, build)
+    assert len(builds) == 5
+
+    def broken(executed, out, only):
+        raise RuntimeError("assembling the site failed")
+
+    with pytest.raises(RuntimeError, match="failed"):
+        assemble_once(["a", "b"], "run3", out, broken)
+    assemble_once(["a", "b"], "run3", out, build)  # a failed build is not reused
+    assert len(builds) == 6
+
+
+class _FakeItem:
+    """Just what the plugin's collection hook reads of a pytest item."""
+
+    def __init__(self, path: str, fixtures: tuple[str, ...] = ()) -> None:
+        self.path = ROOT / path
+        self.fixturenames = fixtures
+        self.markers: list = []
+
+    def add_marker(self, marker) -> None:
+        self.markers.append(marker.mark)
+
+    def get_closest_marker(self, name: str):
+        return next((m for m in self.markers if m.name == name), None)
+
+
+def test_slowest_unit_test_files_are_scheduled_first() -> None:
+    """make test's unit session (--dist loadfile --no-loadscope-reorder) hands files to the
+    workers in collection order: SLOW_FIRST's files come first, slowest first, the rest keep
+    their order, and tests of the executed chapters still come last."""
+    from chapter_runner import SLOW_FIRST, pytest_collection_modifyitems, slow_rank
+
+    assert all((ROOT / name).is_file() for name in SLOW_FIRST), "a stale SLOW_FIRST entry"
+    assert slow_rank(ROOT / SLOW_FIRST[0]) == 0 and slow_rank("/elsewhere/x.py") == len(SLOW_FIRST)
+    items = [
+        _FakeItem("tests/test_absorption.py"),
+        _FakeItem("tests/test_site.py", ("site_html",)),
+        _FakeItem(SLOW_FIRST[1]),
+        _FakeItem("tests/test_validate.py"),
+        _FakeItem(SLOW_FIRST[0]),
+    ]
+    pytest_collection_modifyitems(None, items)
+    got = [item.path.relative_to(ROOT).as_posix() for item in items]
+    assert got == [SLOW_FIRST[0], SLOW_FIRST[1], "tests/test_absorption.py",
+                   "tests/test_validate.py", "tests/test_site.py"]  # fmt: skip
+    assert "--dist loadfile --no-loadscope-reorder" in (ROOT / "Makefile").read_text()
+
+
 def test_book_marker_splits_unit_tests_from_book_tests() -> None:
     """``-m "not book"`` (make test-unit) keeps unit tests and drops tests of executed chapters."""
     import sys

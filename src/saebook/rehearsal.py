@@ -475,12 +475,29 @@ def _write_saelens_sae(snap: Path, folder: str, cfg: dict, weights: dict) -> Non
     save_file({"sparsity": log_density}, str(out / "sparsity.safetensors"))
 
 
-def _forward_with_hooks(model, tokens: torch.Tensor, handles: list) -> None:
+class _StopForward(Exception):
+    """Raised by :func:`_forward_with_hooks` to end a forward pass early."""
+
+
+def _forward_with_hooks(model, tokens: torch.Tensor, handles: list, stop_after=None) -> None:
     """One ``transformers`` forward pass of ``model`` on ``tokens`` (inference mode) with the
-    torch hooks already registered as ``handles``, which are removed afterwards."""
+    torch hooks already registered as ``handles``, which are removed afterwards.
+
+    ``stop_after`` (a submodule of ``model``, optional) ends the pass once that module has run:
+    the calibration passes read activations of a few layers, and the layers after them (and
+    the unembedding, a 50257-wide matrix product for gpt2) cannot change what was recorded.
+    """
+
+    def stop(module, args, out) -> None:
+        raise _StopForward
+
+    if stop_after is not None:
+        handles = [*handles, stop_after.register_forward_hook(stop)]
     try:
         with torch.inference_mode():
             model(tokens)
+    except _StopForward:
+        pass
     finally:
         for h in handles:
             h.remove()
@@ -514,7 +531,7 @@ def _hook_acts(model, tok, n_rows: int = 128, per_row: int = 8) -> dict[str, tor
             lambda m, args: seen.__setitem__("blocks.5.attn.hook_z", args[0])
         ),
     ]
-    _forward_with_hooks(model, tokens, handles)
+    _forward_with_hooks(model, tokens, handles, stop_after=blocks[8])  # the last hook read
     out = {}
     gen = torch.Generator().manual_seed(0)
     for name, a in seen.items():
@@ -641,7 +658,7 @@ def gemma_layer12_acts(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
             lambda m, a: put("blocks.12.ln2.hook_normalized", normalized(a[0]))
         ),
     ]
-    _forward_with_hooks(model, tokens, handles)
+    _forward_with_hooks(model, tokens, handles, stop_after=layer)  # no final norm or unembedding
     return seen
 
 
