@@ -416,3 +416,22 @@ def test_edge_checkers_fail_as_content_on_a_graph_without_latents(name: str, tin
     chapter, defined = SOLUTIONS[name]
     with pytest.raises(AssertionError, match="no active latent of the layer-.* transcoder"):
         getattr(checks, name)(load_solution(chapter, defined), model, tc, tokens, bare)
+
+
+@pytest.mark.parametrize("d_head", [None, 4])
+def test_error_node_splice_on_an_sae_that_reshapes_hook_z(d_head) -> None:
+    """gpt2's attention SAE takes (batch, seq, n_heads, d_head) and flattens it itself: the
+    checker feeds it that shape (issue 15); the book's solution passes, wrong ones still fail."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    sae = StandardSAE(StandardSAEConfig(d_in=12, d_sae=20, reshape_activations="hook_z"))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    if d_head is not None:  # the split a forward pass at the hook left (else: one head)
+        sae.encode(torch.zeros(1, 1, 12 // d_head, d_head))
+        assert sae.d_head == d_head
+    chapter, defined = SOLUTIONS["check_error_node_splice"]
+    checks.check_error_node_splice(load_solution(chapter, defined), sae)
+    for wrong in WRONG["check_error_node_splice"]:
+        assert_wrong_rejected(checks.check_error_node_splice, wrong, sae)

@@ -256,3 +256,30 @@ def test_dense_jacobian_sample_matches_the_full_dense_rows(setup, monkeypatch):
         )
     with pytest.raises(ValueError, match="n_rows must be a positive int"):
         lg.dense_jacobian_sample(model, saes["mlp"], saes["attn"], tokens, 0, **kw)
+
+
+_MISSING = object()
+
+
+def test_pre_activations_of_some_columns_are_those_of_all(setup):
+    """``columns`` picks latents (in the order asked) from their encoder columns alone, decoder
+    norm rescaling included (de_embedding's cost on wide SAEs, issue 15)."""
+    _, saes, _ = setup
+    sae = saes["resid"]
+    x = torch.randn(5, sae.cfg.d_in, generator=torch.Generator().manual_seed(3))
+    some = torch.tensor([sae.cfg.d_sae - 1, 0, 2])
+    with torch.no_grad():
+        full = lg.pre_activations(sae, x)
+        torch.testing.assert_close(lg.pre_activations(sae, x, columns=some), full[:, some])
+        before = sae.cfg.__dict__.get("rescale_acts_by_decoder_norm", _MISSING)
+        sae.cfg.rescale_acts_by_decoder_norm = True  # TopK's option: each norm differs
+        try:
+            scaled = lg.pre_activations(sae, x, columns=some)
+            torch.testing.assert_close(scaled, full[:, some] * sae.W_dec[some].norm(dim=-1))
+        finally:
+            if before is _MISSING:
+                del sae.cfg.rescale_acts_by_decoder_norm
+            else:
+                sae.cfg.rescale_acts_by_decoder_norm = before
+    with pytest.raises(IndexError, match="columns"):
+        lg.pre_activations(sae, x, columns=[sae.cfg.d_sae])

@@ -30,3 +30,28 @@ def test_errors_fail_unless_a_content_check_failed_before(tmp_path):
     assert b.status == rehearse.AFTER_CONTENT and b.content_checks == 1
     assert "IndexError" in b.error and "after the content check of cell 0" in b.error
     assert [c.outcome for c in b.cells] == ["content check", "error"]
+
+
+def test_tiny_only_chapters_are_exactly_those_pinned_to_tiny():
+    """The skip list names every chapter that loads the tiny profile whatever is rehearsed, and
+    nothing else; each reason fits the table's error column."""
+    from chapters import chapters
+
+    pinned = {
+        entry
+        for entry in chapters(ROOT)
+        if 'setup(profile="tiny")' in (ROOT / f"{entry}.md").read_text(encoding="utf-8")
+    }
+    assert pinned == set(rehearse.TINY_ONLY)
+    assert all(
+        reason.startswith("tiny-only") and len(reason) <= 80
+        for reason in rehearse.TINY_ONLY.values()
+    )
+
+
+def test_tiny_only_chapters_are_reported_as_skipped_with_their_reason(tmp_path, capsys):
+    entry = next(iter(rehearse.TINY_ONLY))
+    out = tmp_path / "r.json"
+    assert rehearse.main([entry, "--json", str(out)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(entry))
+    assert rehearse.SKIPPED in row and rehearse.TINY_ONLY[entry] in row

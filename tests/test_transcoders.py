@@ -81,7 +81,7 @@ def test_de_embedding_matches_reference(setup):
 def test_de_embedding_in_small_blocks_matches_reference(setup, monkeypatch):
     """Blocks of a few vocabulary rows give the same scores (bounded memory, issue 15)."""
     model, tc, _ = setup
-    monkeypatch.setattr(tr, "_DE_EMBEDDING_BLOCK", 3 * tc.cfg.d_sae)  # 3 rows per block
+    monkeypatch.setattr(tr, "_DE_EMBEDDING_BLOCK", 3 * 2)  # 3 rows per block of 2 latents
     scores = tr.de_embedding(model, tc, [1, 2])
     ref = checks.reference_de_embedding(
         model.W_E, model.W_pos, tc.W_enc[:, [1, 2]], tc.b_enc[[1, 2]], model.cfg.eps

@@ -39,7 +39,7 @@ from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 from torch.func import jvp, vjp, vmap
 
-from saebook.directions import check_latent
+from saebook.directions import check_latent, check_latents
 from saebook.hooks import (
     check_sae_hooks,
     encode,
@@ -175,14 +175,20 @@ _SMOOTH = {
 
 
 def pre_activations(
-    sae: SAE, x: Tensor, pos: Tensor | None = None, lat: Tensor | None = None
+    sae: SAE,
+    x: Tensor,
+    pos: Tensor | None = None,
+    lat: Tensor | None = None,
+    columns: Tensor | None = None,
 ) -> Tensor:
     """The value each latent has when it is active, before the activation function.
 
     For ReLU, TopK and JumpReLU SAEs an active latent's activation equals this value, and its
     derivative too, but it stays smooth where the activation function jumps (a latent at the
     TopK boundary, or at a JumpReLU threshold). With ``pos``/``lat``: only those entries
-    (cost proportional to their number); otherwise ``(seq, d_sae)``.
+    (cost proportional to their number); with ``columns`` (latent indices): every position's
+    value of those latents, ``(seq, n)`` from their encoder columns alone; otherwise
+    ``(seq, d_sae)``.
     """
     arch = sae.cfg.architecture()
     if arch not in _SMOOTH:
@@ -191,8 +197,9 @@ def pre_activations(
     sae_in = sae.process_sae_in(flatten_heads(sae, x, batched=False))
     rescale = getattr(sae.cfg, "rescale_acts_by_decoder_norm", False)
     if pos is None:
-        pre = sae_in @ sae.W_enc + sae.b_enc
-        return pre * sae.W_dec.norm(dim=-1) if rescale else pre
+        idx = slice(None) if columns is None else check_latents(sae, columns, "columns")
+        pre = sae_in @ sae.W_enc[:, idx] + sae.b_enc[idx]
+        return pre * sae.W_dec[idx].norm(dim=-1) if rescale else pre
     w = sae.W_enc[:, lat].T  # (n, d_in)
     pre = (sae_in[pos] * w).sum(-1) + sae.b_enc[lat]
     return pre * sae.W_dec[lat].norm(dim=-1) if rescale else pre

@@ -438,17 +438,23 @@ def check_error_node_splice(fn: Callable[..., tuple[Tensor, Tensor, Tensor]], sa
         zeros = torch.zeros_like
         g_acts = zeros(acts) if g_acts is None else g_acts
         g_x = zeros(x) if g_x is None else g_x
+        error = error.reshape(*x.shape[:2], -1)  # a hook_z error may keep the heads axis
         return tuple(t.detach().float() for t in (acts, error, out, g_acts, g_x))
 
-    d_in = sae.cfg.d_in
+    # x shaped as at the SAE's hook: (batch, seq, n_heads, d_head) where the SAE reshapes
+    # hook_z itself (gpt2's attention SAE), with the split it last saw (one head if none)
+    shape: tuple[int, ...] = (sae.cfg.d_in,)
+    if sae.cfg.reshape_activations == "hook_z":
+        d_head = getattr(sae, "d_head", None) or sae.cfg.d_in
+        shape = (sae.cfg.d_in // d_head, d_head)
     g = _generator(41)
     scale = float(sae.W_dec.detach().norm(dim=-1).mean()) * 4
-    x = torch.randn(2, 5, d_in, generator=g) * scale
-    v = torch.randn(2, 5, d_in, generator=g)
+    x = torch.randn(2, 5, *shape, generator=g) * scale
+    v = torch.randn(2, 5, *shape, generator=g)
     cases: list[Case] = [
         ("two prompts", (x, v), {}),
         ("one position", (x[:1, :1], v[:1, :1]), {}),
-        ("zero input", (torch.zeros(1, 3, d_in), v[:1, :3]), {}),
+        ("zero input", (torch.zeros(1, 3, *shape), v[:1, :3]), {}),
     ]
     check_function(
         lambda x, v: run(fn, x, v), lambda x, v: run(splice_site, x, v), cases, atol=1e-4
