@@ -388,17 +388,19 @@ def test_hist_bins_equal_bucketize(lo, hi, n_bins):
     assert got.dtype == torch.int64 and int(got.min()) >= 0 and int(got.max()) <= n_bins - 1
 
 
+@pytest.mark.parametrize("width", [7, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_batch_firings_equal_nonzero(dtype):
+def test_batch_firings_equal_nonzero(dtype, width):
     """The firings (> 0) of a batch, in row-major order, BOS positions left out, offset added;
-    numpy reads the CPU floats, torch.nonzero the rest."""
+    numpy reads the CPU floats, torch.nonzero the rest; a power-of-two width (8) splits flat
+    indices by shift and mask, another (7) by division."""
     gen = torch.Generator().manual_seed(6)
-    acts = torch.randn(3, 5, 7, generator=gen).to(dtype)
+    acts = torch.randn(3, 5, width, generator=gen).to(dtype)
     acts[acts.abs() < 0.8] = 0
     keep = torch.rand(40, generator=gen) > 0.3
     offset = 20
     where, lat, vals, _ = _batch_firings(acts, offset, keep)
-    flat = acts.reshape(15, 7)
+    flat = acts.reshape(15, width)
     fired = (flat > 0) & keep[offset : offset + 15, None]
     pos, ref_lat = torch.nonzero(fired, as_tuple=True)
     assert torch.equal(where, pos + offset) and torch.equal(lat, ref_lat)

@@ -644,7 +644,11 @@ def _batch_firings(
         mask = values > 0
         mask[drop.cpu().numpy()] = False
         index = np.flatnonzero(mask)
-        where, lat = (torch.from_numpy(a) for a in np.divmod(index, d))
+        if d & (d - 1) == 0:  # a power of two: a shift and a mask instead of a division
+            shift = d.bit_length() - 1
+            where, lat = torch.from_numpy(index >> shift), torch.from_numpy(index & (d - 1))
+        else:
+            where, lat = (torch.from_numpy(a) for a in np.divmod(index, d))
         vals = torch.from_numpy(values.reshape(-1).take(index)).float()
     else:
         mask = flat > 0
