@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
@@ -12,6 +14,7 @@ from saebook.latent_stats import (
     LatentStats,
     _batch_firings,
     _Buffer,
+    _hist_bins,
     _merge_smallest,
     _serial,
     _sort_order,
@@ -366,17 +369,38 @@ def test_staged_buffer_equals_a_merge_per_batch():
     assert (plain_pay[0] >= 0).all()
 
 
+@pytest.mark.parametrize(
+    ("lo", "hi", "n_bins"), [(1e-3, 8.0, 40), (0.02, 50.0, 7), (1.0, 1.0001, 40), (0.1, 9.0, 1)]
+)
+def test_hist_bins_equal_bucketize(lo, hi, n_bins):
+    """The bins read from logarithms equal a binary search over the edges, for values spread
+    over (and beyond) the range and for each edge and its float32 neighbours; narrow bins
+    (third case) take the bucketize fallback, one bin (fourth) puts everything in bin 0."""
+    gen = torch.Generator().manual_seed(8)
+    edges = torch.logspace(math.log10(lo), math.log10(hi), n_bins + 1, dtype=torch.float64)
+    spread = torch.exp(torch.empty(20000).uniform_(math.log(lo / 10), math.log(hi * 10),
+                                                  generator=gen)).float()  # fmt: skip
+    at = edges.float()
+    near = [at, torch.nextafter(at, at + 1), torch.nextafter(at, at - 1)]
+    values = torch.cat([spread, *near, torch.tensor([1e-30, 1e30])])
+    got = _hist_bins(values, edges)
+    assert torch.equal(got, torch.bucketize(values.double(), edges[1:-1]))
+    assert got.dtype == torch.int64 and int(got.min()) >= 0 and int(got.max()) <= n_bins - 1
+
+
+@pytest.mark.parametrize("width", [7, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_batch_firings_equal_nonzero(dtype):
+def test_batch_firings_equal_nonzero(dtype, width):
     """The firings (> 0) of a batch, in row-major order, BOS positions left out, offset added;
-    numpy reads the CPU floats, torch.nonzero the rest."""
+    numpy reads the CPU floats, torch.nonzero the rest; a power-of-two width (8) splits flat
+    indices by shift and mask, another (7) by division."""
     gen = torch.Generator().manual_seed(6)
-    acts = torch.randn(3, 5, 7, generator=gen).to(dtype)
+    acts = torch.randn(3, 5, width, generator=gen).to(dtype)
     acts[acts.abs() < 0.8] = 0
     keep = torch.rand(40, generator=gen) > 0.3
     offset = 20
     where, lat, vals, _ = _batch_firings(acts, offset, keep)
-    flat = acts.reshape(15, 7)
+    flat = acts.reshape(15, width)
     fired = (flat > 0) & keep[offset : offset + 15, None]
     pos, ref_lat = torch.nonzero(fired, as_tuple=True)
     assert torch.equal(where, pos + offset) and torch.equal(lat, ref_lat)

@@ -13,8 +13,9 @@ contexts. Computing these one latent at a time means one pass of the model per l
   smallest keys win, which makes a reservoir sample) are kept in fixed ``(d_sae, k)``
   buffers; a candidate that cannot enter a buffer (below the current k-th value, or a key
   above the current n-th key) is dropped at once, the others are staged and merged in bulk
-  once they outnumber the buffer's slots, so each buffer row is sorted once per many
-  batches and late batches cost little beyond the forward pass;
+  once they outnumber the buffer's slots ``_PENDING`` times, so each buffer row is sorted
+  once per many batches and late batches cost little beyond the forward pass;
+* histogram bins come from float32 logarithms, checked against the edges on either side;
 * the firings are read from the dense activations by numpy (a boolean mask and its
   ``flatnonzero``), and the bookkeeping runs on one torch thread: its arrays are small.
 
@@ -361,13 +362,17 @@ def _merge_smallest(
     keep the older entry, and candidates keep their order. Returns the number of candidates merged.
     """
     n_groups, m = state_keys.shape
-    enter = torch.nonzero(keys < state_keys[:, -1].index_select(0, group)).squeeze(1)
-    if enter.numel() == 0:
+    if keys.numel() == 0:
         return 0
-    group, keys = group.index_select(0, enter), keys.index_select(0, enter)
-    payload = [p.index_select(0, enter) for p in payload]
+    can = keys < state_keys[:, -1].index_select(0, group)
+    if not bool(can.all()):  # (all enter while the buffers fill: nothing to select)
+        enter = torch.nonzero(can).squeeze(1)
+        if enter.numel() == 0:
+            return 0
+        group, keys = group.index_select(0, enter), keys.index_select(0, enter)
+        payload = [p.index_select(0, enter) for p in payload]
     mask = torch.zeros(n_groups, dtype=torch.bool, device=keys.device)
-    mask[group] = True
+    mask.index_fill_(0, group, True)
     touched = torch.nonzero(mask).squeeze(1)  # ascending
     # when most groups are touched, merge all (an untouched row is rewritten unchanged) and
     # skip the gathers and scatters of whole buffers
@@ -415,6 +420,30 @@ def _merge_smallest(
     return int(group.numel())
 
 
+def _hist_bins(values: Tensor, edges: Tensor) -> Tensor:
+    """The histogram bin of each positive ``values`` entry for the log-spaced float64 ``edges``
+    (``n_bins + 1`` of them): ``torch.bucketize(values.double(), edges[1:-1])``, exactly.
+
+    The bin is read from the value's logarithm (float32: a few cheap passes instead of a
+    binary search per value), which can be one bin off next to an edge; one comparison with
+    the edge on each side, in float64, puts it right. With very narrow bins (where float32
+    logarithms are too coarse for one step to suffice) it falls back to ``bucketize``.
+    """
+    n_bins = edges.numel() - 1
+    lo, hi = math.log10(float(edges[0])), math.log10(float(edges[-1]))
+    step = (hi - lo) / n_bins
+    wide = values.float()
+    if n_bins < 2 or not step >= 1e-3:
+        return torch.bucketize(wide.double(), edges[1:-1])
+    inf = edges.new_tensor([math.inf])
+    padded = torch.cat([-inf, edges[1:-1], inf])  # padded[i] = edges[i], -inf/inf at the ends
+    guess = ((wide.log10() - lo) * (1 / step)).floor_().clamp_(0, n_bins - 1).long()
+    exact = wide.double()
+    guess -= (exact <= padded.index_select(0, guess)).long()
+    guess += (exact > padded.index_select(0, guess + 1)).long()
+    return guess
+
+
 def _log_edges(values: Tensor, n_bins: int) -> Tensor:
     """Log-spaced edges from the 0.5% quantile of ``values`` to twice their maximum."""
     v = values.float()
@@ -425,14 +454,20 @@ def _log_edges(values: Tensor, n_bins: int) -> Tensor:
     return torch.logspace(math.log10(lo), math.log10(hi), n_bins + 1, dtype=torch.float64)
 
 
+#: Candidates are staged until they outnumber a buffer's slots this many times, then merged:
+#: one merge of many candidates costs less than several small ones (each pass over the
+#: state and each sort has a fixed part), and the result does not depend on when merges run.
+_PENDING = 4
+
+
 class _Buffer:
     """A per-group buffer of the ``m`` smallest keys (:func:`_merge_smallest`) whose
     candidates are staged and merged in bulk: each row is sorted once per many batches.
 
     A staged candidate passed the group's threshold at staging time; thresholds only fall,
     so a stale one lets through a few candidates the merge then drops, never loses one.
-    Pending candidates are merged once they outnumber the buffer's slots (memory stays
-    bounded by twice the buffer), and by :meth:`flush`.
+    Pending candidates are merged once they outnumber the buffer's slots :data:`_PENDING`
+    times (memory stays bounded by ``1 + _PENDING`` buffers and a batch), and by :meth:`flush`.
     """
 
     def __init__(self, keys: Tensor, payload: list[Tensor]) -> None:
@@ -454,7 +489,7 @@ class _Buffer:
             payload = [p.index_select(0, index) for p in payload]
         self.pending.append((group, keys, payload))
         self.n_pending += keys.numel()
-        if self.n_pending >= self.keys.numel():
+        if self.n_pending >= _PENDING * self.keys.numel():
             self.flush()
 
     def flush(self) -> None:
@@ -499,7 +534,8 @@ class _Accumulator:
     def state_bytes(self) -> int:
         state = [self.total, self.hist, self.top.keys, self.top_vals, self.top_at, self.smp.keys,
                  self.smp_vals, self.smp_at, self.top_win, self.smp_win]  # fmt: skip
-        return 2 * sum(t.numel() * t.element_size() for t in state)  # pending: as much again
+        # pending candidates: up to _PENDING times as much again
+        return (1 + _PENDING) * sum(t.numel() * t.element_size() for t in state)
 
     def _windows(self, acts: Tensor, where: Tensor, lat: Tensor, offset: int) -> Tensor:
         """Each firing's latent's activations at ``pos - before .. pos + after`` of its row
@@ -530,8 +566,8 @@ class _Accumulator:
         self.total += torch.bincount(lat, weights=vals.double(), minlength=d)
         if self.edges is None:
             self.edges = _log_edges(vals, self.n_bins).to(self.device)
-        bins = torch.bucketize(vals.double(), self.edges[1:-1])
-        self.hist.scatter_add_(0, lat * self.n_bins + bins, torch.ones_like(bins))
+        bins = _hist_bins(vals, self.edges)
+        self.hist += torch.bincount(lat * self.n_bins + bins, minlength=self.hist.numel())
         top_keys = _value_key(vals)
         rand = torch.randint(0, 1 << 31, (lat.numel(),), generator=self.generator,
                              device=self.device)  # fmt: skip
@@ -608,7 +644,11 @@ def _batch_firings(
         mask = values > 0
         mask[drop.cpu().numpy()] = False
         index = np.flatnonzero(mask)
-        where, lat = (torch.from_numpy(a) for a in np.divmod(index, d))
+        if d & (d - 1) == 0:  # a power of two: a shift and a mask instead of a division
+            shift = d.bit_length() - 1
+            where, lat = torch.from_numpy(index >> shift), torch.from_numpy(index & (d - 1))
+        else:
+            where, lat = (torch.from_numpy(a) for a in np.divmod(index, d))
         vals = torch.from_numpy(values.reshape(-1).take(index)).float()
     else:
         mask = flat > 0
