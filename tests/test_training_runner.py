@@ -11,6 +11,7 @@ from datasets import Dataset
 from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
 
 from saebook.training import (
+    _log_schedule,
     dead_fraction_curve,
     join_log_chunks,
     read_wandb_history,
@@ -48,6 +49,16 @@ def test_train_sae_with_runner_logs_offline_and_reads_back(micro_model, tmp_path
         train_sae_with_runner(model, dataset, config, "no.such.hook", 640, 64)
     with pytest.raises(ValueError, match="input_ids"):
         train_sae_with_runner(model, Dataset.from_dict({"x": [1]}), config, hook, 640, 64)
+
+
+def test_log_schedule_logs_three_times_and_evaluates_once_on_short_runs():
+    # the gpt2 rehearsal's 4-step run of training/06 logged nothing at (5, 4): KeyError there
+    assert _log_schedule(25) == _log_schedule(500) == (5, 4)  # what the tiny book ran with
+    for steps in range(3, 300):
+        log_every, eval_every = _log_schedule(steps)
+        logs = steps // log_every  # SAELens logs when (step + 1) % log_every == 0
+        assert logs >= 3 and logs // eval_every >= 1, (steps, log_every, eval_every)
+        assert 1 <= log_every <= 5 and 1 <= eval_every <= 4
 
 
 def _chunk(kind: int, payload: bytes) -> bytes:

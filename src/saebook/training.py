@@ -727,6 +727,15 @@ def _check_runner_inputs(
     check_int("total_tokens", total_tokens, minimum=batch_size)
 
 
+def _log_schedule(steps: int) -> tuple[int, int]:
+    """(log every this many steps, evaluate every this many logs) for a run of ``steps``:
+    (5, 4) on runs of 25 steps or more; shorter runs log more often (at least 3 logs when
+    ``steps >= 3``) and still evaluate once. SAELens logs at steps ``n`` with
+    ``(n + 1) % log_every == 0`` and evaluates at every ``eval_every``-th of them."""
+    log_every = max(1, min(5, steps // 5))
+    return log_every, max(1, min(4, steps // log_every - 1))
+
+
 def train_sae_with_runner(
     model: HookedTransformer,
     dataset: Any,
@@ -737,8 +746,8 @@ def train_sae_with_runner(
     lr: float = 1e-3,
     dead_feature_window: int = 100,
     wandb_dir: str | Path | None = None,
-    log_every: int = 5,
-    eval_every: int = 4,
+    log_every: int | None = None,
+    eval_every: int | None = None,
     output_path: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -751,14 +760,19 @@ def train_sae_with_runner(
     with a cosine learning-rate schedule (5% warm-up, decay to ``lr / 10``). Its trainer is a
     :class:`RecordingTrainer`, so the returned :class:`TrainingRun` has per-step ``curves``.
     With ``wandb_dir`` the runner also logs to Weights & Biases in offline mode under that
-    folder (every ``log_every`` steps; its evals every ``eval_every`` logs) and
-    ``extra["wandb_file"]`` is the run's ``.wandb`` file (see :func:`read_wandb_history`).
+    folder (every ``log_every`` steps; its evals every ``eval_every`` logs; by default
+    :func:`_log_schedule`: every 5 steps and every 4th log, more often on short runs so that a
+    run logs at least 3 times and evaluates at least once) and ``extra["wandb_file"]`` is the
+    run's ``.wandb`` file (see :func:`read_wandb_history`).
     The final SAE is saved in SAELens' format to ``output_path`` (default: a temporary
     folder) and ``sae`` is that saved SAE loaded back; ``extra["output_path"]`` says where.
     """
     _check_runner_inputs(model, dataset, hook_name, total_tokens, batch_size_tokens)
     context = len(dataset[0]["input_ids"])
     steps = total_tokens // batch_size_tokens
+    auto_log, auto_eval = _log_schedule(steps)
+    log_every = auto_log if log_every is None else log_every
+    eval_every = auto_eval if eval_every is None else eval_every
     out = Path(tempfile.mkdtemp() if output_path is None else output_path)
     log_cfg = LoggingConfig(
         log_to_wandb=wandb_dir is not None,
