@@ -276,8 +276,13 @@ def ours_dashboards(model, sae, tokens, batch_size: int, latents: list[int], fol
     write_dashboards(model, sae, tokens, stats, latents, folder, batch_size=batch_size)
 
 
-def measure_sae_dashboard(name: str, rows: int, repeats: int, max_latents: int | None,
-                          sample: int | None = SAE_DASHBOARD_FEATURE_BATCH) -> dict:
+def measure_sae_dashboard(
+    name: str,
+    rows: int,
+    repeats: int,
+    max_latents: int | None,
+    sample: int | None = SAE_DASHBOARD_FEATURE_BATCH,
+) -> dict:
     """sae-dashboard's runner vs our dashboards on the same model weights, SAE and tokens.
 
     Ours: :func:`latent_stats` (every latent, one pass) plus :func:`write_dashboards` (one HTML
@@ -286,13 +291,15 @@ def measure_sae_dashboard(name: str, rows: int, repeats: int, max_latents: int |
     ``SAE_DASHBOARD_FEATURE_BATCH``. Both on 64 live latents and on every latent of the SAE
     (the first ``max_latents`` when that is given).
 
-    Ours always writes every latent's page. sae-dashboard's runner costs ~40-90 ms per latent on
-    2 CPU cores (its per-feature Python loop), ~20-35 min for all 24,576 latents of the
-    gpt2-shaped SAE, so when there are more than ``sample`` latents it is timed on a seeded
-    random ``sample`` of them (live and dead in proportion) and its all-latent time is that time
-    x ``n / sample``: exact for its batch structure (``n / sample`` feature batches of
-    ``sample``, each the same work) up to the sample's spread; ``theirs_all_measured`` says how
-    many latents it ran. ``sample=None`` runs it on every latent.
+    Ours always writes every latent's page. sae-dashboard's runner costs ~60 ms per latent on
+    2 CPU cores (its per-feature Python loop), ~23 min for all 24,576 latents of the
+    gpt2-shaped SAE, and keeps every latent's data in memory (killed by the kernel at 22.4 GB,
+    ~11 min into that run, on a 24 GiB machine). So when there are more than ``sample``
+    latents it is timed on a seeded random ``sample`` of them (live and dead in proportion)
+    and its all-latent time is that time x ``n / sample``: exact for its batch structure
+    (``n / sample`` feature batches of ``sample``, each the same work) up to the sample's
+    spread; ``theirs_all_measured`` says how many latents it ran. ``sample=None`` runs it on
+    every latent.
     """
     import tempfile
 
@@ -508,8 +515,10 @@ def print_dashboards(dashboard: list[dict]) -> None:
               f"{r['all']:>7} {r['theirs_all_s']:>10.2f} {r['ours_all_s']:>8.2f} "
               f"{r['dashboards_vs_sae_dashboard_all']:>6.2f}")  # fmt: skip
         if r["theirs_all_measured"] < r["all"]:
-            print(f"{'':<6} theirs all: timed on {r['theirs_all_measured']} random latents, "
-                  f"x {r['all'] / r['theirs_all_measured']:g} (--full-sae-dashboard times all)")
+            print(
+                f"{'':<6} theirs all: timed on {r['theirs_all_measured']} random latents, "
+                f"x {r['all'] / r['theirs_all_measured']:g} (--full-sae-dashboard times all)"
+            )
     print()
 
 
@@ -526,7 +535,7 @@ def main() -> None:
         "--full-sae-dashboard",
         action="store_true",
         help=f"time sae-dashboard on every latent, not on {SAE_DASHBOARD_FEATURE_BATCH} "
-        "random ones scaled up (~25 min on gpt2, 2 cores)",
+        "random ones scaled up (gpt2: ~23 min on 2 cores and more than 24 GB)",
     )
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
