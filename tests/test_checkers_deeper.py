@@ -363,6 +363,20 @@ def detection_truth_from_the_prediction(explanation, contexts, simulator):
     return predicted, [c.fires and p for c, p in zip(held, predicted, strict=True)]
 
 
+def span_with_the_decoder_bias(sae, acts, latents):
+    feats = sae.encode(acts)
+    return feats[:, latents] @ sae.W_dec[latents] + sae.b_dec
+
+
+def span_of_every_latent(sae, acts, latents):
+    return sae.encode(acts) @ sae.W_dec
+
+
+def span_with_encoder_directions(sae, acts, latents):
+    feats = sae.encode(acts)
+    return feats[:, latents] @ sae.W_enc[:, latents].T
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_full_absorption": [
         full_absorption_ignoring_the_main_latents,
@@ -397,6 +411,11 @@ WRONG: dict[str, list[Callable]] = {
         scope_without_normalising,
     ],
     "check_entropy": [entropy_in_bits, entropy_nan_at_zero],
+    "check_span_reconstruction": [
+        span_with_the_decoder_bias,
+        span_of_every_latent,
+        span_with_encoder_directions,
+    ],
 }
 #: checker -> (chapter, the name its solution cell defines)
 SOLUTIONS: dict[str, tuple[str, str]] = {
@@ -406,6 +425,7 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_within_label_cosine": ("book/deeper/02_latent_geometry", "within_label_cosine"),
     "check_cosine_neighbours": ("book/deeper/02_latent_geometry", "nearest_by_cosine"),
     "check_latent_labels": ("book/deeper/02_latent_geometry", "best_labels"),
+    "check_span_reconstruction": ("book/deeper/02_latent_geometry", "rebuild_from_latents"),
     "check_absorption_rate": ("book/deeper/03_feature_absorption", "absorption_rate"),
     "check_full_absorption": ("book/deeper/03_feature_absorption", "fully_absorbed"),
     "check_sublabel_shares": ("book/deeper/03_feature_absorption", "sublabel_table"),

@@ -468,6 +468,22 @@ def rank_hits_first_score(payload, k):
     return [(a, b, s) for (a, b), s in ranked[:k]]
 
 
+
+def head_split_summed_over_prompts(delta, grad, W, n_heads):
+    d_sae, d_in = W.shape
+    g = grad.reshape(*grad.shape[:2], n_heads, d_in // n_heads)
+    along = torch.einsum("bphd,ihd->bpih", g, W.reshape(d_sae, n_heads, -1))
+    return (delta[..., None] * along).sum((0, 1))
+
+
+def head_split_heads_transposed(delta, grad, W, n_heads):
+    d_sae, d_in = W.shape
+    g = grad.reshape(*grad.shape[:2], d_in // n_heads, n_heads).transpose(-1, -2)
+    dec = W.reshape(d_sae, d_in // n_heads, n_heads).transpose(-1, -2)
+    along = torch.einsum("bphd,ihd->bpih", g, dec)
+    return (delta[..., None] * along).sum((0, 1)) / delta.shape[0]
+
+
 WRONG: dict[str, list[Callable]] = {
     "check_list_url": [list_url_with_integer_indices, list_url_with_an_unquoted_name],
     "check_top_activations": [top_activations_unsorted, top_activations_one_token_late],
@@ -483,6 +499,7 @@ WRONG: dict[str, list[Callable]] = {
         dla_without_the_scale,
     ],
     "check_head_norms": [head_norms_transposed, head_norms_squared],
+    "check_head_split": [head_split_summed_over_prompts, head_split_heads_transposed],
     "check_steering_hook": [steering_normalising_the_direction, steering_the_last_position_only],
     "check_jumprelu_encode": [
         jumprelu_always_subtracting_b_dec,
@@ -543,6 +560,7 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
     "check_rank_hits": ("book/intro/08_neuronpedia", "rank_hits"),
     "check_top_logits": ("book/intro/03_latent_dashboards", "top_logits"),
     "check_head_norms": ("book/intro/05_attention_saes", "head_norms"),
+    "check_head_split": ("book/intro/05_attention_saes", "split_by_head_blocks"),
     "check_steering_hook": ("book/intro/06_steering", "make_steering_hook"),
     "check_jumprelu_encode": ("book/intro/07_architectures", "jumprelu_encode"),
     "check_latent_summary": ("book/intro/03_latent_dashboards", "latent_summary"),

@@ -36,6 +36,8 @@ GPT2_EXPECTED = {
     "mlp": ("blocks.8.hook_mlp_out", 24576),
 }
 GPT2_FAMILY_WIDTHS = [768, 1536, 3072, 6144, 12288]
+# Attention SAEs by layer (the attn role's and the head SAEs for IOI), from the registry
+GPT2_Z_EXPECTED = {5: 49152, 8: 24576, 9: 24576}
 
 _CHILD = r"""
 import json, os, sys, time
@@ -56,10 +58,15 @@ out["rows_again"] = torch.equal(rows, p.tokens(16, 128, seed=0))
 out["rows_other_seed"] = torch.equal(rows, p.tokens(16, 128, seed=1))
 out["decoded_docs"] = None
 saes = {}
-hooks = sorted({s.cfg.metadata.hook_name for s in [*p.saes.values(), *p.width_family]})
+heads = p.attn_saes()
+out["attn_layers"] = list(heads)
+out["task_heads"] = {role: [list(h) for h in hs] for role, hs in p.task_heads.items()}
+hooks = sorted({s.cfg.metadata.hook_name
+                for s in [*p.saes.values(), *p.width_family, *heads.values()]})
 with torch.inference_mode():
     _, cache = m.run_with_cache(rows[:4], names_filter=lambda n: n in hooks)
-    for role, sae in [*p.saes.items(), *[(f"w{i}", s) for i, s in enumerate(p.width_family)]]:
+    for role, sae in [*p.saes.items(), *[(f"w{i}", s) for i, s in enumerate(p.width_family)],
+                      *[(f"z{layer}", s) for layer, s in heads.items()]]:
         hook = sae.cfg.metadata.hook_name
         acts = sae.encode(cache[hook])[:, 1:]  # not BOS
         saes[role] = dict(hook=hook, d_sae=sae.cfg.d_sae, d_in=sae.cfg.d_in,
@@ -187,7 +194,7 @@ def test_gpt2_profile_loads_offline_with_real_shapes(gpt2_offline):
     assert described["width_family"] == f"{len(GPT2_FAMILY_WIDTHS)} widths ({widths})"
     spec = profiles.PROFILES["gpt2"]
     saes = gpt2_offline["saes"]
-    assert {r for r in saes if not r.startswith("w")} == set(spec.saes) == set(GPT2_EXPECTED)
+    assert {r for r in saes if r[0] not in "wz"} == set(spec.saes) == set(GPT2_EXPECTED)
     for role, (hook, width) in GPT2_EXPECTED.items():
         got = saes[role]
         assert (got["hook"], got["d_sae"], got["d_in"]) == (hook, width, 768), role
@@ -195,6 +202,15 @@ def test_gpt2_profile_loads_offline_with_real_shapes(gpt2_offline):
     family = [saes[f"w{i}"] for i in range(len(GPT2_FAMILY_WIDTHS))]
     assert [s["d_sae"] for s in family] == GPT2_FAMILY_WIDTHS  # narrow to wide
     assert {s["hook"] for s in family} == {"blocks.8.hook_resid_pre"}
+    # attention SAEs by layer: the attn role's and the head SAEs Wang et al.'s heads write to
+    assert gpt2_offline["attn_layers"] == list(GPT2_Z_EXPECTED)
+    for layer, width in GPT2_Z_EXPECTED.items():
+        got = saes[f"z{layer}"]
+        hook = f"blocks.{layer}.attn.hook_z"
+        assert (got["hook"], got["d_sae"], got["d_in"]) == (hook, width, 768), layer
+    heads = gpt2_offline["task_heads"]
+    assert heads["name mover"] == [[9, 9], [9, 6], [10, 0]]
+    assert heads["S-inhibition"] == [[7, 3], [7, 9], [8, 6], [8, 10]]
 
 
 def test_fabricated_saes_fire_about_forty_latents(gpt2_offline):

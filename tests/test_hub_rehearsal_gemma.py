@@ -110,6 +110,16 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     out["concepts"] = {k: list(v) for k, v in p.concept_words().items()}
 out["concept_warnings"] = [str(w.message) for w in caught if "concept" in str(w.message)]
+from saebook.patch_scoping import instruct_prompt, patched_generate, placeholder_position
+with rehearsal.gemma_dims_override():
+    it = p.instruct_model()
+chat = instruct_prompt(it)
+direction = p.saes["resid"].W_dec[0].detach()
+said = patched_generate(it, chat, direction, 50.0, "blocks.12.hook_resid_post",
+                        placeholder_position(it, chat, "X"), max_new_tokens=2)
+out["instruct"] = dict(name=it.cfg.model_name, n_layers=it.cfg.n_layers, chat=chat,
+                       said=said, same_object=it is p.instruct_model(),
+                       differs=not torch.equal(it.W_U, m.W_U))
 out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 out["total_s"] = time.time() - start
 usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -135,7 +145,7 @@ def test_gemma_tokenizer_has_gemma_special_ids_and_round_trips():
         rehearsal.gemma_tokenizer(vocab_size=10)
 
 
-def test_gemma_dims_override_changes_only_gemma_2_2b_and_restores():
+def test_gemma_dims_override_changes_only_gemma_2_2b_and_its_it_sibling_and_restores():
     from transformer_lens import loading_from_pretrained as loading
 
     def dims(name):
@@ -145,11 +155,13 @@ def test_gemma_dims_override_changes_only_gemma_2_2b_and_restores():
 
     real = dims("gemma-2-2b")
     assert real[:7] == (26, 2304, 8, 256, 9216, 256000, 4)  # TransformerLens' hard-coded dims
-    it_real = dims("gemma-2-2b-it")
+    assert dims("gemma-2-2b-it") == real
+    other_model = dims("gemma-2-9b")
     original = loading.convert_hf_model_config
     with rehearsal.gemma_dims_override():
         small = dims("gemma-2-2b")
-        assert dims("gemma-2-2b-it") == it_real  # only the base model's name is changed
+        assert dims("gemma-2-2b-it") == small  # the instruct sibling is fabricated alike
+        assert dims("gemma-2-9b") == other_model  # any other model is left alone
     assert small[:7] == (13, 2304, 8, 256, 256, 8192, 1)
     assert small[7] == real[7][:13]  # the same local/global pattern, cut at 13 layers
     assert loading.convert_hf_model_config is original and dims("gemma-2-2b") == real
@@ -323,6 +335,17 @@ def test_gemma_task_and_concept_words_offline(gemma_offline):
     # the fabricated vocabulary holds every concept word as one token, as gemma's 256k does
     assert gemma_offline["concepts"] == {c: list(w) for c, w in profiles.HUB_CONCEPT_WORDS.items()}
     assert gemma_offline["concept_warnings"] == []
+
+
+def test_gemma_instruct_model_loads_offline_and_takes_a_patched_chat_prompt(gemma_offline):
+    it = gemma_offline["instruct"]
+    assert it["name"] == "gemma-2-2b-it" and it["n_layers"] == 13
+    assert it["same_object"] and it["differs"]  # loaded once, and not the base model
+    assert it["chat"] == (
+        '<start_of_turn>user\nWhat is the meaning of the word "X"?<end_of_turn>\n'
+        "<start_of_turn>model\nThat word means"
+    )
+    assert isinstance(it["said"], str) and it["said"]
 
 
 def test_gemma_profile_load_time_and_peak_memory(gemma_offline):

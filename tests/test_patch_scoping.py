@@ -157,3 +157,44 @@ def test_patch_scope_matches_a_forward_from_the_patched_residual(micro_model, re
     )
     assert max(worst.values()) < 1e-4
     assert ent_gap < 1e-4
+
+
+def test_instruct_prompt_uses_the_chat_template_and_finds_the_placeholder(micro_model):
+    import copy
+
+    from saebook.patch_scoping import instruct_prompt, placeholder_position
+
+    model = copy.copy(micro_model[0])  # a shallow copy: the shared model keeps its tokenizer
+    with pytest.raises(ValueError, match="chat template"):
+        instruct_prompt(model)
+    model.tokenizer = copy.deepcopy(model.tokenizer)
+    # gemma's template, in short: BOS, then turns between <start_of_turn> and <end_of_turn>
+    model.tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
+        "{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    )
+    prompt = instruct_prompt(model)
+    assert prompt == (
+        '<start_of_turn>user\nWhat is the meaning of the word "X"?<end_of_turn>\n'
+        "<start_of_turn>model\nThat word means"
+    )
+    # the micro model reads 32 tokens: a compact template and question to find the placeholder
+    model.tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}: {% endif %}"
+    )
+    short = instruct_prompt(model, question="{x}?", answer="It is")
+    assert short == "X?: It is"
+    pos = placeholder_position(model, short, "X")
+    assert model.to_str_tokens(model.to_tokens(short)[0])[pos].endswith("X")
+    with pytest.raises(ValueError, match="answer must not contain"):
+        instruct_prompt(model, answer="X means")
+
+
+def test_only_gemma_names_an_instruction_tuned_model():
+    from saebook import profiles
+
+    assert profiles.PROFILES["gemma"].instruct_model == "gemma-2-2b-it"
+    assert profiles.PROFILES["gpt2"].instruct_model is None
+    assert profiles.load("tiny", device="cpu").instruct_model() is None

@@ -11,7 +11,10 @@ computes
 - :func:`source_attribution`: that exact split for one latent on a batch of sequences;
 - :func:`repeated_token_scores`: a table that scores every latent on repeated random tokens
   (``BOS, x, x``): how much more it fires on the second copy, and which source offset
-  (induction, duplicate token, previous token) its pre-activation comes from.
+  (induction, duplicate token, previous token) its pre-activation comes from;
+- :func:`head_attributions`: every latent's attribution-patching estimate for a task (IOI on
+  gpt2), split exactly over the heads it writes through (:func:`split_by_head`), and
+  :func:`head_latent_table`, the strongest latents of each layer with their heads.
 
 Chapters: intro/05
 """
@@ -28,13 +31,18 @@ from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 from tqdm import tqdm
 
+from saebook.attribution import node_gradients
 from saebook.directions import check_latent
+from saebook.tasks import LogitDiffTask
 
 __all__ = [
     "SourceAttribution",
+    "head_attributions",
     "head_decoder_norms",
+    "head_latent_table",
     "repeated_token_scores",
     "source_attribution",
+    "split_by_head",
 ]
 
 _HOOK_Z = re.compile(r"^blocks\.(\d+)\.attn\.hook_z$")
@@ -281,3 +289,105 @@ def repeated_token_scores(
     table["top_head"] = head_share.argmax(-1).tolist()
     table["top_head_share"] = head_share.max(-1).values.tolist()
     return table
+
+
+def split_by_head(
+    delta_acts: Float[Tensor, "batch seq d_sae"],
+    out_grad: Float[Tensor, "batch seq d_in"],
+    W_dec: Float[Tensor, "d_sae d_in"],
+    n_heads: int,
+) -> Float[Tensor, "d_sae n_heads"]:
+    """Each latent's attribution-patching estimate split over the heads it writes through.
+
+    A latent's estimate is ``sum_pos delta_acts[pos, i] * (out_grad[pos] . W_dec[i])``, the
+    change of its activation times the metric's gradient along its decoder row. The dot
+    product is a sum of one term per head's ``d_head`` block of ``hook_z``, so entry
+    ``[i, h]`` keeps head ``h``'s term; the row sums are the latent's estimates. Mean over
+    the batch (prompts), sum over positions.
+    """
+    if delta_acts.ndim != 3 or out_grad.ndim != 3 or delta_acts.shape[:2] != out_grad.shape[:2]:
+        raise ValueError(
+            "delta_acts and out_grad must be (batch, seq, .) with the same batch and seq, got "
+            f"{tuple(delta_acts.shape)} and {tuple(out_grad.shape)}"
+        )
+    d_sae, d_in = W_dec.shape
+    if delta_acts.shape[2] != d_sae or out_grad.shape[2] != d_in:
+        raise ValueError(
+            f"delta_acts must end in d_sae={d_sae} and out_grad in d_in={d_in} (W_dec's shape), "
+            f"got {tuple(delta_acts.shape)} and {tuple(out_grad.shape)}"
+        )
+    if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1 or d_in % n_heads:
+        raise ValueError(f"n_heads must be a positive int dividing d_in={d_in}, got {n_heads!r}")
+    d_head = d_in // n_heads
+    batch, seq = out_grad.shape[:2]
+    grad = out_grad.float().reshape(batch * seq, n_heads, d_head)
+    dec = W_dec.float().reshape(d_sae, n_heads, d_head)
+    along = torch.einsum("phd,ihd->pih", grad, dec)  # (positions, d_sae, n_heads)
+    return (delta_acts.float().reshape(batch * seq, d_sae, 1) * along).sum(0) / batch
+
+
+def head_attributions(
+    model: HookedSAETransformer, saes: list[SAE], task: LogitDiffTask
+) -> list[Float[Tensor, "d_sae_plus_1 n_heads"]]:
+    """Attribution patching of every latent of every ``hook_z`` SAE, split by head.
+
+    All ``saes`` are spliced in at once with their errors kept (as in
+    :mod:`saebook.feature_circuits`, so the forward pass is unchanged); the gradient of the
+    summed logit difference is taken on the clean prompts and the changes are corrupted minus
+    clean. For each SAE the result has one row per latent (see :func:`split_by_head`) and a
+    last row for the error node split the same way. Summed over rows, column ``h`` is head
+    ``h``'s own attribution-patching estimate, ``grad(z_h) . (z_h' - z_h)``.
+    """
+    from saebook.feature_circuits import node_values
+
+    saes = list(saes)
+    for sae in saes:
+        _z_layer(sae)
+    n_heads = model.cfg.n_heads
+    clean = node_values(model, saes, task.clean)
+    corrupt = node_values(model, saes, task.corrupted)
+    grads = node_gradients(model, saes, task.clean, lambda logits: task.logit_diff(logits).sum())
+    out = []
+    for sae, a, c, g in zip(saes, clean, corrupt, grads, strict=True):
+        latents = split_by_head(c.acts - a.acts, g.error_grad, sae.W_dec.detach(), n_heads)
+        d_head = sae.cfg.d_in // n_heads
+        batch, seq = a.error.shape[:2]
+        err = (g.error_grad * (c.error - a.error)).float().reshape(batch, seq, n_heads, d_head)
+        out.append(torch.cat([latents, err.sum((0, 1, 3))[None] / batch]))
+    return out
+
+
+def head_latent_table(
+    attributions: list[Tensor],
+    layers: list[int],
+    top: int = 5,
+    task_heads: dict[str, tuple[tuple[int, int], ...]] | None = None,
+) -> pd.DataFrame:
+    """The ``top`` latents of each layer by absolute attribution, with the head they use most.
+
+    ``attributions[k]`` is :func:`head_attributions`' result for the SAE at ``layers[k]``.
+    Columns: ``layer``, ``latent``, ``attribution`` (the latent's estimate), ``head`` (the one
+    carrying the largest share of it), ``head share`` (that head's term over the sum of the
+    absolute terms) and ``known role`` (the role of ``L<layer>H<head>`` in ``task_heads``,
+    or ``""``).
+    """
+    if len(attributions) != len(layers):
+        raise ValueError(
+            f"layers must name one layer per attribution, got {len(layers)} for "
+            f"{len(attributions)}"
+        )
+    roles = {head: role for role, heads in (task_heads or {}).items() for head in heads}
+    rows = []
+    for layer, attr in zip(layers, attributions, strict=True):
+        latents = attr[:-1]
+        total = latents.sum(1)
+        for i in total.abs().argsort(descending=True)[:top].tolist():
+            parts = latents[i]
+            head = int(parts.abs().argmax())
+            rows.append({
+                "layer": layer, "latent": i, "attribution": float(total[i]),
+                "head": f"L{layer}H{head}",
+                "head share": float(parts[head].abs() / parts.abs().sum().clamp(min=1e-12)),
+                "known role": roles.get((layer, head), ""),
+            })  # fmt: skip
+    return pd.DataFrame(rows)

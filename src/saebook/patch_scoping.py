@@ -26,6 +26,7 @@ from sae_lens import HookedSAETransformer
 from torch import Tensor
 
 __all__ = [
+    "instruct_prompt",
     "identity_prompt",
     "placeholder_position",
     "residual_norm",
@@ -52,6 +53,35 @@ def identity_prompt(
         raise ValueError("placeholder must be a non-empty string, got ''")
     pairs = [f"{x}{arrow} {x}" for x in examples]
     return sep.join([*pairs, f"{placeholder}{arrow}"])
+
+
+def instruct_prompt(
+    model: HookedSAETransformer,
+    placeholder: str = "X",
+    question: str = 'What is the meaning of the word "{x}"?',
+    answer: str = "That word means",
+) -> str:
+    """A self-explanation prompt for an instruction-tuned model, in its own chat format.
+
+    The user turn asks ``question`` about ``placeholder`` (the position to patch); the
+    model's turn is opened by the tokenizer's chat template and started with ``answer``, so
+    the continuation is the model's description. A leading BOS that the template writes is
+    dropped (``model.to_tokens`` adds one). Raises ``ValueError`` when the tokenizer has no
+    chat template (a base model) or ``answer`` repeats the placeholder.
+    """
+    tok = model.tokenizer
+    if tok is None or not getattr(tok, "chat_template", None):
+        raise ValueError(
+            f"model must have a tokenizer with a chat template (an instruction-tuned model), "
+            f"got {model.cfg.model_name!r} without one"
+        )
+    if placeholder in answer:
+        raise ValueError(f"answer must not contain the placeholder {placeholder!r}, got {answer!r}")
+    turn = [{"role": "user", "content": question.format(x=placeholder)}]
+    text = tok.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+    if tok.bos_token and text.startswith(tok.bos_token):
+        text = text[len(tok.bos_token) :]
+    return text + answer
 
 
 def placeholder_position(model: HookedSAETransformer, prompt: str, placeholder: str = "?") -> int:

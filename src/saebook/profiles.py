@@ -97,6 +97,12 @@ class ProfileSpec:
     needs: str  # hardware in words, for the landing page and errors
     task: str  # the logit-difference task the model solves: "code_recall" or "ioi"
     raw_weights: bool = False  # load with from_pretrained_no_processing
+    #: attention-output (hook_z) SAEs at more layers, for the task's heads: layer -> source
+    head_saes: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: heads of the task's circuit known from the literature: role -> ((layer, head), ...)
+    task_heads: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    #: the instruction-tuned sibling of ``model`` (same architecture), or None
+    instruct_model: str | None = None
 
 
 #: Concept categories and common English words for them, for profiles whose model reads
@@ -149,6 +155,21 @@ HUB_CONCEPT_WORDS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+#: The IOI circuit's heads in gpt2-small (Wang et al. 2022, "Interpretability in the Wild",
+#: figure 2 and section 3): role -> (layer, head) pairs.
+IOI_HEADS_GPT2: dict[str, tuple[tuple[int, int], ...]] = {
+    "name mover": ((9, 9), (9, 6), (10, 0)),
+    "negative name mover": ((10, 7), (11, 10)),
+    "backup name mover": (
+        (10, 10), (10, 6), (10, 2), (10, 1), (11, 2), (9, 7), (9, 0), (11, 9),
+    ),
+    "S-inhibition": ((7, 3), (7, 9), (8, 6), (8, 10)),
+    "induction": ((5, 5), (6, 9)),
+    "duplicate token": ((0, 1), (3, 0)),
+    "previous token": ((2, 2), (4, 11)),
+}  # fmt: skip
+
+
 PROFILES: dict[str, ProfileSpec] = {
     spec.name: spec
     for spec in (
@@ -189,6 +210,11 @@ PROFILES: dict[str, ProfileSpec] = {
             ),
             needs="a GPU or Colab, internet",
             task="ioi",
+            # Kissane et al.'s attention SAEs where Wang et al.'s IOI heads write
+            head_saes={
+                layer: ("gpt2-small-hook-z-kk", f"blocks.{layer}.hook_z") for layer in (8, 9)
+            },
+            task_heads=IOI_HEADS_GPT2,
         ),
         ProfileSpec(
             name="gemma",
@@ -211,6 +237,7 @@ PROFILES: dict[str, ProfileSpec] = {
             needs="a GPU with >= 24 GB, internet",
             task="ioi",
             raw_weights=True,  # Gemma Scope was trained on the unprocessed model
+            instruct_model="gemma-2-2b-it",
         ),
     )
 }
@@ -321,6 +348,11 @@ class Profile:
         default=None, repr=False
     )
     _concept_words: dict[str, tuple[str, ...]] | None = field(default=None, repr=False)
+    #: layer -> extra hook_z SAE (lazy on hub profiles), beside the ``attn`` role
+    _head_saes: Mapping[str, SAE] = field(default_factory=dict, repr=False)
+    #: role -> (layer, head) pairs of the task's circuit known from the literature
+    task_heads: dict[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    _instruct: HookedSAETransformer | None = field(default=None, repr=False)
 
     @classmethod
     def from_spec(
@@ -331,11 +363,14 @@ class Profile:
         token_source: Callable[[int, int, int], Tensor],
         label_source: Callable[[int, int, int], dict[str, Tensor]] | None = None,
         sizes: Sizes | None = None,
+        head_saes: Mapping[str, SAE] | None = None,
+        task_heads: dict[str, tuple[tuple[int, int], ...]] | None = None,
     ) -> Profile:
         """The profile ``spec`` describes, from its ``loaded`` (model, SAEs by role, family).
 
         ``sizes`` defaults to the spec's; the sources give the rows of :meth:`tokens` and
-        the labels of :meth:`labeled_tokens`.
+        the labels of :meth:`labeled_tokens`; ``head_saes`` (str(layer) -> SAE) are the extra
+        attention SAEs and ``task_heads`` the known heads (default: the spec's).
         """
         model, saes, family = loaded
         return cls(
@@ -349,6 +384,8 @@ class Profile:
             task_name=spec.task,
             _token_source=token_source,
             _label_source=label_source,
+            _head_saes=head_saes if head_saes is not None else {},
+            task_heads=dict(spec.task_heads if task_heads is None else task_heads),
         )
 
     def _rows_shape(self, n_seqs: object, seq_len: object) -> tuple[int, int]:
@@ -440,6 +477,35 @@ class Profile:
             self._concept_words = out
         return self._concept_words
 
+    def instruct_model(self) -> HookedSAETransformer | None:
+        """The instruction-tuned sibling of :attr:`model` (gemma: gemma-2-2b-it), or None.
+
+        Loaded on first call, processed as the profile's model is (so the profile's SAEs,
+        trained on the base model, read and write its activations in the same basis), and
+        kept. None on profiles without one (tiny, gpt2).
+        """
+        spec = PROFILES.get(self.name)
+        if spec is None or spec.instruct_model is None:
+            return None
+        if self._instruct is None:
+            self._instruct = _load_hub_model(spec, spec.instruct_model, self.device)
+        return self._instruct
+
+    def attn_saes(self) -> dict[int, SAE]:
+        """Attention-output (``hook_z``) SAEs by layer, in layer order.
+
+        The ``attn`` role's SAE and, on profiles that name them, SAEs at more layers where the
+        task's heads write (gpt2: layers 8 and 9 for IOI's S-inhibition and name-mover
+        heads). Loads each SAE on first call (about 150 MB each on gpt2).
+        """
+        out: dict[int, SAE] = {}
+        if "attn" in self.saes:
+            sae = self.saes["attn"]
+            out[int(sae.cfg.metadata.hook_name.split(".")[1])] = sae
+        for layer in self._head_saes:
+            out[int(layer)] = self._head_saes[layer]
+        return dict(sorted(out.items()))
+
     def sae(self, role: str) -> SAE:
         """The SAE for ``role``, with a clear error naming the roles this profile has."""
         if role not in self.saes:
@@ -489,6 +555,9 @@ class Profile:
         family = self.width_family
         widths = ", ".join(str(_sae_facts(family, i)[1]) for i in range(len(family)))
         out["width_family"] = f"{len(family)} widths ({widths})"
+        if self._head_saes:
+            layers = ", ".join(str(layer) for layer in sorted(map(int, self._head_saes)))
+            out["head_saes"] = f"hook_z SAEs at layers {layers} (for the task's heads)"
         return out
 
 
@@ -568,16 +637,19 @@ def load(name: str | None = None, device: str | None = None) -> Profile:
 
 def _load_tiny(device: str) -> Profile:
     from saebook.tinyworld import corpus_rows, labeled_batch
-    from saebook.tinyworld.shipped import load_shipped
+    from saebook.tinyworld.shipped import load_model_card, load_shipped
 
     loaded = load_shipped(device=device)
     tokenizer = loaded[0].tokenizer
+    # the head that copies the code (the model card's strongest induction head)
+    best = load_model_card()[0]["language_model"]["induction"]["best_head"]
     return Profile.from_spec(
         PROFILES["tiny"],
         loaded,
         device,
         token_source=lambda n, s, seed: corpus_rows(n, s, seed=seed, tokenizer=tokenizer),
         label_source=lambda n, s, seed: labeled_batch(n, s, seed=seed, tokenizer=tokenizer)[1],
+        task_heads={"induction": ((int(best["layer"]), int(best["head"])),)},
     )
 
 
@@ -735,27 +807,35 @@ def _sae_loader(release: str, sae_id: str, device: str) -> Callable[[], SAE]:
     return load
 
 
-def _load_hub(spec: ProfileSpec, device: str) -> Profile:
-    _require_hub(spec.name)
+def _load_hub_model(spec: ProfileSpec, name: str, device: str) -> HookedSAETransformer:
+    """The TransformerLens model ``name`` processed as ``spec`` says, with a clear error for a
+    gated model."""
     loader = (
         HookedSAETransformer.from_pretrained_no_processing
         if spec.raw_weights
         else HookedSAETransformer.from_pretrained
     )
     try:
-        model = loader(spec.model, device=device)
+        return loader(name, device=device)
     except Exception as err:
         if _is_gated(err):
             raise MissingArtifactError(
-                f"Profile {spec.name!r} needs {spec.model!r}, a gated model on the Hugging Face "
+                f"Profile {spec.name!r} needs {name!r}, a gated model on the Hugging Face "
                 f"hub: accept its licence on the model's hub page with your account, then log "
                 f"in on this machine (`hf auth login`, or set HF_TOKEN) and load again."
             ) from err
         raise
 
+
+def _load_hub(spec: ProfileSpec, device: str) -> Profile:
+    _require_hub(spec.name)
+    model = _load_hub_model(spec, spec.model, device)
+
     # loaded on first access: gemma's SAEs and width family are several GB in all
     sources = {role: (rel, resolve_sae_id(rel, i)) for role, (rel, i) in spec.saes.items()}
     saes = LazySAEs({role: _sae_loader(*src, device) for role, src in sources.items()}, sources)
+    heads = {str(layer): src for layer, src in spec.head_saes.items()}
+    head_saes = LazySAEs({key: _sae_loader(*src, device) for key, src in heads.items()}, heads)
     release, ids = spec.width_family
     family = LazySAEList(
         [_sae_loader(release, i, device) for i in ids], [(release, i) for i in ids]
@@ -766,4 +846,5 @@ def _load_hub(spec: ProfileSpec, device: str) -> Profile:
         device,
         token_source=_hub_token_source(model, spec.dataset),
         sizes=_sizes(spec),
+        head_saes=head_saes,
     )

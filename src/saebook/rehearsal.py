@@ -85,7 +85,7 @@ _LIBRARIES = (
     "transformer-lens",
     "pyarrow",
 )
-FORMAT_VERSION = "1"  # bump when this module writes a different cache
+FORMAT_VERSION = "3"  # bump when this module writes a different cache
 
 # gpt2-small's config.json as published on the hub (openai-community/gpt2).
 GPT2_CONFIG: dict = {
@@ -157,6 +157,15 @@ GEMMA_REDUCED: dict = {
 #: Gemma's special tokens and ids: pad 0, eos 1, bos 2 (BOS != EOS, unlike gpt2's 50256).
 GEMMA_SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
 GEMMA_REPO = "google/gemma-2-2b"
+GEMMA_IT_REPO = "google/gemma-2-2b-it"
+#: gemma-2-2b-it's chat template (from its tokenizer_config.json), shortened to what user and
+#: model turns need: BOS, then ``<start_of_turn>role\ncontent<end_of_turn>\n`` per message.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
 #: The profiles :func:`fabricate` can build.
 PROFILES_FABRICATED: tuple[str, ...] = ("gpt2", "gemma")
 
@@ -357,7 +366,7 @@ def gemma_dims_override() -> Iterator[None]:
 
     def reduced(model_name, **kwargs):
         cfg = original(model_name, **kwargs)
-        if cfg.get("tokenizer_name") == GEMMA_REPO:  # not gemma-2-2b-it
+        if cfg.get("tokenizer_name") in (GEMMA_REPO, GEMMA_IT_REPO):
             cfg.update(gemma_transformer_lens_dims())
         return cfg
 
@@ -503,6 +512,14 @@ def _forward_with_hooks(model, tokens: torch.Tensor, handles: list, stop_after=N
             h.remove()
 
 
+def _gpt2_z_layers() -> list[int]:
+    """Layers of the gpt2 profile's attention (hook_z) SAEs: its ``attn`` role and head SAEs."""
+    from saebook.profiles import PROFILES
+
+    spec = PROFILES["gpt2"]
+    return sorted({int(spec.saes["attn"][1].split(".")[1]), *spec.head_saes})
+
+
 def _hook_acts(model, tok, n_rows: int = 128, per_row: int = 8) -> dict[str, torch.Tensor]:
     """Activations of the fabricated gpt2 at the SAE hooks, as TransformerLens will see them.
 
@@ -527,11 +544,16 @@ def _hook_acts(model, tok, n_rows: int = 128, per_row: int = 8) -> dict[str, tor
         blocks[8].mlp.register_forward_hook(
             lambda m, args, out: seen.__setitem__("blocks.8.hook_mlp_out", out)
         ),
-        blocks[5].attn.c_proj.register_forward_pre_hook(
-            lambda m, args: seen.__setitem__("blocks.5.attn.hook_z", args[0])
-        ),
     ]
-    _forward_with_hooks(model, tokens, handles, stop_after=blocks[8])  # the last hook read
+    z_layers = _gpt2_z_layers()
+    for layer in z_layers:
+        handles.append(
+            blocks[layer].attn.c_proj.register_forward_pre_hook(
+                lambda m, args, name=f"blocks.{layer}.attn.hook_z": seen.__setitem__(name, args[0])
+            )
+        )
+    last = max(8, *z_layers)
+    _forward_with_hooks(model, tokens, handles, stop_after=blocks[last])  # the last hook read
     out = {}
     gen = torch.Generator().manual_seed(0)
     for name, a in seen.items():
@@ -553,6 +575,7 @@ def _write_gpt2_saes(hub: Path, model, tok) -> None:
     spec = PROFILES["gpt2"]
     directory = get_pretrained_saes_directory()
     wanted = list(spec.saes.values()) + [(spec.width_family[0], i) for i in spec.width_family[1]]
+    wanted += list(spec.head_saes.values())
     acts = _hook_acts(model, tok)
     for n, (release, sae_id) in enumerate(wanted):
         entry = directory[release]
@@ -587,14 +610,18 @@ def _write_gpt2_saes(hub: Path, model, tok) -> None:
 
 
 # --------------------------------------------------------------------------- gemma
-def _write_gemma(hub: Path):
-    """Write gemma-2-2b's repo at :data:`GEMMA_REDUCED` size; return the model and tokenizer."""
+def _write_gemma(
+    hub: Path, repo: str = GEMMA_REPO, chat_template: str | None = None, seed: int = 0
+):
+    """Write gemma-2-2b's repo (or ``repo``, e.g. the instruction-tuned one, with its
+    ``chat_template``) at :data:`GEMMA_REDUCED` size, weights drawn with ``seed``; return the
+    model and tokenizer."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    snap = _repo_dir(hub, "model", GEMMA_REPO)
+    snap = _repo_dir(hub, "model", repo)
     config_json = {**GEMMA2_2B_CONFIG, **GEMMA_REDUCED}
     (snap / "config.json").write_text(json.dumps(config_json, indent=2))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = Gemma2ForCausalLM(Gemma2Config.from_pretrained(snap)).eval()
     model.save_pretrained(snap, safe_serialization=True)
     (snap / "config.json").write_text(json.dumps(config_json, indent=2))  # the real layout
@@ -614,6 +641,7 @@ def _write_gemma(hub: Path):
                 "model_max_length": 1000000000000000019884624838656,
                 "spaces_between_special_tokens": False,
                 "tokenizer_class": "GemmaTokenizer",
+                **({"chat_template": chat_template} if chat_template else {}),
             },
             indent=2,
         )
@@ -858,6 +886,7 @@ def _build(root: Path, profiles: tuple[str, ...]) -> None:
         model, tok = _write_gemma(hub)
         _write_gemma_saes(hub, model, tok)
         del model
+        _write_gemma(hub, GEMMA_IT_REPO, GEMMA_CHAT_TEMPLATE, seed=1)  # instruction-tuned
         _write_dataset(root, PROFILES["gemma"].dataset, fmt="jsonl.zst")
         seconds["gemma"] = round(time.time() - t0, 1)
     info = {

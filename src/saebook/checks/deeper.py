@@ -317,6 +317,27 @@ def _random_topk_sae(seed: int, d_in: int, d_sae: int, k: int):
     return sae
 
 
+def check_span_reconstruction(fn: Callable[..., Tensor]) -> None:
+    """Check ``fn(sae, acts, latents) -> Tensor``: activations rebuilt from some latents only.
+
+    The reference is :func:`saebook.circular.span_reconstruction`: ``encode(acts)`` kept at
+    the columns ``latents``, times those rows of ``W_dec``; no decoder bias.
+    """
+    from saebook import circular
+
+    sae = _random_topk_sae(41, d_in=6, d_sae=24, k=5)
+    g = _generator(41)
+    acts = torch.randn(9, 6, generator=g) * 2
+    cases: list[Case] = [
+        ("three latents", (sae, acts, torch.tensor([0, 5, 17])), {}),
+        ("one latent", (sae, acts, torch.tensor([11])), {}),
+        ("every latent", (sae, acts, torch.arange(24)), {}),
+        ("no latent (zeros)", (sae, acts, torch.tensor([], dtype=torch.long)), {}),
+        ("latents out of order", (sae, acts[:4], torch.tensor([20, 2, 9])), {}),
+    ]
+    check_function(fn, circular.span_reconstruction, cases)
+
+
 def check_meta_groups(fn: Callable[..., dict]) -> None:
     """Check ``fn(meta_sae, directions, min_size=2) -> {meta-latent: [rows]}`` against
     :func:`saebook.meta_saes.meta_groups`.

@@ -73,6 +73,32 @@ def check_head_norms(fn: Callable[[Tensor, int], Tensor]) -> None:
     check_function(fn, reference_head_norms, cases)
 
 
+def check_head_split(fn: Callable[[Tensor, Tensor, Tensor, int], Tensor]) -> None:
+    """Check ``fn(delta_acts, out_grad, W_dec, n_heads) -> (d_sae, n_heads)``.
+
+    The reference is :func:`saebook.attention.split_by_head`: entry ``[i, h]`` is the mean over
+    prompts of ``sum_pos delta_acts[., pos, i] * (out_grad[., pos, h block] . W_dec[i, h block])``.
+    Cases include one head, a latent in one head only, and several prompts (a sum over prompts
+    instead of a mean gets those wrong).
+    """
+    from saebook.attention import split_by_head
+
+    g = _generator(61)
+    delta = torch.randn(3, 5, 7, generator=g)
+    grad = torch.randn(3, 5, 4 * 2, generator=g)
+    W = torch.randn(7, 4 * 2, generator=g)
+    one_head = torch.zeros(7, 8)
+    one_head[:, 2:4] = torch.randn(7, 2, generator=g)  # only head 1
+    cases: list[Case] = [
+        ("3 prompts, 4 heads of 2", (delta, grad, W, 4), {}),
+        ("latents in head 1 only", (delta, grad, one_head, 4), {}),
+        ("one head", (delta, grad, W, 1), {}),
+        ("one prompt", (delta[:1], grad[:1], W, 2), {}),
+        ("d_head = 1", (delta, grad, W, 8), {}),
+    ]
+    check_function(fn, split_by_head, cases)
+
+
 def reference_steering_hook(direction: Tensor, coefficient: float) -> Callable[..., Tensor]:
     """The reference steering hook: ``activation + coefficient * direction``."""
     from saebook.steering import steering_hook

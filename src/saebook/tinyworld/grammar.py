@@ -2,8 +2,9 @@
 
 Each story belongs to one of five genres (see :data:`~.labels.GENRES`) and
 opens with that genre's fixed formula.  Stories mix named characters,
-animals, colours, objects, foods, places, numbers and counting, quoted
-dialogue, lists and emotions.  Some content can only be predicted by copying
+animals, colours, objects, foods, places, numbers and counting, days of the
+week and months (with arithmetic around their cycles: "the day after Sunday
+is Monday"), quoted dialogue, lists and emotions.  Some content can only be predicted by copying
 from earlier in the story (invented words, secret codes, recalled lists),
 and two planted hierarchies (the name "Lily" and the animal "cat") each fill
 about 35% of their category's slots.
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from .labels import (
     COLOURS,
     COUNT_FOODS,
+    DAYS,
     DOMINANT_ANIMAL,
     DOMINANT_NAME,
     EMOTIONS,
@@ -31,6 +33,7 @@ from .labels import (
     GENRES,
     MALE_NAMES,
     MASS_FOODS,
+    MONTHS,
     NUMBER_WORDS,
     WORD_CATEGORY,
     plural,
@@ -787,11 +790,99 @@ def _ev_do(w: _StoryWriter) -> str:
     )
 
 
+def _ev_day(w: _StoryWriter) -> str:
+    """Days of the week, with arithmetic around the week's cycle ("the day after Sunday")."""
+    r, c = w.rng, w.someone()
+    d, k = r.randrange(7), r.randint(2, 3)
+
+    def day(offset: int) -> str:
+        return DAYS[(d + offset) % 7]
+
+    return _choose(
+        w,
+        (
+            lambda: f"On {day(0)}, {w.ref(c)} went to the {w.place()}. The next day was {day(1)}.",
+            lambda: f"The day after {day(0)} is {day(1)}.",
+            lambda: f"{w.ref(c)} played on {day(0)}, {day(1)} and {day(2)}.",
+            lambda: f"Today is {day(0)}, so in {_number(k, False)} days it will be {day(k)}.",
+            lambda: f'"What day is it?" asked {c.name}. "It is {day(0)}!" said {_other(w, c)}.',
+            lambda: f"Every {day(0)}, {w.ref(c)} went to the {w.place()}.",
+            lambda: f"It was {day(0)}, and tomorrow would be {day(1)}.",
+        ),
+    )
+
+
+def _ev_month(w: _StoryWriter) -> str:
+    """Months of the year, with arithmetic around the year's cycle ("after December")."""
+    r, c = w.rng, w.someone()
+    m, k = r.randrange(12), r.randint(2, 3)
+
+    def month(offset: int) -> str:
+        return MONTHS[(m + offset) % 12]
+
+    return _choose(
+        w,
+        (
+            lambda: f"{c.name}'s birthday is in {month(0)}.",
+            lambda: f"After {month(0)} comes {month(1)}.",
+            lambda: (
+                f"In {month(0)}, {w.ref(c)} went to the {w.place()}. "
+                f"The next month was {month(1)}."
+            ),
+            lambda: (
+                f"The trip was in {month(0)}, and {_number(k, False)} months later "
+                f"it was {month(k)}."
+            ),
+            lambda: f"{w.ref(c)} liked {month(0)}, {month(1)} and {month(2)}.",
+            lambda: f"Every {month(0)}, {w.ref(c)} planted a flower in the garden.",
+        ),
+    )
+
+
+def _ev_animal_act(w: _StoryWriter) -> str:
+    """Something only an animal does, so the words after an animal depend on it being one."""
+    a = w.animal()
+    return _choose(
+        w,
+        (
+            lambda: f"The {a} wagged its tail.",
+            lambda: f"The {a} sniffed the {w.obj()} and wagged its tail.",
+            lambda: f"{w.ref(w.someone())} fed the {a}, and the {a} wagged its tail.",
+        ),
+    )
+
+
+def _ev_taste(w: _StoryWriter) -> str:
+    """How a food tastes, so the words after a food depend on it being one."""
+    c = w.someone()
+    taste = w.rng.choice(("yummy", "sweet", "tasty"))
+    return _choose(
+        w,
+        (
+            lambda: f"The {w.count_food()} was {taste}.",
+            lambda: f"{w.ref(c)} said the {w.mass_food()} was very {taste}.",
+        ),
+    )
+
+
+def _ev_favourite(w: _StoryWriter) -> str:
+    """A favourite colour, so the words after a colour depend on it being one."""
+    c = w.someone()
+    return _choose(
+        w,
+        (
+            lambda: f"{c.name}'s favourite colour was {w.colour()}.",
+            lambda: f'"My favourite colour is {w.colour()}," said {c.name}.',
+        ),
+    )
+
+
 _EVENTS: tuple[_Event, ...] = (
     _ev_went, _ev_saw_animal, _ev_lost, _ev_like_food, _ev_eat,
     _ev_count_words, _ev_count_digits, _ev_plus_one, _ev_count_animals,
     _ev_how_many, _ev_there_were, _ev_list, _ev_hug, _ev_play, _ev_weather,
     _ev_help, _ev_pet, _ev_feel, _ev_feel, _ev_talk, _ev_talk, _ev_do, _ev_do,
+    _ev_day, _ev_day, _ev_month, _ev_month, _ev_animal_act, _ev_taste, _ev_favourite,
 )  # fmt: skip
 
 

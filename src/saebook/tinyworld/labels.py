@@ -86,6 +86,20 @@ NUMBER_WORDS: tuple[str, ...] = (
 )  # fmt: skip
 """Number words; ``NUMBER_WORDS[i]`` has the value ``i + 1``."""
 
+DAYS: tuple[str, ...] = (
+    "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
+)  # fmt: skip
+"""Days of the week in order; the day after ``DAYS[i]`` is ``DAYS[(i + 1) % 7]``."""
+
+MONTHS: tuple[str, ...] = (
+    "January", "February", "March", "April", "May", "June", "July", "August",
+    "September", "October", "November", "December",
+)  # fmt: skip
+"""Months in order; the month after ``MONTHS[i]`` is ``MONTHS[(i + 1) % 12]``."""
+
+CYCLES: dict[str, tuple[str, ...]] = {"day": DAYS, "month": MONTHS}
+"""The tiny world's cyclic concepts: label name -> its words in cyclic order."""
+
 EMOTIONS: tuple[str, ...] = (
     "happy", "sad", "scared", "angry", "excited", "proud", "surprised", "tired",
     "lonely", "worried", "calm", "glad", "upset", "shy", "curious", "grumpy",
@@ -105,7 +119,8 @@ VERBS: tuple[str, ...] = (
     "sat", "slept", "woke", "waved", "hugged", "fed", "met", "lived", "lost",
     "felt", "heard", "planted", "rode", "built", "fixed", "painted", "shared",
     "tried", "held", "landed", "caught", "fell", "pulled", "let", "bought",
-    "pressed", "learned", "pushed", "wrote", "began",
+    "pressed", "learned", "pushed", "wrote", "began", "comes", "would", "wagged",
+    "sniffed",
     "keep", "kept", "knew", "get", "left", "turned", "shone", "followed",
 )  # fmt: skip
 
@@ -131,6 +146,7 @@ ADJECTIVES: tuple[str, ...] = (
     "dark", "wide", "deep", "fast", "warm", "cold", "loud", "quiet", "magic",
     "faraway", "busy", "sunny", "secret", "special", "beautiful", "strong",
     "round", "clever", "wet", "hungry", "sleepy", "brave", "heavy", "full",
+    "yummy", "sweet", "tasty", "favourite",
 )  # fmt: skip
 
 OTHER_WORDS: tuple[str, ...] = (
@@ -143,7 +159,8 @@ OTHER_WORDS: tuple[str, ...] = (
     "rain", "wind", "water", "waves", "lock", "trip", "numbers", "thank",
     "goodbye", "off", "bed", "dinner", "still", "ever", "party", "window",
     "lesson", "treasure", "sound", "paper", "chest", "today", "lights",
-    "about", "always",
+    "about", "always", "days", "month", "months", "birthday", "tomorrow",
+    "tail", "colour",
 )  # fmt: skip
 """Words with no labelled category (adverbs, interjections, misc. nouns)."""
 
@@ -249,6 +266,8 @@ LEXICON: dict[str, frozenset[str]] = {
     "food": _lower_all(COUNT_FOODS + tuple(plural(f) for f in COUNT_FOODS) + MASS_FOODS),
     "place": _lower_all(PLACES),
     "number": _lower_all(NUMBER_WORDS),
+    "day": _lower_all(DAYS),
+    "month": _lower_all(MONTHS),
     "emotion": _lower_all(EMOTIONS),
     "verb": _lower_all(VERBS),
     "function_word": _lower_all(FUNCTION_WORDS),
@@ -286,8 +305,8 @@ NUMBER_VALUES: dict[str, int] = {w: i + 1 for i, w in enumerate(NUMBER_WORDS)}
 # ---------------------------------------------------------------------------
 
 WORD_CATEGORIES: tuple[str, ...] = (
-    "name", "animal", "colour", "object", "food", "place", "number", "emotion",
-    "verb", "function_word", "punctuation", "invented_word",
+    "name", "animal", "colour", "object", "food", "place", "number", "day", "month",
+    "emotion", "verb", "function_word", "punctuation", "invented_word",
 )  # fmt: skip
 
 CONTENT_CATEGORIES: frozenset[str] = frozenset(
@@ -303,6 +322,8 @@ LABELS: dict[str, str] = {
     "food": "a food noun (apple, cookies, bread, ...)",
     "place": "a place noun (park, castle, moon, ...)",
     "number": "a number: a number word one..twenty or a run of digits",
+    "day": "a day of the week (Monday, ..., Sunday)",
+    "month": "a month (January, ..., December)",
     "emotion": "an emotion adjective (happy, sad, scared, ...)",
     "verb": "a verb form, auxiliaries included (was, ran, said, ...)",
     "function_word": "an article, pronoun, preposition or conjunction",
