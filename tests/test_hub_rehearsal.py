@@ -160,6 +160,8 @@ def test_byte_level_tokenizer_has_gpt2_vocabulary_and_round_trips():
     assert max(ids) < 50256  # plain text never produces the special token
     for name in (" Mary", " John", " Sarah"):
         assert len(tok.encode(name).ids) == 1  # IOI needs single-token names
+    for word in (" Monday", " Sunday", " May", " December"):
+        assert len(tok.encode(word).ids) == 1  # as on gpt2: circular features read them
     with pytest.raises(ValueError, match="vocab_size"):
         rehearsal.byte_level_tokenizer(vocab_size=10)
 

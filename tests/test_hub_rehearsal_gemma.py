@@ -139,7 +139,7 @@ def test_gemma_tokenizer_has_gemma_special_ids_and_round_trips():
     assert tok.decode(plain) == text  # byte fallback: every string round-trips
     assert min(plain) > 4  # plain text never produces a special token
     assert tok.encode(text).ids == [GEMMA_BOS, *plain]  # gemma adds BOS, not EOS
-    for name in (" Mary", " John", " Sarah", " London", " dog"):
+    for name in (" Mary", " John", " Sarah", " London", " dog", " Monday", " December"):
         assert len(tok.encode(name, add_special_tokens=False).ids) == 1, name
     with pytest.raises(ValueError, match="vocab_size"):
         rehearsal.gemma_tokenizer(vocab_size=10)

@@ -85,7 +85,7 @@ _LIBRARIES = (
     "transformer-lens",
     "pyarrow",
 )
-FORMAT_VERSION = "3"  # bump when this module writes a different cache
+FORMAT_VERSION = "4"  # bump when this module writes a different cache
 
 # gpt2-small's config.json as published on the hub (openai-community/gpt2).
 GPT2_CONFIG: dict = {
@@ -230,6 +230,13 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in chars), strict=True))
 
 
+def _cycle_words() -> list[str]:
+    """Day and month names (``saebook.circular.CYCLE_WORDS``): one token each on gpt2, gemma."""
+    from saebook.circular import CYCLE_WORDS
+
+    return [w for words in CYCLE_WORDS.values() for w in words]
+
+
 def byte_level_tokenizer(vocab_size: int = 50257, eos: str = "<|endoftext|>"):
     """A byte-level BPE ``tokenizers.Tokenizer`` of ``vocab_size`` ids, ``eos`` the last id.
 
@@ -254,8 +261,10 @@ def byte_level_tokenizer(vocab_size: int = 50257, eos: str = "<|endoftext|>"):
         merges.append((a, b))
 
     # whole words, merged left to right: every word after a space first (so " Mary" is one
-    # token, as names are on gpt2), then every word at the start of a text
-    for text in [" " + w for w in _WORDS] + list(_WORDS):
+    # token, as names are on gpt2), then every word at the start of a text; day and month names
+    # too (one token each after a space on gpt2, read by the circular-features chapter)
+    words = [*_WORDS, *_cycle_words()]
+    for text in [" " + w for w in words] + words:
         pieces = [b2u[b] for b in text.encode()]
         acc = pieces[0]
         for p in pieces[1:]:
@@ -308,7 +317,8 @@ def gemma_tokenizer(vocab_size: int = GEMMA_REDUCED["vocab_size"]):
         vocab[a + b] = len(vocab)
         merges.append((a, b))
 
-    words = list(dict.fromkeys([*_WORDS, *(w for ws in HUB_CONCEPT_WORDS.values() for w in ws)]))
+    concept = (w for ws in HUB_CONCEPT_WORDS.values() for w in ws)
+    words = list(dict.fromkeys([*_WORDS, *concept, *_cycle_words()]))
     for text in ["\u2581" + w for w in words] + words:  # merged left to right
         acc = text[0]
         for ch in text[1:]:
