@@ -81,6 +81,18 @@ class CycleContexts:
     value: Int[Tensor, " n"]
 
 
+def _word_token_ids(tokenizer, words: tuple[str, ...]) -> list[tuple[int, int]]:
+    """(token id, place in the cycle) of each form of each word, `` Monday`` then ``Monday``,
+    that the tokenizer encodes as one token."""
+    out = []
+    for value, word in enumerate(words):
+        for variant in (" " + word, word):
+            ids = tokenizer.encode(variant, add_special_tokens=False)
+            if len(ids) == 1:
+                out.append((ids[0], value))
+    return out
+
+
 def _check_concept(concept: object) -> tuple[str, ...]:
     if concept not in CYCLE_WORDS:
         raise ValueError(f"concept must be one of {sorted(CYCLE_WORDS)}, got {concept!r}")
@@ -104,12 +116,7 @@ def cycle_contexts(profile, concept: str, n_rows: int = 128, seed: int = 0) -> C
         rows = profile.tokens(n_rows, seed=seed)
         mask = labels[concept]
         row, pos = torch.nonzero(mask, as_tuple=True)
-        lookup = {}
-        for value, word in enumerate(words):
-            for variant in (word, " " + word):
-                ids = model.tokenizer.encode(variant, add_special_tokens=False)
-                if len(ids) == 1:
-                    lookup[ids[0]] = value
+        lookup = dict(_word_token_ids(model.tokenizer, words))
         toks = rows[row, pos].tolist()
         keep = [i for i, t in enumerate(toks) if t in lookup]  # one-token words only
         row, pos = row[keep], pos[keep]
@@ -178,13 +185,10 @@ def word_embeddings(
     words that are several tokens for this tokenizer are left out.
     """
     rows, values = [], []
-    for value, word in enumerate(words):
-        for variant in (" " + word, word):
-            ids = model.tokenizer.encode(variant, add_special_tokens=False)
-            if len(ids) == 1:
-                rows.append(ids[0])
-                values.append(value)
-                break
+    for token, value in _word_token_ids(model.tokenizer, words):
+        if value not in values:  # the spaced form comes first
+            rows.append(token)
+            values.append(value)
     if not rows:
         raise ValueError(f"words must include a single-token word for this model, got {words}")
     return model.W_E[torch.tensor(rows)].detach(), torch.tensor(values)
