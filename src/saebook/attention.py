@@ -344,15 +344,15 @@ def head_attributions(
     for sae in saes:
         _z_layer(sae)
     n_heads = model.cfg.n_heads
-    clean = node_values(model, saes, task.clean)
     corrupt = node_values(model, saes, task.corrupted)
+    # the clean run's nodes come with their gradients
     grads = node_gradients(model, saes, task.clean, lambda logits: task.logit_diff(logits).sum())
     out = []
-    for sae, a, c, g in zip(saes, clean, corrupt, grads, strict=True):
-        latents = split_by_head(c.acts - a.acts, g.error_grad, sae.W_dec.detach(), n_heads)
+    for sae, c, g in zip(saes, corrupt, grads, strict=True):
+        latents = split_by_head(c.acts - g.acts, g.error_grad, sae.W_dec.detach(), n_heads)
         d_head = sae.cfg.d_in // n_heads
-        batch, seq = a.error.shape[:2]
-        err = (g.error_grad * (c.error - a.error)).float().reshape(batch, seq, n_heads, d_head)
+        batch, seq = g.error.shape[:2]
+        err = (g.error_grad * (c.error - g.error)).float().reshape(batch, seq, n_heads, d_head)
         out.append(torch.cat([latents, err.sum((0, 1, 3))[None] / batch]))
     return out
 

@@ -32,6 +32,7 @@ from sae_lens import SAE
 from torch import Tensor
 
 from saebook.hooks import stop_layer
+from saebook.tinyworld.labels import CYCLES
 from saebook.validate import check_tensor
 
 __all__ = [
@@ -48,14 +49,9 @@ __all__ = [
     "circle_figure",
 ]
 
-CYCLE_WORDS: dict[str, tuple[str, ...]] = {
-    "day": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
-    "month": (
-        "January", "February", "March", "April", "May", "June", "July", "August",
-        "September", "October", "November", "December",
-    ),
-}  # fmt: skip
-"""Cyclic concepts in their order: the word after the last one is the first."""
+CYCLE_WORDS: dict[str, tuple[str, ...]] = CYCLES
+"""Cyclic concepts in their order (the word after the last one is the first): the tiny world's
+lexicon, whose day and month names are the English ones every profile reads."""
 
 #: Engels et al.'s arithmetic prompts; the cycle word is the last token of ``{word}``.
 HUB_PROMPTS: dict[str, str] = {
@@ -93,6 +89,14 @@ def _word_token_ids(tokenizer, words: tuple[str, ...]) -> list[tuple[int, int]]:
     return out
 
 
+def _check_values(value: Tensor, n_values: int) -> Tensor:
+    """``value`` as a CPU long tensor, after checking it lies in ``[0, n_values)``."""
+    value = value.long().cpu()
+    if int(value.min()) < 0 or int(value.max()) >= n_values:
+        raise ValueError(f"value must lie in [0, {n_values}), got {value.min()}..{value.max()}")
+    return value
+
+
 def _check_concept(concept: object) -> tuple[str, ...]:
     if concept not in CYCLE_WORDS:
         raise ValueError(f"concept must be one of {sorted(CYCLE_WORDS)}, got {concept!r}")
@@ -123,13 +127,10 @@ def cycle_contexts(profile, concept: str, n_rows: int = 128, seed: int = 0) -> C
         value = torch.tensor([lookup[toks[i]] for i in keep], dtype=torch.long)
     else:
         template = HUB_PROMPTS[concept]
-        texts, values = [], []
-        for value, word in enumerate(words):
-            for k in _COUNT_WORDS:
-                texts.append(template.format(k=k, word=word))
-                values.append(value)
-        rows, pos = _prompt_rows(model, texts, words, values)
-        row = torch.arange(len(texts))
+        prompts = [(template.format(k=k, word=w), w) for w in words for k in _COUNT_WORDS]
+        values = [v for v in range(len(words)) for _ in _COUNT_WORDS]
+        rows, pos = _prompt_rows(model, prompts)
+        row = torch.arange(len(prompts))
         value = torch.tensor(values, dtype=torch.long)
     return CycleContexts(
         concept=concept,
@@ -141,14 +142,12 @@ def cycle_contexts(profile, concept: str, n_rows: int = 128, seed: int = 0) -> C
     )
 
 
-def _prompt_rows(
-    model, texts: list[str], words: tuple[str, ...], values: list[int]
-) -> tuple[Tensor, Tensor]:
-    """Tokenize ``texts`` (BOS first, right-padded) and find the last token of each word."""
-    rows = model.to_tokens(texts, prepend_bos=True, padding_side="right")
+def _prompt_rows(model, prompts: list[tuple[str, str]]) -> tuple[Tensor, Tensor]:
+    """Tokenize each (text, word) pair's text (BOS first, right-padded) and find the last
+    token of its word."""
+    rows = model.to_tokens([text for text, _ in prompts], prepend_bos=True, padding_side="right")
     pos = []
-    for i, text in enumerate(texts):
-        word = words[values[i]]
+    for text, word in prompts:
         prefix = text[: text.index(word) + len(word)]
         pos.append(int(model.to_tokens(prefix, prepend_bos=True).shape[1]) - 1)
     return rows, torch.tensor(pos)
@@ -218,9 +217,7 @@ def cycle_latents(
     if not 0 < min_share <= 1 or not 0 < min_eta <= 1:
         raise ValueError(f"min_share and min_eta must be in (0, 1], got {min_share} and {min_eta}")
     acts = concept_acts.detach().double().cpu()
-    value = value.long().cpu()
-    if int(value.min()) < 0 or int(value.max()) >= n_values:
-        raise ValueError(f"value must lie in [0, {n_values}), got {value.min()}..{value.max()}")
+    value = _check_values(value, n_values)
     grand = acts.mean(0)
     counts = torch.bincount(value, minlength=n_values).double()
     sums = torch.zeros(n_values, acts.shape[1], dtype=torch.double).index_add_(0, value, acts)
@@ -321,9 +318,7 @@ def fit_circle(
         )
     if isinstance(n_values, bool) or not isinstance(n_values, int) or n_values < 3:
         raise ValueError(f"n_values must be an int >= 3, got {n_values!r}")
-    value = value.long().cpu()
-    if int(value.min()) < 0 or int(value.max()) >= n_values:
-        raise ValueError(f"value must lie in [0, {n_values}), got {value.min()}..{value.max()}")
+    value = _check_values(value, n_values)
     x = points.detach().double().cpu()
     x = x - x.mean(0)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)

@@ -25,7 +25,7 @@ from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 
 from saebook.errors import HubUnavailableError, MissingArtifactError, UnknownProfileError
-from saebook.hooks import reachable
+from saebook.hooks import hook_layer, reachable
 from saebook.tasks import LogitDiffTask, ioi_task
 
 __all__ = [
@@ -501,7 +501,7 @@ class Profile:
         out: dict[int, SAE] = {}
         if "attn" in self.saes:
             sae = self.saes["attn"]
-            out[int(sae.cfg.metadata.hook_name.split(".")[1])] = sae
+            out[hook_layer(sae.cfg.metadata.hook_name)] = sae
         for layer in self._head_saes:
             out[int(layer)] = self._head_saes[layer]
         return dict(sorted(out.items()))

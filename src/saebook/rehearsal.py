@@ -524,10 +524,11 @@ def _forward_with_hooks(model, tokens: torch.Tensor, handles: list, stop_after=N
 
 def _gpt2_z_layers() -> list[int]:
     """Layers of the gpt2 profile's attention (hook_z) SAEs: its ``attn`` role and head SAEs."""
+    from saebook.hooks import hook_layer
     from saebook.profiles import PROFILES
 
     spec = PROFILES["gpt2"]
-    return sorted({int(spec.saes["attn"][1].split(".")[1]), *spec.head_saes})
+    return sorted({hook_layer(spec.saes["attn"][1]), *spec.head_saes})
 
 
 def _hook_acts(model, tok, n_rows: int = 128, per_row: int = 8) -> dict[str, torch.Tensor]:

@@ -98,7 +98,8 @@ MONTHS: tuple[str, ...] = (
 """Months in order; the month after ``MONTHS[i]`` is ``MONTHS[(i + 1) % 12]``."""
 
 CYCLES: dict[str, tuple[str, ...]] = {"day": DAYS, "month": MONTHS}
-"""The tiny world's cyclic concepts: label name -> its words in cyclic order."""
+"""The tiny world's cyclic concepts: label name -> its words in cyclic order (also what
+:data:`saebook.circular.CYCLE_WORDS` reads on every profile)."""
 
 EMOTIONS: tuple[str, ...] = (
     "happy", "sad", "scared", "angry", "excited", "proud", "surprised", "tired",
