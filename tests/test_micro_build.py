@@ -10,7 +10,7 @@ import torch
 from saebook.groundtruth import label_recovery
 from saebook.induction import induction_report, repeated_tokens
 from saebook.metrics import explained_variance, reconstruction_metrics, sae_input_and_target
-from saebook.tinyworld.build import SAE_SPECS
+from saebook.tinyworld.build import MICRO, SAE_SPECS
 from saebook.tinyworld.shipped import ROLES, load_shipped
 from saebook.training import activation_batches, collect_activations
 
@@ -28,6 +28,11 @@ def test_build_writes_every_artifact(micro_world):
     assert lm["baselines"]["bigram"] < lm["baselines"]["unigram"]
     assert 0 < lm["val_loss"] < float("inf")
     assert json.loads((out / "training_curve.json").read_text())[-1]["step"] == 12
+    # label recovery is scored on its own labelled batch, whose size the card records
+    assert on_disk["label_batch"] == {"rows": MICRO.label_rows, "seq_len": MICRO.seq_len}
+    n_positions = MICRO.label_rows * MICRO.seq_len
+    for rows in on_disk["label_recovery"].values():
+        assert all(20 <= r["count"] <= n_positions for r in rows)
 
 
 def test_load_shipped_roles_and_family(micro_model):

@@ -36,7 +36,7 @@ from saebook.tinyworld.model import (
 from saebook.tinyworld.tokenizer import load_tokenizer, train_tokenizer
 from saebook.training import collect_activations, train_topk_sae, train_transcoder
 
-__all__ = ["DATA_DIR", "BuildScale", "FULL", "MICRO", "SAE_SPECS", "build"]
+__all__ = ["DATA_DIR", "BuildScale", "FULL", "MICRO", "SAE_LR", "SAE_SPECS", "build"]
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -45,14 +45,22 @@ ATTN_HOOK = "blocks.1.attn.hook_z"
 MLP_IN_HOOK = "blocks.0.ln2.hook_normalized"
 MLP_OUT_HOOK = "blocks.0.hook_mlp_out"
 
+SAE_LR = 1e-3
+"""Learning rate of every SAE whose spec sets none (the transcoder has its own recipe)."""
+
 #: role -> what to train. ``resid_<width>`` entries plus ``resid`` form the width family.
 SAE_SPECS: dict[str, dict] = {
     "resid_256": dict(hook=RESID_HOOK, width=256, k=16),
     "resid_512": dict(hook=RESID_HOOK, width=512, k=16),
     "resid_1024": dict(hook=RESID_HOOK, width=1024, k=16),
-    # the main residual SAE trains on 4x the tokens: its latents are the book's ground-truth
-    # recovery benchmark, which keeps improving well past 2.5M tokens
-    "resid": dict(hook=RESID_HOOK, width=2048, k=16, samples_factor=4),
+    # the main residual SAE's latents are the book's ground-truth recovery benchmark, which
+    # keeps improving with the number of optimiser steps: it trains on 5x the tokens, in
+    # half-size batches, at 3x the learning rate (at 2.5M tokens the mean union recall over
+    # the labels was 0.43 with the default recipe, 0.53 with batches of 256 at 3e-3; 1e-2
+    # or batches of 2048 did worse)
+    "resid": dict(
+        hook=RESID_HOOK, width=2048, k=16, samples_factor=5, batch_factor=0.5, lr=3e-3
+    ),
     "attn": dict(hook=ATTN_HOOK, width=512, k=12),
     "mlp": dict(hook=MLP_OUT_HOOK, width=1024, k=16),
     "transcoder": dict(hook=MLP_IN_HOOK, hook_out=MLP_OUT_HOOK, width=1024, k=16),
@@ -78,6 +86,7 @@ class BuildScale:
     transcoder_batch: int = 1024
     width_divisor: int = 1  # divides every SAE width (micro builds)
     eval_rows: int = 64
+    label_rows: int = 512  # rows of the labelled batch that scores label recovery
 
 
 FULL = BuildScale(
@@ -96,6 +105,7 @@ MICRO = BuildScale(
     transcoder_batch=256,
     width_divisor=16,
     eval_rows=8,
+    label_rows=8,
 )
 
 
@@ -196,7 +206,8 @@ def _train_saes(
                 k,
                 metadata={**meta, "hook_name": spec["hook"]},
                 total_samples=scale.sae_samples * spec.get("samples_factor", 1),
-                batch_size=scale.sae_batch,
+                batch_size=int(scale.sae_batch * spec.get("batch_factor", 1)),
+                lr=spec.get("lr", SAE_LR),
                 reshape_hook_z=spec["hook"].endswith("hook_z"),
             )
         with atomic_write_dir(out_dir / "saes" / role) as tmp:
@@ -219,7 +230,7 @@ def _evaluate_saes(
         scale.eval_rows, scale.seq_len, seed=SEEDS["evaluation"], tokenizer=tokenizer
     )
     label_tokens, labels = labeled_batch(
-        scale.eval_rows, scale.seq_len, seed=SEEDS["labels"], tokenizer=tokenizer
+        scale.label_rows, scale.seq_len, seed=SEEDS["labels"], tokenizer=tokenizer
     )
     flat_labels = {name: lab.flatten() for name, lab in labels.items()}
     _, label_cache = model.run_with_cache(label_tokens, names_filter=lambda n: n in hooks)
@@ -327,6 +338,7 @@ def build(
         "language_model": lm_metrics,
         "saes": sae_metrics,
         "label_recovery": recovery,
+        "label_batch": {"rows": scale.label_rows, "seq_len": scale.seq_len},
         "timings_s": timings,
         "environment": _environment(),
     }
