@@ -3,6 +3,7 @@ shipped offline fixtures (rebuilt from the tiny profile and compared with the fi
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
@@ -342,7 +343,10 @@ def test_write_fixtures_round_trips(tmp_path):
 
 
 def test_feature_html_escapes_and_shades():
-    feature = npd.parse_feature(npd.load_fixture("feature"))
+    raw = copy.deepcopy(npd.load_fixture("feature"))
+    first = raw["activations"][0]
+    first["tokens"][first["maxValueTokenIndex"]] = "<|endoftext|>"  # shown, and must be escaped
+    feature = npd.parse_feature(raw)
     html = npd.feature_html(feature, n_examples=2)
     assert html.count("<tr>") == 2 and "&lt;|endoftext|&gt;" in html
     assert "rgba(255,120,0,1.00)" in html  # the strongest token is fully shaded

@@ -327,9 +327,8 @@ def build(
     t = time.time()
     sae_metrics, recovery = _evaluate_saes(model, tokenizer, saes, hooks, scale)
     timings["sae_eval"] = time.time() - t
-    timings["total"] = time.time() - t0
-    if reuse_model:
-        timings["total"] += timings["language_model"] or 0.0
+    reused_lm = (timings["language_model"] or 0.0) if reuse_model else 0.0
+    timings["total"] = time.time() - t0 + reused_lm  # a reused model's time counts too
 
     card = {
         "scale": "micro" if scale is MICRO else "full" if scale is FULL else "custom",
