@@ -10,7 +10,7 @@ import torch
 from saebook.groundtruth import label_recovery
 from saebook.induction import induction_report, repeated_tokens
 from saebook.metrics import explained_variance, reconstruction_metrics, sae_input_and_target
-from saebook.tinyworld.build import MICRO, SAE_SPECS
+from saebook.tinyworld.build import FULL, MICRO, SAE_LR, SAE_SPECS, sae_recipe
 from saebook.tinyworld.shipped import ROLES, load_shipped
 from saebook.training import activation_batches, collect_activations
 
@@ -33,6 +33,21 @@ def test_build_writes_every_artifact(micro_world):
     n_positions = MICRO.label_rows * MICRO.seq_len
     for rows in on_disk["label_recovery"].values():
         assert all(20 <= r["count"] <= n_positions for r in rows)
+
+
+def test_sae_recipe_scales_the_defaults_by_the_spec():
+    assert sae_recipe("resid_256", MICRO) == {
+        "total_samples": MICRO.sae_samples, "batch_size": MICRO.sae_batch, "lr": SAE_LR,
+    }  # fmt: skip
+    spec = SAE_SPECS["resid"]
+    resid = sae_recipe("resid")  # FULL by default
+    assert resid["total_samples"] == FULL.sae_samples * spec["samples_factor"]
+    assert resid["batch_size"] == FULL.sae_batch * spec["batch_factor"]
+    assert resid["lr"] == spec["lr"]
+    with pytest.raises(ValueError, match="transcoder"):
+        sae_recipe("transcoder")
+    with pytest.raises(ValueError, match="role must be one of"):
+        sae_recipe("nope")
 
 
 def test_load_shipped_roles_and_family(micro_model):

@@ -1,7 +1,7 @@
 """Rebuild the tiny world from its seed: tokenizer, language model, SAEs, transcoder, model card.
 
 ``python -m saebook.tinyworld build`` writes everything into the package's ``data/`` folder
-(about 25 minutes on 2 CPU cores); ``--micro`` runs the same pipeline at toy sizes in seconds
+(about 40 minutes on 2 CPU cores); ``--micro`` runs the same pipeline at toy sizes in seconds
 (the tests do that, so the build code cannot rot). Each artefact is written atomically.
 """
 
@@ -36,7 +36,9 @@ from saebook.tinyworld.model import (
 from saebook.tinyworld.tokenizer import load_tokenizer, train_tokenizer
 from saebook.training import collect_activations, train_topk_sae, train_transcoder
 
-__all__ = ["DATA_DIR", "BuildScale", "FULL", "MICRO", "SAE_LR", "SAE_SPECS", "build"]
+__all__ = [
+    "DATA_DIR", "BuildScale", "FULL", "MICRO", "SAE_LR", "SAE_SPECS", "build", "sae_recipe",
+]  # fmt: skip
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -110,6 +112,22 @@ MICRO = BuildScale(
     eval_rows=8,
     label_rows=8,
 )
+
+
+def sae_recipe(role: str, scale: BuildScale = FULL) -> dict:
+    """How the build trains the TopK SAE ``role`` of :data:`SAE_SPECS` at ``scale``:
+    ``total_samples``, ``batch_size`` and ``lr`` (the scale's defaults times the spec's
+    ``samples_factor`` and ``batch_factor``, and the spec's ``lr`` or :data:`SAE_LR`)."""
+    if role not in SAE_SPECS:
+        raise ValueError(f"role must be one of {sorted(SAE_SPECS)}, got {role!r}")
+    spec = SAE_SPECS[role]
+    if "hook_out" in spec:
+        raise ValueError(f"role must be a TopK SAE of SAE_SPECS, got the transcoder {role!r}")
+    return {
+        "total_samples": scale.sae_samples * spec.get("samples_factor", 1),
+        "batch_size": int(scale.sae_batch * spec.get("batch_factor", 1)),
+        "lr": spec.get("lr", SAE_LR),
+    }
 
 
 def _previous_card(out_dir: Path) -> dict:
@@ -208,10 +226,8 @@ def _train_saes(
                 width,
                 k,
                 metadata={**meta, "hook_name": spec["hook"]},
-                total_samples=scale.sae_samples * spec.get("samples_factor", 1),
-                batch_size=int(scale.sae_batch * spec.get("batch_factor", 1)),
-                lr=spec.get("lr", SAE_LR),
                 reshape_hook_z=spec["hook"].endswith("hook_z"),
+                **sae_recipe(role, scale),
             )
         with atomic_write_dir(out_dir / "saes" / role) as tmp:
             sae.save_model(tmp)
