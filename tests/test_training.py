@@ -218,3 +218,70 @@ def test_check_training_run_names_the_first_bad_argument():
     for args, message in cases:
         with pytest.raises(ValueError, match=message):
             check_training_run(*args)
+
+
+def _step(sae, x, dead):
+    from sae_lens.saes.sae import TrainStepInput
+
+    sae.zero_grad()
+    step = TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0,
+                          is_logging_step=False)  # fmt: skip
+    out = sae.training_forward_pass(step)
+    out.loss.backward()
+    return out, {name: p.grad.clone() for name, p in sae.named_parameters()}
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+@pytest.mark.parametrize("reshape", ["none", "hook_z"])
+def test_gathered_topk_step_matches_saelens(rescale, reshape):
+    """The gathered step gives SAELens' TopK losses, gradients and activations (reference:
+    SAELens' own ``TopKTrainingSAE`` on the same weights), with and without dead latents."""
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    from saebook.training import GatheredTopKTrainingSAE
+
+    torch.manual_seed(0)
+    cfg = TopKTrainingSAEConfig(d_in=16, d_sae=128, k=6, rescale_acts_by_decoder_norm=rescale,
+                                reshape_activations=reshape)  # fmt: skip
+    ref, fast = TopKTrainingSAE(cfg), GatheredTopKTrainingSAE(cfg)
+    with torch.no_grad():  # a trained-looking SAE: biases and uneven decoder norms
+        ref.b_dec.normal_()
+        ref.b_enc.normal_(0, 0.1)
+        ref.W_dec.mul_(torch.rand(128, 1) + 0.5)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(48, 16)
+    for n_dead in (0, 5, 100):  # none; fewer than d_in // 2; more
+        dead = torch.zeros(128, dtype=torch.bool)
+        dead[torch.randperm(128)[:n_dead]] = True
+        (a, grads_a), (b, grads_b) = _step(ref, x, dead), _step(fast, x, dead)
+        assert set(a.losses) == set(b.losses)
+        for name in a.losses:
+            torch.testing.assert_close(b.losses[name], a.losses[name], rtol=1e-5, atol=1e-6)
+        assert (a.losses["auxiliary_reconstruction_loss"] > 0) == (n_dead > 0)
+        torch.testing.assert_close(b.feature_acts, a.feature_acts, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b.sae_out, a.sae_out, rtol=1e-5, atol=1e-5)
+        for name, grad in grads_a.items():
+            assert grad.abs().max() > 0, name
+            torch.testing.assert_close(grads_b[name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max())
+
+
+def test_train_sae_uses_the_gathered_step_for_topk_only():
+    from saebook.training import GatheredTopKTrainingSAE
+
+    seen = []
+    original = GatheredTopKTrainingSAE.training_forward_pass
+
+    def spy(self, step_input):
+        seen.append(type(self))
+        return original(self, step_input)
+
+    GatheredTopKTrainingSAE.training_forward_pass = spy
+    try:
+        train_sae(_acts(), training_sae_config("topk", 8, 32, 3), 128 * 2, batch_size=128,
+                  progress=False)  # fmt: skip
+        assert seen == [GatheredTopKTrainingSAE] * 2
+        train_sae(_acts(), training_sae_config("batchtopk", 8, 32, 3), 128 * 2, batch_size=128,
+                  progress=False)  # fmt: skip
+        assert len(seen) == 2
+    finally:
+        GatheredTopKTrainingSAE.training_forward_pass = original

@@ -53,7 +53,7 @@ from sae_lens import (
 )
 from sae_lens import llm_sae_training_runner as runner_module
 from sae_lens.config import LoggingConfig, SAETrainerConfig
-from sae_lens.saes.sae import SAEMetadata, TrainStepOutput
+from sae_lens.saes.sae import SAEMetadata, TrainStepInput, TrainStepOutput
 from sae_lens.training import activation_scaler as activation_scaler_module
 from sae_lens.training import sae_trainer as sae_trainer_module
 from torch import Tensor
@@ -69,6 +69,7 @@ __all__ = [
     "activation_batches",
     "training_sae_config",
     "RecordingTrainer",
+    "GatheredTopKTrainingSAE",
     "TrainingRun",
     "train_sae",
     "FAULTS",
@@ -199,6 +200,12 @@ def train_topk_sae(
 ) -> SAE:
     """Train a TopK SAE with SAELens' ``SAETrainer`` and return it as an inference SAE.
 
+    The SAE has the TopK form of Gao et al. (the top ``k`` pre-activations, not rescaled by
+    the decoder rows' norms: SAELens' ``rescale_acts_by_decoder_norm=False``) and SAELens'
+    ``expected_average_only_in`` input normalisation (folded into the weights at the end, so
+    the SAE reads raw activations). On the tiny world's residual stream (2,048 latents, 2.5M
+    activations, batches of 256 at 3e-3) SAELens' defaults recovered 9 of the 28
+    ground-truth labels, no rescaling 16 (16 with another seed), both changes 17.
     ``metadata`` goes into ``sae.cfg.metadata`` (``hook_name``, ``model_name`` and friends).
     With ``reshape_hook_z`` the SAE reads a ``hook_z`` tensor of shape (..., heads, d_head)
     when spliced into a model, while training on its flattened rows. ``device`` is where it
@@ -212,6 +219,8 @@ def train_topk_sae(
         d_in=activations.shape[1],
         d_sae=d_sae,
         k=k,
+        rescale_acts_by_decoder_norm=False,
+        normalize_activations="expected_average_only_in",
         reshape_activations="hook_z" if reshape_hook_z else "none",
         metadata=SAEMetadata(**metadata),
     )
@@ -388,6 +397,85 @@ class RecordingTrainer(SAETrainer):
         return out
 
 
+class GatheredTopKTrainingSAE(TopKTrainingSAE):
+    """SAELens' ``TopKTrainingSAE`` whose training step touches only the latents it selects.
+
+    The loss, its gradients and the trainer's statistics are those of SAELens' class (the
+    tests compare the two on the same weights), but after the one dense encoder product that
+    picks each row's top ``k`` (and, with dead latents, the aux-k loss's top ``k_aux``), the
+    kept pre-activations are recomputed from the gathered encoder columns and decoded from the
+    gathered decoder rows. Backward then costs ``n * (k + k_aux) * d_in`` instead of four dense
+    ``n * d_sae * d_in`` products: with ``d_sae / k = 128`` a CPU step is several times faster.
+    (SAELens' own sparse path, ``use_sparse_activations``, fails in backward on CPU: sparse
+    tensors there have no ``view``.) Forward hooks of the SAE are not called during training;
+    the trained weights save and load as an ordinary SAELens TopK SAE.
+    """
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """SAELens' TopK loss (MSE plus aux-k) on ``step_input``, computed on gathered latents."""
+        sae_in = self.process_sae_in(step_input.sae_in)
+        norms = self.W_dec.norm(dim=-1) if self.cfg.rescale_acts_by_decoder_norm else None
+        with torch.no_grad():
+            hidden_pre = sae_in @ self.W_enc + self.b_enc
+            if norms is not None:
+                hidden_pre = hidden_pre * norms
+            top = hidden_pre.topk(self.cfg.k, dim=-1, sorted=False).indices
+        enc_rows = self.W_enc.T.contiguous()  # (d_sae, d_in): row gathers, index_add backward
+        acts, sae_out = self._gathered_pass(sae_in, enc_rows, top, norms, relu=True)
+        feature_acts = torch.zeros_like(hidden_pre).scatter(-1, top, acts)
+        sae_out = self.run_time_activation_norm_fn_out(sae_out + self.b_dec)
+        sae_out = self.reshape_fn_out(sae_out, self.d_head)
+        mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
+        aux = self._gathered_aux_loss(step_input, sae_in, enc_rows, sae_out, hidden_pre, norms)
+        return TrainStepOutput(
+            sae_in=step_input.sae_in,
+            sae_out=sae_out,
+            feature_acts=feature_acts,
+            hidden_pre=hidden_pre,
+            loss=mse_loss + aux,
+            losses={"mse_loss": mse_loss, "auxiliary_reconstruction_loss": aux},
+        )
+
+    def _gathered_pass(
+        self, sae_in: Tensor, enc_rows: Tensor, idx: Tensor, norms: Tensor | None, relu: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Activations of the latents ``idx`` (rows x kept) and their decoding (no bias)."""
+        flat = idx.flatten()
+        w_enc = enc_rows.index_select(0, flat).view(*idx.shape, -1)
+        acts = (sae_in.unsqueeze(1) * w_enc).sum(-1) + self.b_enc.index_select(0, flat).view(idx.shape)
+        kept_norms = None if norms is None else norms.index_select(0, flat).view(idx.shape)
+        if kept_norms is not None:
+            acts = acts * kept_norms
+        if relu:
+            acts = acts.relu()
+        decoded = acts if kept_norms is None else acts / kept_norms
+        w_dec = self.W_dec.index_select(0, flat).view(*idx.shape, -1)
+        return acts, (decoded.unsqueeze(-1) * w_dec).sum(1)
+
+    def _gathered_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        sae_in: Tensor,
+        enc_rows: Tensor,
+        sae_out: Tensor,
+        hidden_pre: Tensor,
+        norms: Tensor | None,
+    ) -> Tensor:
+        """SAELens' aux-k loss: the top dead latents reconstruct the residual (zero if none)."""
+        dead = step_input.dead_neuron_mask
+        if dead is None or (n_dead := int(dead.sum())) == 0:
+            return sae_out.new_tensor(0.0)
+        k_aux = step_input.sae_in.shape[-1] // 2
+        scale = min(n_dead / k_aux, 1.0)
+        with torch.no_grad():
+            dead_ids = dead.nonzero().squeeze(-1)
+            pick = hidden_pre[:, dead_ids].topk(min(k_aux, n_dead), dim=-1, sorted=False).indices
+            idx = dead_ids[pick]
+        _, recons = self._gathered_pass(sae_in, enc_rows, idx, norms, relu=False)
+        recons = self.reshape_fn_out(recons, self.d_head)
+        residual = (step_input.sae_in - sae_out).detach()
+        return self.cfg.aux_loss_coefficient * scale * (recons - residual).pow(2).sum(-1).mean()
+
 @dataclass
 class TrainingRun:
     """One finished training run: the inference SAE, its per-step curves and its cost."""
@@ -443,7 +531,8 @@ def train_sae(
     ``checkpoint_path`` SAELens saves ``n_checkpoints`` intermediate checkpoints and the final
     one there (each loadable with ``SAE.load_from_disk``). Returns a :class:`TrainingRun` whose
     ``sae`` is the inference SAE after a save/load round trip through SAELens' format, so what
-    you evaluate is exactly what you would ship. ``device`` is where it trains and is
+    you evaluate is exactly what you would ship. A TopK config trains through
+    :class:`GatheredTopKTrainingSAE` (SAELens' loss and gradients, a faster step). ``device`` is where it trains and is
     returned (default: the device of ``activations``, so a GPU profile trains on the GPU).
     """
     if activations.ndim != 2 or activations.shape[1] != config.d_in:
@@ -457,7 +546,10 @@ def train_sae(
     steps = total_samples // batch_size
     warm = max(1, steps // 20) if lr_warm_up_steps is None else lr_warm_up_steps
     torch.manual_seed(seed)
-    sae = TrainingSAE.from_dict(config.to_dict())
+    if type(config) is TopKTrainingSAEConfig:  # same loss and gradients, a faster step
+        sae: TrainingSAE = GatheredTopKTrainingSAE(config)
+    else:
+        sae = TrainingSAE.from_dict(config.to_dict())
     inference, history, seconds, trainer_cfg = _fit(
         sae,
         activations,
