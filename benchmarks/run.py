@@ -13,6 +13,10 @@ line per ratio and workload (the targets are in ``TARGETS``):
   ``attribution_ablation_slope``: attribution patching (one backward pass) against exact
   ablation of every latent active at the last position: speed-up, rank correlation, and the
   least-squares slope of estimate on exact effect (the scale; 1 is right).
+- ``topk_step_vs_saelens``: time of one TopK training step (forward, backward, Adam; 1% of
+  the latents dead, so the aux-k loss runs) of SAELens' ``TopKTrainingSAE`` / of
+  ``GatheredTopKTrainingSAE``, which ``train_topk_sae`` uses, at the workload SAE's shape; the
+  table also shows the largest difference of the two losses on the same weights and batch.
 - scale curve: engine time and peak memory at 1x, 4x, 16x tokens (``time_growth_16x_tokens``:
   linear is 16; ``mem_growth_16x_tokens``: flat is 1) and time at 1x, 4x ``d_sae`` (its
   log-log slope is printed).
@@ -54,6 +58,7 @@ from sidevenv import SideVenvError, run_in_venv
 from saebook.attribution import ablation_effects, attribution_patching
 from saebook.dashboards import CONTEXT, write_dashboards
 from saebook.latent_stats import encode_at_hook, latent_stats
+from saebook.training import GatheredTopKTrainingSAE
 
 N_LATENTS_NAIVE = 64
 ROOT = Path(__file__).resolve().parents[1]
@@ -393,6 +398,50 @@ def measure_attribution(name: str, repeats: int) -> dict:
     }
 
 
+def measure_training_step(name: str, repeats: int) -> dict:
+    """Seconds per TopK training step, SAELens' class vs the gathered one, same weights
+    (20 steps a repeat; 3 at gpt2's width, where a dense step takes about a second here)."""
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.saes.sae import TrainStepInput
+
+    _, sae, _, _ = WORKLOADS[name](1)
+    d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
+    k = int(getattr(sae.cfg, "k", 32))
+    steps = 20 if d_sae <= 4096 else 3
+    cfg = TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, rescale_acts_by_decoder_norm=False)
+    g = torch.Generator().manual_seed(0)
+    batches = torch.randn(steps, 256, d_in, generator=g)
+    dead = torch.rand(d_sae, generator=g) < 0.01
+    torch.manual_seed(0)
+    saes = {"saelens": TopKTrainingSAE(cfg)}
+    saes["gathered"] = GatheredTopKTrainingSAE(cfg)
+    saes["gathered"].load_state_dict(saes["saelens"].state_dict())
+
+    def loss(sae, x):
+        return sae.training_forward_pass(TrainStepInput(
+            sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0,
+            is_logging_step=False)).loss  # fmt: skip
+
+    gap = float(abs(loss(saes["saelens"], batches[0]) - loss(saes["gathered"], batches[0])))
+
+    def run(sae):
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
+        for x in batches:
+            loss(sae, x).backward()
+            opt.step()
+            opt.zero_grad()
+
+    seconds = {key: best_time(lambda s=sae: run(s), repeats) / steps for key, sae in saes.items()}
+    return {
+        "model": name,
+        "shape": f"{d_in}x{d_sae} k={k}",
+        "saelens_ms": 1000 * seconds["saelens"],
+        "gathered_ms": 1000 * seconds["gathered"],
+        "loss_gap": gap,
+        "topk_step_vs_saelens": seconds["saelens"] / seconds["gathered"],
+    }
+
+
 def wider_sae(sae, factor: int):
     """A random SAE of the same kind at the same hook with ``factor`` times the latents."""
     cfg = type(sae.cfg).from_dict({**sae.cfg.to_dict(), "d_sae": sae.cfg.d_sae * factor})
@@ -443,6 +492,7 @@ TARGETS = {  # name: (comparison, bound, what it means)
     "attribution_vs_ablation_speed": (">=", 1.0, "exact ablation / attribution patching"),
     "attribution_ablation_spearman": (">=", 0.5, "rank agreement with exact ablation"),
     "attribution_ablation_slope": ("in", (0.5, 2.0), "scale of estimate vs exact (ideal 1)"),
+    "topk_step_vs_saelens": (">=", 1.2, "SAELens' TopK training step / the gathered step"),
     "time_growth_16x_tokens": ("in", (8.0, 24.0), "engine time at 16x tokens / 1x (linear: 16)"),
     "mem_growth_16x_tokens": ("<=", 1.5, "peak memory at 16x tokens / 1x (flat: 1)"),
 }
@@ -503,6 +553,18 @@ def print_attribution(attribution: list[dict]) -> None:
     print()
 
 
+def print_training(training: list[dict]) -> None:
+    print("one TopK training step (batch 256, 1% dead latents): SAELens' TopKTrainingSAE vs "
+          "GatheredTopKTrainingSAE")  # fmt: skip
+    print(f"{'model':<6} {'shape':>18} {'saelens ms':>10} {'gathered ms':>11} {'speedup':>8} "
+          f"{'loss gap':>9}")  # fmt: skip
+    for r in training:
+        print(f"{r['model']:<6} {r['shape']:>18} {r['saelens_ms']:>10.2f} "
+              f"{r['gathered_ms']:>11.2f} {r['topk_step_vs_saelens']:>8.2f} "
+              f"{r['loss_gap']:>9.1e}")  # fmt: skip
+    print()
+
+
 def print_dashboards(dashboard: list[dict]) -> None:
     print("sae-dashboard 0.8 runner (its own virtualenv, data only) vs ours (engine pass + one "
           "HTML page per latent written), same weights/SAE/tokens")  # fmt: skip
@@ -560,6 +622,9 @@ def main() -> None:
     attribution = [measure_attribution(name, repeats) for name in names]
     print_attribution(attribution)
     lap("attribution")
+    training = [measure_training_step(name, repeats) for name in names]
+    print_training(training)
+    lap("training step")
     scale = [] if args.skip_scale else [measure_scale(n, rows[n], 2) for n in names]
     if scale:
         print_scale(scale)
@@ -581,7 +646,7 @@ def main() -> None:
         lap("dashboards vs sae-dashboard")
 
     lines = []
-    for group in (results, attribution, scale, dashboard):
+    for group in (results, attribution, training, scale, dashboard):
         for r in group:
             lines += [verdict(f"{key}", r[key]) + f"  [{r['model']}]"
                       for key in TARGETS if key in r]  # fmt: skip

@@ -205,3 +205,33 @@ def test_cross_width_matches_agree_with_sklearn(micro_model, reference_row):
     )
     assert worst < 1e-5
     assert parents_equal
+
+
+def test_precise_cover_matches_a_dense_count(micro_model):
+    """Chunked over latents, the precise latents and their cover equal a direct count over
+    the dense activation matrix; a parent made of one latent's firing finds that latent."""
+    from saebook.latent_stats import latent_activations
+
+    model, saes, _ = micro_model
+    sae = saes["resid"]
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, model.cfg.d_vocab, (8, 12), generator=g)
+    fires = latent_activations(model, sae, tokens).flatten(0, 1) > 0
+    counts = fires.sum(0)
+    busy = int(counts.argmax())  # the most active latent plays the parent
+    parent = fires[:, busy]
+    hits = (fires & parent[:, None]).sum(0)
+    expected = ((counts >= 5) & (hits >= 0.8 * counts)).nonzero().squeeze(-1).tolist()
+    assert busy in expected
+    union = fires[:, expected].any(-1)
+    for chunk in (3, sae.cfg.d_sae):
+        cover = splitting.precise_cover(model, sae, tokens, parent, chunk=chunk)
+        assert cover["latents"] == expected and cover["n_precise"] == len(expected)
+        assert cover["union"] == pytest.approx(float((union & parent).sum() / parent.sum()))
+        assert cover["best_single"] == pytest.approx(1.0)  # the parent latent itself
+    with pytest.raises(ValueError, match=r"parent_fires must have shape \(96,\)"):
+        splitting.precise_cover(model, sae, tokens, parent[:5])
+    with pytest.raises(ValueError, match="never fires"):
+        splitting.precise_cover(model, sae, tokens, torch.zeros_like(parent))
+    with pytest.raises(ValueError, match="min_precision"):
+        splitting.precise_cover(model, sae, tokens, parent, min_precision=0)

@@ -12,7 +12,9 @@ the next narrower SAE is its *child*. This module
   under its best-matching latent of the previous width when that cosine is above a threshold;
 * finds the latent of the narrowest SAE whose tree has the most leaves (:func:`most_split`);
 * measures how well the children together cover the tokens where the parent fires
-  (:func:`split_coverage`), and draws the tree as a Sankey diagram (:func:`split_sankey`).
+  (:func:`split_coverage`), finds the wide latents that fire almost only where the parent does,
+  whatever their decoder direction (:func:`precise_cover`), and draws the tree as a Sankey
+  diagram (:func:`split_sankey`).
 
 Chapters: deeper/01
 """
@@ -25,9 +27,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 from jaxtyping import Bool, Float, Int
-from sae_lens import SAE
+from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 from tqdm import tqdm
+
+from saebook.latent_stats import latent_activations
 
 __all__ = [
     "unit_decoder",
@@ -38,6 +42,7 @@ __all__ = [
     "split_tree",
     "most_split",
     "split_coverage",
+    "precise_cover",
     "split_sankey",
 ]
 
@@ -303,6 +308,57 @@ def split_coverage(
         "best_single": float(per_child.max()) if per_child.numel() else 0.0,
         "union": float((union & parent).sum()) / n_parent,
         "union_precision": float((union & parent).sum()) / n_union if n_union else 0.0,
+    }
+
+
+@torch.no_grad()
+def precise_cover(
+    model: HookedSAETransformer,
+    sae: SAE,
+    tokens: Int[Tensor, "rows seq"],
+    parent_fires: Bool[Tensor, " n"],
+    min_precision: float = 0.8,
+    min_fires: int = 5,
+    chunk: int = 4096,
+) -> dict[str, float | int | list[int]]:
+    """The latents of ``sae`` that fire almost only where the parent fires, and their cover.
+
+    ``parent_fires`` marks the parent's active positions of ``tokens`` (flattened, rows x
+    seq). A latent of ``sae`` is *precise* when it fires at least ``min_fires`` times and at
+    least ``min_precision`` of its firing positions are the parent's. Returns ``latents`` (the
+    precise ones), ``n_precise``, ``union`` (the share of the parent's positions where at least
+    one of them fires) and ``best_single`` (the largest share one of them covers). Activations
+    are computed ``chunk`` latents at a time, so a wide SAE never needs a dense
+    (positions x d_sae) matrix.
+    """
+    n = tokens.numel()
+    if parent_fires.shape != (n,):
+        raise ValueError(f"parent_fires must have shape ({n},) (rows x seq), got "
+                         f"{tuple(parent_fires.shape)}")  # fmt: skip
+    if not 0 < min_precision <= 1:
+        raise ValueError(f"min_precision must be in (0, 1], got {min_precision!r}")
+    parent = parent_fires.bool().cpu()
+    n_parent = int(parent.sum())
+    if n_parent == 0:
+        raise ValueError("parent_fires must be True somewhere: the parent never fires")
+    covered = torch.zeros(n, dtype=torch.bool)
+    latents: list[int] = []
+    best = 0.0
+    for start in range(0, sae.cfg.d_sae, chunk):
+        ids = list(range(start, min(start + chunk, sae.cfg.d_sae)))
+        fires = latent_activations(model, sae, tokens, latents=ids).flatten(0, 1) > 0
+        counts = fires.sum(0)
+        hits = (fires & parent[:, None]).sum(0)
+        keep = (counts >= min_fires) & (hits >= min_precision * counts)
+        if keep.any():
+            latents += [ids[i] for i in keep.nonzero().squeeze(-1).tolist()]
+            covered |= fires[:, keep].any(-1)
+            best = max(best, float(hits[keep].max()) / n_parent)
+    return {
+        "latents": latents,
+        "n_precise": len(latents),
+        "union": float((covered & parent).sum()) / n_parent,
+        "best_single": best,
     }
 
 

@@ -442,7 +442,8 @@ class GatheredTopKTrainingSAE(TopKTrainingSAE):
         """Activations of the latents ``idx`` (rows x kept) and their decoding (no bias)."""
         flat = idx.flatten()
         w_enc = enc_rows.index_select(0, flat).view(*idx.shape, -1)
-        acts = (sae_in.unsqueeze(1) * w_enc).sum(-1) + self.b_enc.index_select(0, flat).view(idx.shape)
+        bias = self.b_enc.index_select(0, flat).view(idx.shape)
+        acts = (sae_in.unsqueeze(1) * w_enc).sum(-1) + bias
         kept_norms = None if norms is None else norms.index_select(0, flat).view(idx.shape)
         if kept_norms is not None:
             acts = acts * kept_norms
@@ -475,6 +476,7 @@ class GatheredTopKTrainingSAE(TopKTrainingSAE):
         recons = self.reshape_fn_out(recons, self.d_head)
         residual = (step_input.sae_in - sae_out).detach()
         return self.cfg.aux_loss_coefficient * scale * (recons - residual).pow(2).sum(-1).mean()
+
 
 @dataclass
 class TrainingRun:
@@ -531,9 +533,10 @@ def train_sae(
     ``checkpoint_path`` SAELens saves ``n_checkpoints`` intermediate checkpoints and the final
     one there (each loadable with ``SAE.load_from_disk``). Returns a :class:`TrainingRun` whose
     ``sae`` is the inference SAE after a save/load round trip through SAELens' format, so what
-    you evaluate is exactly what you would ship. A TopK config trains through
-    :class:`GatheredTopKTrainingSAE` (SAELens' loss and gradients, a faster step). ``device`` is where it trains and is
-    returned (default: the device of ``activations``, so a GPU profile trains on the GPU).
+    you evaluate is exactly what you would ship. ``device`` is where it trains and is
+    returned (default: the device of ``activations``, so a GPU profile trains on the GPU). A
+    TopK config trains through :class:`GatheredTopKTrainingSAE` (SAELens' loss and gradients,
+    a faster step).
     """
     if activations.ndim != 2 or activations.shape[1] != config.d_in:
         raise ValueError(
