@@ -46,6 +46,8 @@ def main() -> None:
         best = float("inf")
         for _ in range(repeats):
             sae = SAE.load_from_disk(str(folder / "sae"), device="cpu")  # the runner folds W_dec
+            if getattr(sae.cfg, "rescale_acts_by_decoder_norm", True) is False:
+                sae.fold_W_dec_norm = lambda: None  # SAELens refuses this fold: use it as it is
             config = SaeVisConfig(
                 hook_point=sae.cfg.metadata.hook_name,
                 features=latents,

@@ -54,8 +54,18 @@ def build(saved: dict, fold: bool) -> HookedSAETransformer:
     return model.eval()
 
 
+def load_sae(folder: Path) -> SAE:
+    """The saved SAE. The runner folds decoder norms into the encoder, which SAELens refuses
+    for a TopK SAE that does not rescale by them (the fold would change which latents win):
+    such an SAE is used as it is, its activations and decoder rows unscaled."""
+    sae = SAE.load_from_disk(str(folder / "sae"), device="cpu")
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", True) is False:
+        sae.fold_W_dec_norm = lambda: None
+    return sae
+
+
 def run(model, folder: Path, inputs: dict) -> dict:
-    sae = SAE.load_from_disk(str(folder / "sae"), device="cpu")  # the runner folds W_dec norms
+    sae = load_sae(folder)
     config = SaeVisConfig(
         hook_point=sae.cfg.metadata.hook_name,
         features=inputs["latents"],
