@@ -422,7 +422,8 @@ def measure_training_step(name: str, repeats: int) -> dict:
             sae_in=x, coefficients={}, dead_neuron_mask=dead, n_training_steps=0,
             is_logging_step=False)).loss  # fmt: skip
 
-    gap = float(abs(loss(saes["saelens"], batches[0]) - loss(saes["gathered"], batches[0])))
+    with torch.no_grad():
+        gap = float(abs(loss(saes["saelens"], batches[0]) - loss(saes["gathered"], batches[0])))
 
     def run(sae):
         opt = torch.optim.Adam(sae.parameters(), lr=1e-4)

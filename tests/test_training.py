@@ -281,8 +281,8 @@ def test_gathered_topk_step_matches_saelens(reference_row):
     assert ok, (loss_gap, grad_gap)
 
 
-def test_train_sae_uses_the_gathered_step_for_topk_only():
-    from saebook.training import GatheredTopKTrainingSAE
+def test_gathered_step_only_when_asked_and_only_for_topk():
+    from saebook.training import GatheredTopKTrainingSAE, train_topk_sae
 
     seen = []
     original = GatheredTopKTrainingSAE.training_forward_pass
@@ -293,11 +293,17 @@ def test_train_sae_uses_the_gathered_step_for_topk_only():
 
     GatheredTopKTrainingSAE.training_forward_pass = spy
     try:
-        train_sae(_acts(), training_sae_config("topk", 8, 32, 3), 128 * 2, batch_size=128,
-                  progress=False)  # fmt: skip
+        topk = training_sae_config("topk", 8, 32, 3)
+        train_sae(_acts(), topk, 128 * 2, batch_size=128, progress=False)
+        assert seen == []
+        train_sae(_acts(), topk, 128 * 2, batch_size=128, progress=False, gathered=True)
         assert seen == [GatheredTopKTrainingSAE] * 2
-        train_sae(_acts(), training_sae_config("batchtopk", 8, 32, 3), 128 * 2, batch_size=128,
-                  progress=False)  # fmt: skip
-        assert len(seen) == 2
+        train_topk_sae(_acts(), 32, 3, {"hook_name": "h"}, total_samples=128 * 2,
+                       batch_size=128)  # fmt: skip
+        assert len(seen) == 4
     finally:
         GatheredTopKTrainingSAE.training_forward_pass = original
+    with pytest.raises(ValueError, match="gathered=True needs a TopKTrainingSAEConfig, got "
+                                         "BatchTopKTrainingSAEConfig"):  # fmt: skip
+        train_sae(_acts(), training_sae_config("batchtopk", 8, 32, 3), 128 * 2,
+                  batch_size=128, progress=False, gathered=True)  # fmt: skip
