@@ -251,9 +251,27 @@ def test_checker_accepts_reference_and_rejects_miss_rate():
         checks.check_absorption_rate(miss_rate)
 
 
+class _FoldedSAE:
+    """An SAE with its decoder norms folded into its activations after encoding: unit decoder
+    rows, activations times the rows' norms (the same latent contributions). SAEBench folds
+    every SAE so before scoring (``fold_W_dec_norm``); SAELens refuses that fold for a TopK SAE
+    that does not rescale by the norms, as it would change the top k, so it is applied to
+    the selected activations here."""
+
+    def __init__(self, sae):
+        self.sae, self.device = sae, torch.device("cpu")
+        self.norms = sae.W_dec.detach().norm(dim=-1)
+        self.W_dec = sae.W_dec.detach() / self.norms[:, None]
+
+    def encode(self, x):
+        return self.sae.encode(x) * self.norms
+
+
 def test_absorption_matches_saebench_on_the_tiny_sae(reference_row):
-    """SAEBench's calculator run on the tiny profile's widest SAE (its own encode and decoder),
-    with the chapter's probe and k-sparse main latents for the ground-truth label `name`."""
+    """SAEBench's calculator run on the tiny profile's widest SAE (its own encode, decoder
+    norms folded as SAEBench does), with the chapter's probe and k-sparse main latents for
+    the ground-truth label `name`. The decoder rows' norms differ (the check would fail if
+    probe projections were activations times cosines of the unfolded SAE)."""
     from reference_envs import SAE_BENCH, use_reference
 
     use_reference(SAE_BENCH)
@@ -286,8 +304,15 @@ def test_absorption_matches_saebench_on_the_tiny_sae(reference_row):
         model=_StoredModel(resid), icl_word_list=["x"], max_icl_examples=0, word_token_pos=-1,
         batch_size=64, shuffle_examples=False,
     )  # fmt: skip
+    norms = sae.W_dec.detach().norm(dim=-1)
+    assert float(norms.max() / norms.min()) > 2  # unequal norms: the fold matters here
     theirs = calc.calculate_absorption(
-        sae, [f"w{i}" for i in idx.tolist()], probe.direction, main, layer=0, show_progress=False
+        _FoldedSAE(sae),
+        [f"w{i}" for i in idx.tolist()],
+        probe.direction,
+        main,
+        layer=0,
+        show_progress=False,
     ).word_results
     their_full = torch.tensor([w.is_full_absorption for w in theirs])
     their_fraction = torch.tensor([float(w.absorption_fraction) for w in theirs])
@@ -303,7 +328,8 @@ def test_absorption_matches_saebench_on_the_tiny_sae(reference_row):
         f"positive fraction), max |fraction difference| {max_diff:.1e}",
         tolerance="100% agreement, fraction within 1e-4",
         ok=ok,
-        note="SAEBench's code with the SAE itself; positions are running-text tokens, not its "
+        note="SAEBench's code with the SAE itself, its decoder norms folded into the "
+        "activations as SAEBench folds them; positions are running-text tokens, not its "
         "spelling prompts (the tiny model cannot spell)",
     )
     assert len(theirs) > 100 and (their_fraction > 0).any()

@@ -297,10 +297,11 @@ def _full(
     use_top_cosine=True,
     need_silent=True,
     sign_check=True,
+    projection_by_cosine=False,
 ):
     u = reference / reference.norm()
     cos = F.normalize(decoder, dim=-1) @ u
-    proj = acts * cos
+    proj = acts * (cos if projection_by_cosine else decoder @ u)
     total = model_acts @ u
     silent = (acts[:, main] < 1e-8).all(-1) if need_silent else torch.ones_like(label)
     top_proj, top = proj.max(-1)
@@ -319,6 +320,10 @@ def full_absorption_without_the_cosine_test(*args):
 
 def full_absorption_without_the_sign_test(*args):
     return _full(*args, sign_check=False)
+
+
+def full_absorption_projecting_with_cosines(*args):
+    return _full(*args, projection_by_cosine=True)
 
 
 def sublabels_over_all_positions(label, missed, sublabels):
@@ -382,6 +387,7 @@ WRONG: dict[str, list[Callable]] = {
         full_absorption_ignoring_the_main_latents,
         full_absorption_without_the_cosine_test,
         full_absorption_without_the_sign_test,
+        full_absorption_projecting_with_cosines,
     ],
     "check_sublabel_shares": [sublabels_over_all_positions, sublabels_swapped],
     "check_keyword_simulator": [keyword_case_sensitive, keyword_ignoring_labels],

@@ -125,6 +125,7 @@ class AbsorptionResult:
         """Mean absorption fraction over the scored positions (SAEBench's second score)."""
         return float(self.fraction.mean()) if self.n_positive else float("nan")
 
+
 def _check_2d(name: str, x: Tensor) -> None:
     if not isinstance(x, Tensor) or x.ndim != 2:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -305,7 +306,11 @@ def _check_absorption_inputs(
 
 
 def _absorption_fraction(
-    proj: Tensor, total: Tensor, is_main: Tensor, eligible: Tensor, max_absorbers: int,
+    proj: Tensor,
+    total: Tensor,
+    is_main: Tensor,
+    eligible: Tensor,
+    max_absorbers: int,
     min_proportion: float,
 ) -> Tensor:
     """Per scored position, the share of the probe projection ``total`` that up to
@@ -341,8 +346,9 @@ def measure_absorption(
 
     Scored positions are those where ``label`` holds (and ``positions``, e.g. where the probe
     also sees the property, when given). With ``u`` the unit ``reference`` (probe) direction,
-    each latent's *probe projection* at a position is its activation times the cosine of its
-    decoder row with ``u``, and the activation's probe projection is ``model_acts @ u``. A
+    each latent's *probe projection* at a position is what it writes along ``u``: its
+    activation times its decoder row's component along ``u`` (``decoder @ u``), and the
+    activation's probe projection is ``model_acts @ u``. A
     position is **fully absorbed** when no main latent fires, the latent with the largest
     probe projection has cosine at least ``full_cosine`` with ``u``, the activation's probe
     projection is not negative, and that latent's probe projection is at least
@@ -350,7 +356,10 @@ def measure_absorption(
     projection that up to ``max_absorbers`` other latents with cosine at least
     ``fraction_cosine`` carry instead of the main latents (0 when they carry less than
     ``min_proportion`` of it or the main latents already carry it all). The defaults are
-    SAEBench's; the decoder rows are assumed to have comparable norms, as SAEBench does.
+    SAEBench's. SAEBench multiplies activations by cosines after folding the decoder norms
+    into the activations (``fold_W_dec_norm``), which gives the same probe projections; this
+    form also holds for an SAE whose norms cannot be folded (a TopK SAE that does not rescale
+    by them, such as the tiny world's).
     """
     main = _check_absorption_inputs(latent_acts, model_acts, decoder, reference, main_latents)
     if isinstance(max_absorbers, bool) or not isinstance(max_absorbers, int) or max_absorbers < 1:
@@ -361,10 +370,12 @@ def measure_absorption(
     idx = torch.nonzero(positive).flatten()
     u = reference.detach().float().cpu()
     u = u / u.norm().clamp(min=1e-12)
-    cos = torch.nn.functional.normalize(decoder.detach().float().cpu(), dim=-1) @ u
+    dec = decoder.detach().float().cpu()
+    along = dec @ u  # (d_sae,) each decoder row's component along u
+    cos = along / dec.norm(dim=-1).clamp(min=1e-12)
     acts = latent_acts.detach().float().cpu()[idx]
     total = model_acts.detach().float().cpu()[idx] @ u  # (m,)
-    proj = acts * cos  # (m, d_sae)
+    proj = acts * along  # (m, d_sae): what each latent writes along u
     is_main = torch.zeros(d_sae, dtype=torch.bool)
     is_main[main] = True
 
@@ -375,8 +386,8 @@ def measure_absorption(
     silent = (acts[:, is_main] < _EPS).all(-1)
     top = proj.argmax(-1)
     top_proj = proj.gather(-1, top[:, None]).squeeze(-1)
-    full_here = silent & (cos[top] >= full_cosine) & (total >= 0) & (
-        top_proj >= min_proportion * total
+    full_here = (
+        silent & (cos[top] >= full_cosine) & (total >= 0) & (top_proj >= min_proportion * total)
     )
     full_here &= total != 0
 
@@ -398,6 +409,7 @@ def measure_absorption(
         missed=missed,
         full=full,
     )
+
 
 def sublabel_shares(
     label: Bool[Tensor, " n"], missed: Bool[Tensor, " n"], sublabels: dict[str, Bool[Tensor, " n"]]

@@ -494,7 +494,9 @@ def _absorption_world(seed: int, n: int = 60, d: int = 6, d_sae: int = 10) -> tu
     decoder[0] = u + 0.1 * torch.randn(d, generator=g)
     for j, w in ((1, 0.8), (2, 0.5), (3, 0.2)):
         decoder[j] = w * u + (1 - w) * torch.randn(d, generator=g)
-    decoder = torch.nn.functional.normalize(decoder, dim=-1)
+    # rows of unequal norms (0.5 to 2), as an SAE's may be: projections are not cosines
+    norms = 0.5 + 1.5 * torch.rand(d_sae, 1, generator=g)
+    decoder = torch.nn.functional.normalize(decoder, dim=-1) * norms
     label = torch.rand(n, generator=g) < 0.6
     acts = torch.relu(torch.randn(n, d_sae, generator=g)) * (
         torch.rand(n, d_sae, generator=g) < 0.3
@@ -510,7 +512,9 @@ def check_full_absorption(fn: Callable[..., Tensor]) -> None:
     :func:`saebook.absorption.measure_absorption` (positions where ``label`` holds, every
     main latent is silent, and the latent with the largest probe projection points along the
     probe and carries at least ``min_proportion`` of the activation's non-negative, non-zero
-    probe projection). Cases vary the thresholds, the main latents and the world's seed.
+    probe projection). Decoder rows have unequal norms, so a latent's probe projection
+    (activation times its row's component along the probe) is not its activation times a
+    cosine. Cases vary the thresholds, the main latents and the world's seed.
     """
     from saebook.absorption import measure_absorption
 
