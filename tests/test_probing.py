@@ -70,3 +70,29 @@ def test_top_k_checker():
         checks.check_top_k_by_mean_difference(
             lambda X, y, k: (X[y].mean(0) - X[~y].mean(0)).topk(k).indices
         )
+
+
+def test_decoder_scaled_is_saelens_fold_where_it_folds():
+    """For an SAE that SAELens can fold (a standard SAE), decoder_scaled(encode(x)) equals
+    the activations of the SAE after SAELens' own fold_W_dec_norm."""
+    import copy
+
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from saebook.latent_stats import decoder_scaled
+
+    torch.manual_seed(0)
+    sae = StandardSAE(StandardSAEConfig(d_in=8, d_sae=16))
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(16, 1) * 2 + 0.3)
+        sae.b_enc.normal_()
+    folded = copy.deepcopy(sae)
+    folded.fold_W_dec_norm()
+    x = torch.randn(32, 8)
+    with torch.no_grad():
+        ours = decoder_scaled(sae, sae.encode(x))
+        theirs = folded.encode(x)
+    assert theirs.abs().max() > 0
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="d_sae=16"):
+        decoder_scaled(sae, torch.zeros(3, 5))

@@ -48,8 +48,9 @@ def largest_mean_active(
     sums: Float[Tensor, " d_sae"], counts: Int[Tensor, " d_sae"], min_count: int = 20
 ) -> int:
     """The latent with the largest mean activation *when active* (``sums / counts``) among
-    those active on at least ``min_count`` tokens: the latent that writes the largest vector
-    when it fires."""
+    those active on at least ``min_count`` tokens. With ``sums`` of activations times decoder
+    row norms (:func:`saebook.latent_stats.decoder_scaled`), the latent that writes the
+    longest vector when it fires; with raw activations, only the largest activation."""
     s = _vector("sums", sums)
     c = _vector("counts", counts, s.numel())
     if min_count < 1:

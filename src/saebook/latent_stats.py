@@ -23,7 +23,7 @@ Memory is that of one batch plus the fixed-size outputs: it does not grow with t
 rows. The result, :class:`LatentStats`, knows how to turn its buffers into examples.
 
 Chapters: intro/03, intro/06, intro/08, deeper/01, deeper/02, deeper/03, deeper/04, deeper/05,
-deeper/06, deeper/07, training/02, training/03, circuits/02
+deeper/06, deeper/07, training/02, training/03, training/04, circuits/02
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ __all__ = [
     "Interval",
     "LatentStats",
     "latent_stats",
+    "decoder_scaled",
     "latent_activations",
     "encode_at_hook",
 ]
@@ -771,6 +772,18 @@ def latent_stats(
         bar.update(batch.shape[0])
     bar.close()
     return acc.result(hook, n_positions, tokens, working)
+
+
+def decoder_scaled(sae: SAE, latent_acts: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:
+    """``latent_acts`` times each latent's decoder-row norm: the length of what each latent
+    writes. SAEBench folds these norms into an SAE's activations (``fold_W_dec_norm``) before
+    its evaluations; this gives the same activations for an SAE whose norms cannot be folded
+    (a TopK SAE that does not rescale by them), and leaves unit-norm SAEs unchanged."""
+    if latent_acts.shape[-1] != sae.cfg.d_sae:
+        raise ValueError(
+            f"latent_acts must end in d_sae={sae.cfg.d_sae}, got {tuple(latent_acts.shape)}"
+        )
+    return latent_acts * sae.W_dec.detach().norm(dim=-1).to(latent_acts)
 
 
 @torch.no_grad()

@@ -4,7 +4,10 @@ For each concept (a boolean label per token position) and each k, the k features
 differs most between positive and negative positions are chosen on a training split, a
 logistic regression is fitted on them, and its balanced accuracy is measured on held-out
 positions. Comparing SAE latents with the raw dimensions they were trained on at small k
-asks whether the SAE put each concept into few units.
+asks whether the SAE put each concept into few units. Pass SAE activations scaled by their
+decoder rows' norms (:func:`saebook.latent_stats.decoder_scaled`), as SAEBench's sparse
+probing sees them after it folds the norms into the SAE, so that a latent is ranked by the
+length of what it writes.
 
 Chapters: training/04
 """
