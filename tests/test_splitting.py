@@ -208,8 +208,8 @@ def test_cross_width_matches_agree_with_sklearn(micro_model, reference_row):
 
 
 def test_precise_cover_matches_a_dense_count(micro_model):
-    """Chunked over latents, the precise latents and their cover equal a direct count over
-    the dense activation matrix; a parent made of one latent's firing finds that latent."""
+    """Batched over rows, the precise latents and their cover equal a direct count over the
+    dense activation matrix; a parent made of one latent's firing finds that latent."""
     from saebook.latent_stats import latent_activations
 
     model, saes, _ = micro_model
@@ -224,8 +224,8 @@ def test_precise_cover_matches_a_dense_count(micro_model):
     expected = ((counts >= 5) & (hits >= 0.8 * counts)).nonzero().squeeze(-1).tolist()
     assert busy in expected
     union = fires[:, expected].any(-1)
-    for chunk in (3, sae.cfg.d_sae):
-        cover = splitting.precise_cover(model, sae, tokens, parent, chunk=chunk)
+    for batch_size in (3, tokens.shape[0]):
+        cover = splitting.precise_cover(model, sae, tokens, parent, batch_size=batch_size)
         assert cover["latents"] == expected and cover["n_precise"] == len(expected)
         assert cover["union"] == pytest.approx(float((union & parent).sum() / parent.sum()))
         assert cover["best_single"] == pytest.approx(1.0)  # the parent latent itself

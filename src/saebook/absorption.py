@@ -125,7 +125,6 @@ class AbsorptionResult:
         """Mean absorption fraction over the scored positions (SAEBench's second score)."""
         return float(self.fraction.mean()) if self.n_positive else float("nan")
 
-
 def _check_2d(name: str, x: Tensor) -> None:
     if not isinstance(x, Tensor) or x.ndim != 2:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -306,11 +305,7 @@ def _check_absorption_inputs(
 
 
 def _absorption_fraction(
-    proj: Tensor,
-    total: Tensor,
-    is_main: Tensor,
-    eligible: Tensor,
-    max_absorbers: int,
+    proj: Tensor, total: Tensor, is_main: Tensor, eligible: Tensor, max_absorbers: int,
     min_proportion: float,
 ) -> Tensor:
     """Per scored position, the share of the probe projection ``total`` that up to
@@ -386,8 +381,8 @@ def measure_absorption(
     silent = (acts[:, is_main] < _EPS).all(-1)
     top = proj.argmax(-1)
     top_proj = proj.gather(-1, top[:, None]).squeeze(-1)
-    full_here = (
-        silent & (cos[top] >= full_cosine) & (total >= 0) & (top_proj >= min_proportion * total)
+    full_here = silent & (cos[top] >= full_cosine) & (total >= 0) & (
+        top_proj >= min_proportion * total
     )
     full_here &= total != 0
 
@@ -409,7 +404,6 @@ def measure_absorption(
         missed=missed,
         full=full,
     )
-
 
 def sublabel_shares(
     label: Bool[Tensor, " n"], missed: Bool[Tensor, " n"], sublabels: dict[str, Bool[Tensor, " n"]]

@@ -31,7 +31,8 @@ from sae_lens import SAE, HookedSAETransformer
 from torch import Tensor
 from tqdm import tqdm
 
-from saebook.latent_stats import latent_activations
+from saebook.latent_stats import encode_at_hook
+from saebook.validate import check_int, check_tokens
 
 __all__ = [
     "unit_decoder",
@@ -319,7 +320,7 @@ def precise_cover(
     parent_fires: Bool[Tensor, " n"],
     min_precision: float = 0.8,
     min_fires: int = 5,
-    chunk: int = 4096,
+    batch_size: int = 32,
 ) -> dict[str, float | int | list[int]]:
     """The latents of ``sae`` that fire almost only where the parent fires, and their cover.
 
@@ -327,11 +328,13 @@ def precise_cover(
     seq). A latent of ``sae`` is *precise* when it fires at least ``min_fires`` times and at
     least ``min_precision`` of its firing positions are the parent's. Returns ``latents`` (the
     precise ones), ``n_precise``, ``union`` (the share of the parent's positions where at least
-    one of them fires) and ``best_single`` (the largest share one of them covers). Activations
-    are computed ``chunk`` latents at a time, so a wide SAE never needs a dense
-    (positions x d_sae) matrix.
+    one of them fires) and ``best_single`` (the largest share one of them covers). One pass
+    over ``batch_size`` rows at a time keeps only the (position, latent) pairs that fire, so a
+    wide SAE never needs a dense (positions x d_sae) matrix.
     """
-    n = tokens.numel()
+    tokens = check_tokens(tokens, model)
+    batch_size = check_int("batch_size", batch_size)
+    n, seq = tokens.numel(), tokens.shape[1]
     if parent_fires.shape != (n,):
         raise ValueError(f"parent_fires must have shape ({n},) (rows x seq), got "
                          f"{tuple(parent_fires.shape)}")  # fmt: skip
@@ -341,24 +344,24 @@ def precise_cover(
     n_parent = int(parent.sum())
     if n_parent == 0:
         raise ValueError("parent_fires must be True somewhere: the parent never fires")
+    device = torch.device(model.cfg.device) if model.cfg.device is not None else tokens.device
+    positions, latents = [], []
+    for start in range(0, tokens.shape[0], batch_size):
+        batch = tokens[start : start + batch_size].to(device)
+        pos, lat = (encode_at_hook(model, sae, batch).flatten(0, 1) > 0).nonzero(as_tuple=True)
+        positions.append(pos.cpu() + start * seq)
+        latents.append(lat.cpu())
+    pos, lat = torch.cat(positions), torch.cat(latents)
+    counts = torch.bincount(lat, minlength=sae.cfg.d_sae)
+    hits = torch.bincount(lat[parent[pos]], minlength=sae.cfg.d_sae)
+    keep = (counts >= min_fires) & (hits >= min_precision * counts)
     covered = torch.zeros(n, dtype=torch.bool)
-    latents: list[int] = []
-    best = 0.0
-    for start in range(0, sae.cfg.d_sae, chunk):
-        ids = list(range(start, min(start + chunk, sae.cfg.d_sae)))
-        fires = latent_activations(model, sae, tokens, latents=ids).flatten(0, 1) > 0
-        counts = fires.sum(0)
-        hits = (fires & parent[:, None]).sum(0)
-        keep = (counts >= min_fires) & (hits >= min_precision * counts)
-        if keep.any():
-            latents += [ids[i] for i in keep.nonzero().squeeze(-1).tolist()]
-            covered |= fires[:, keep].any(-1)
-            best = max(best, float(hits[keep].max()) / n_parent)
+    covered[pos[keep[lat]]] = True
     return {
-        "latents": latents,
-        "n_precise": len(latents),
+        "latents": keep.nonzero().squeeze(-1).tolist(),
+        "n_precise": int(keep.sum()),
         "union": float((covered & parent).sum()) / n_parent,
-        "best_single": best,
+        "best_single": float(hits[keep].max()) / n_parent if keep.any() else 0.0,
     }
 
 
